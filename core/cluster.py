@@ -1,0 +1,68 @@
+"""Placement: attach to an existing Ray cluster, or start an embedded one on 127.0.0.1."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+log = logging.getLogger(__name__)
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class ClusterConfig:
+    address: Optional[str] = None  # None: $RAY_ADDRESS if set, else an embedded local cluster
+    num_cpus: Optional[int] = None  # embedded cluster only; None: all cores
+    num_gpus: Optional[int] = None  # embedded cluster only; None: all GPUs
+    include_dashboard: bool = True  # embedded cluster only; bound to 127.0.0.1 (Ray Train's state API needs it)
+    tmp_dir: Optional[str] = None  # embedded cluster only; Ray's session dir (default /tmp/ray)
+
+
+def _loopback_env() -> dict[str, str]:
+    # An embedded cluster lives on one host: keep Ray's node address and gloo on loopback.
+    return {"GLOO_SOCKET_IFNAME": "lo", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+def _worker_env() -> dict[str, str]:
+    path = os.environ.get("PYTHONPATH", "")
+    return {"PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{path}" if path else str(REPO_ROOT)}
+
+
+@contextmanager
+def connect(cfg: ClusterConfig) -> Iterator[str]:
+    """Yield "attached" or "embedded"; an embedded cluster is shut down on exit."""
+    import ray
+
+    if ray.is_initialized():
+        yield "attached"
+        return
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        log.info("attaching to Ray cluster at %s", address)
+        ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": _worker_env()})
+        try:
+            yield "attached"
+        finally:
+            ray.shutdown()
+        return
+    for key, value in _loopback_env().items():
+        os.environ.setdefault(key, value)
+    ray.init(
+        num_cpus=cfg.num_cpus,
+        num_gpus=cfg.num_gpus,
+        include_dashboard=cfg.include_dashboard,
+        dashboard_host="127.0.0.1",
+        _node_ip_address="127.0.0.1",
+        _temp_dir=cfg.tmp_dir,
+        runtime_env={"env_vars": {**_loopback_env(), **_worker_env()}},
+        log_to_driver=True,
+    )
+    try:
+        yield "embedded"
+    finally:
+        ray.shutdown()

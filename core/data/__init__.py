@@ -1,0 +1,1 @@
+"""Datasets shared by SFT, calibration and evaluation: readers, tokenization, mixing, packing."""

@@ -1,0 +1,24 @@
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from omegaconf import MISSING
+
+
+@dataclass
+class DatasetSpec:
+    path: str = MISSING
+    format: str = "chat_jsonl"  # a key of core.data.formats.FORMATS
+    sample_ratio: float = 1.0  # <1 subsamples, >1 repeats (whole copies plus a seeded fraction)
+    name: Optional[str] = None
+    media_root: Optional[str] = None  # for image parts with relative paths
+
+
+@dataclass
+class DataConfig:
+    datasets: List[DatasetSpec] = field(default_factory=list)
+    max_length: int = 2048  # tokens per sample, before packing
+    truncation: str = "right"  # right: cut the end | drop: skip the sample (counted) | error
+    packing: bool = True
+    pack_max_length: int = 2048  # tokens per packed row
+    shuffle: bool = True
+    seed: int = 0

@@ -1,0 +1,70 @@
+"""Chat records -> token ids + labels, with loss on assistant turns (a message's `loss` overrides).
+
+Each message is rendered through the tokenizer's own chat template as the growth of the rendered
+prefix, so the same code serves the byte tokenizer and any Hugging Face chat template.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from core.errors import DataError
+
+IGNORE = -100
+
+
+@dataclass
+class TokenizedSample:
+    input_ids: np.ndarray  # int32 [T]
+    labels: np.ndarray  # int32 [T], IGNORE where no loss
+    source: str  # "file:line"
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def loss_tokens(self) -> int:
+        return int((self.labels != IGNORE).sum())
+
+
+def _render(tokenizer: Any, messages: list[dict], generation_prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+
+def _wants_loss(message: dict) -> bool:
+    return bool(message.get("loss", message["role"] == "assistant"))
+
+
+def _strip_loss_keys(messages: list[dict]) -> list[dict]:
+    return [{k: v for k, v in m.items() if k != "loss"} for m in messages]
+
+
+def tokenize_chat(messages: list[dict], tokenizer: Any, source: str) -> TokenizedSample:
+    messages = _strip_loss_keys(messages) if any("loss" in m for m in messages) else messages
+    flags = [_wants_loss(m) for m in messages]
+    ids: list[int] = []
+    labels: list[int] = []
+    rendered = ""
+
+    def add(text: str, trainable: bool) -> None:
+        tokens = tokenizer.encode(text, add_special_tokens=False) if text else []
+        ids.extend(tokens)
+        labels.extend(tokens if trainable else [IGNORE] * len(tokens))
+
+    for i, message in enumerate(messages):
+        full = _render(tokenizer, messages[: i + 1])
+        if not full.startswith(rendered):
+            raise DataError(source, None, "the chat template renders earlier turns differently once a turn is added")
+        header = ""
+        if flags[i] and message["role"] == "assistant" and i > 0:
+            with_prompt = _render(tokenizer, messages[:i], generation_prompt=True)
+            if with_prompt.startswith(rendered) and full.startswith(with_prompt):
+                header = with_prompt[len(rendered):]  # "<|im_start|>assistant\n": not trained on
+        add(header, False)
+        add(full[len(rendered) + len(header):], flags[i])
+        rendered = full
+    sample = TokenizedSample(np.asarray(ids, np.int32), np.asarray(labels, np.int32), source)
+    return sample

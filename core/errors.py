@@ -1,0 +1,24 @@
+"""Errors that reach the user as one clear line."""
+
+
+class UserError(Exception):
+    """Bad input (config, data, paths): printed as one line, exit code 2, run FAILED."""
+
+    exit_code = 2
+
+
+class ConfigError(UserError):
+    """A config field is unknown, mistyped, missing or out of range."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"config error: {field}: {message}")
+        self.field = field
+
+
+class DataError(UserError):
+    """A dataset record is malformed; the message names file:line."""
+
+    def __init__(self, path: str, line: int | None, message: str) -> None:
+        where = f"{path}:{line}" if line is not None else str(path)
+        super().__init__(f"data error: {where}: {message}")
+        self.path, self.line = path, line

@@ -1,0 +1,6 @@
+"""Model registry: name -> how to get its config, tokenizer and weights."""
+
+from core.models.config import ModelConfig
+from core.models.registry import MODELS, ModelSource
+
+__all__ = ["MODELS", "ModelConfig", "ModelSource"]

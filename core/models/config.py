@@ -1,0 +1,17 @@
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from omegaconf import MISSING
+
+
+@dataclass
+class ModelConfig:
+    """Which model to build or load. `name` picks the registry entry (core/models/registry.py)."""
+
+    name: str = MISSING
+    path: Optional[str] = None  # local dir or s3:// for registry entries that load weights
+    overrides: Dict[str, Any] = field(default_factory=dict)  # transformers config fields
+    attn_implementation: str = "sdpa"
+    trust_remote_code: bool = False  # off unless the user opts in: remote code runs on every worker
+    zero_init: str = "auto"  # auto | on | off: build/load the model under deepspeed.zero.Init
+    freeze: List[str] = field(default_factory=list)  # module groups or regex patterns to freeze

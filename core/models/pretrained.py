@@ -1,0 +1,54 @@
+"""`model=hf`: a local directory (or s3:// prefix, via core.storage) in Hugging Face format."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from core import storage
+from core.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+    from core.models.config import ModelConfig
+
+
+class PretrainedDir:
+    def _local(self, cfg: ModelConfig) -> str:
+        if not cfg.path:
+            raise ConfigError("model.path", "required for model=hf (a local directory or s3:// prefix)")
+        return str(storage.local_path(cfg.path, field="model.path"))
+
+    def validate(self, cfg: ModelConfig) -> None:
+        path = self._local(cfg)
+        if not (storage.Path(path) / "config.json").is_file():
+            raise ConfigError("model.path", f"{cfg.path}: no config.json there (not a Hugging Face model dir)")
+
+    def hf_config(self, cfg: ModelConfig) -> PretrainedConfig:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(self._local(cfg), trust_remote_code=cfg.trust_remote_code)
+        for key, value in cfg.overrides.items():
+            setattr(config, key, value)
+        return config
+
+    def tokenizer(self, cfg: ModelConfig) -> PreTrainedTokenizerBase:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(self._local(cfg), trust_remote_code=cfg.trust_remote_code)
+
+    def build(self, cfg: ModelConfig, hf_config: PretrainedConfig, dtype: torch.dtype) -> PreTrainedModel:
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(
+            self._local(cfg),
+            config=hf_config,
+            dtype=dtype,
+            attn_implementation=cfg.attn_implementation,
+            trust_remote_code=cfg.trust_remote_code,
+            use_safetensors=True,
+        )
+
+
+PRETRAINED = PretrainedDir()

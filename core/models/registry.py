@@ -1,0 +1,29 @@
+"""Every model the project knows, by name. A source gives a model's config (cheap, no weights),
+its tokenizer, and the model itself; the caller decides the context (zero.Init, device, dtype)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+from core.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+    from core.models.config import ModelConfig
+
+
+class ModelSource(Protocol):
+    def hf_config(self, cfg: ModelConfig) -> PretrainedConfig: ...
+
+    def tokenizer(self, cfg: ModelConfig) -> PreTrainedTokenizerBase: ...
+
+    def build(self, cfg: ModelConfig, hf_config: PretrainedConfig, dtype: torch.dtype) -> PreTrainedModel: ...
+
+    def validate(self, cfg: ModelConfig) -> None: ...
+
+
+MODELS: Registry[ModelSource] = Registry("model", "model.name")
+MODELS.register("qwen3_tiny", "core.models.tiny:QWEN3_TINY")
+MODELS.register("hf", "core.models.pretrained:PRETRAINED")

@@ -1,0 +1,67 @@
+"""Models built from a transformers config with random init and the byte tokenizer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from core.errors import ConfigError
+from core.models.byte_tokenizer import VOCAB_SIZE, byte_tokenizer
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+    from core.models.config import ModelConfig
+
+
+@dataclass(frozen=True)
+class ConfigBuiltModel:
+    make_config: Callable[[dict], PretrainedConfig]
+
+    def validate(self, cfg: ModelConfig) -> None:
+        if cfg.path:
+            raise ConfigError("model.path", f"model {cfg.name!r} is built from a config; use model=hf to load a path")
+        self.hf_config(cfg)
+
+    def hf_config(self, cfg: ModelConfig) -> PretrainedConfig:
+        try:
+            return self.make_config(dict(cfg.overrides))
+        except (TypeError, ValueError) as err:
+            raise ConfigError("model.overrides", str(err).splitlines()[0]) from err
+
+    def tokenizer(self, cfg: ModelConfig) -> PreTrainedTokenizerBase:
+        return byte_tokenizer()
+
+    def build(self, cfg: ModelConfig, hf_config: PretrainedConfig, dtype: torch.dtype) -> PreTrainedModel:
+        from transformers import AutoModelForCausalLM
+
+        hf_config._attn_implementation = cfg.attn_implementation
+        return AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
+
+
+def _qwen3_config(overrides: dict) -> PretrainedConfig:
+    from transformers import Qwen3Config
+
+    fields = dict(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=512,
+        intermediate_size=1536,
+        num_hidden_layers=3,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=64,
+        max_position_embeddings=8192,
+        rope_theta=1_000_000.0,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+    )
+    fields.update(overrides)
+    unknown = sorted(set(overrides) - set(Qwen3Config().to_dict()))
+    if unknown:
+        raise ValueError(f"unknown Qwen3Config field(s): {', '.join(unknown)}")
+    return Qwen3Config(**fields)
+
+
+QWEN3_TINY = ConfigBuiltModel(_qwen3_config)

@@ -1,0 +1,142 @@
+"""The one tracking layer: MLflow runs opened by the orchestrator and written to by workers.
+
+`RunHandle` is small and picklable (tracking URI + run id), so a Ray worker logs metrics and
+artifacts to the same run the driver opened. Everything passes through the redactor.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from core.redact import Redactor
+
+log = logging.getLogger(__name__)
+MAX_PARAM_LEN = 6000  # MLflow's limit for a param value
+PARAMS_PER_BATCH = 100
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    uri: Optional[str] = None  # None: $MLFLOW_TRACKING_URI, else sqlite under job.storage
+    experiment: str = "orchestrator"
+    artifact_location: Optional[str] = None  # for a new experiment; None: <job.storage>/mlartifacts
+    tags: Dict[str, str] = field(default_factory=dict)
+    redact_keys: List[str] = field(default_factory=list)  # extra regexes for secret key names
+    redact_values: List[str] = field(default_factory=list)  # extra regexes for secret values
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    if isinstance(tree, list):
+        if all(not isinstance(v, (dict, list)) for v in tree):
+            return {prefix: json.dumps(tree)}
+        out = {}
+        for i, value in enumerate(tree):
+            out.update(flatten(value, f"{prefix}.{i}"))
+        return out
+    return {prefix: tree}
+
+
+@dataclass
+class RunHandle:
+    """A live MLflow run, usable from any process that can reach the tracking URI."""
+
+    uri: str
+    run_id: str
+    key_patterns: tuple[str, ...] = ()
+    value_patterns: tuple[str, ...] = ()
+
+    @property
+    def client(self) -> Any:
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(tracking_uri=self.uri)
+
+    @property
+    def redactor(self) -> Redactor:
+        return Redactor(self.key_patterns, self.value_patterns)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        redactor = self.redactor
+        items = [Param(k, str(redactor.value(k, v))[:MAX_PARAM_LEN]) for k, v in params.items()]
+        for start in range(0, len(items), PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=items[start : start + PARAMS_PER_BATCH])
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None and math.isfinite(v)]
+        self.client.log_batch(self.run_id, metrics=items)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        redactor = self.redactor
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(redactor.value(k, v))) for k, v in tags.items()])
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, self.redactor.text(text), artifact_file)
+
+    def log_dict(self, obj: Any, artifact_file: str) -> None:
+        self.log_text(json.dumps(self.redactor.tree(obj), indent=2, default=str), artifact_file)
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        self.client.log_figure(self.run_id, figure, artifact_file)
+
+    def log_artifacts(self, local_dir: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
+
+    def end(self, status: str) -> None:
+        self.client.set_terminated(self.run_id, status)
+
+
+class NullRun(RunHandle):
+    """Tracking switched off: same interface, nothing written."""
+
+    def __init__(self) -> None:
+        super().__init__(uri="", run_id="")
+
+    def __getattribute__(self, name: str) -> Any:
+        if name in {"uri", "run_id", "key_patterns", "value_patterns", "redactor"}:
+            return object.__getattribute__(self, name)
+        return lambda *args, **kwargs: None
+
+
+def start_run(cfg: TrackingConfig, storage_root: Path, run_name: str, tags: dict[str, str]) -> RunHandle:
+    from mlflow.tracking import MlflowClient
+
+    if not cfg.enabled:
+        return NullRun()
+    uri = cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{storage_root / 'mlflow.db'}"
+    if uri.startswith("sqlite:///") or "://" not in uri:
+        storage_root.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(cfg.experiment)
+    if experiment is None:
+        location = cfg.artifact_location or (storage_root / "mlartifacts").as_uri()
+        experiment_id = client.create_experiment(cfg.experiment, artifact_location=location)
+    else:
+        experiment_id = experiment.experiment_id
+    handle = RunHandle(uri, "", tuple(cfg.redact_keys), tuple(cfg.redact_values))
+    redactor = handle.redactor
+    safe_tags = {k: str(redactor.value(k, v)) for k, v in {**tags, **cfg.tags}.items()}
+    run = client.create_run(experiment_id, run_name=run_name, tags=safe_tags)
+    handle.run_id = run.info.run_id
+    log.info("MLflow run %s (experiment %r, %s)", handle.run_id, cfg.experiment, uri)
+    return handle
+

@@ -1,0 +1,25 @@
+"""The one interface every job kind implements; the orchestrator drives it the same way for all."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from core.tracking import RunHandle
+
+
+@dataclass
+class RunContext:
+    run: RunHandle  # the MLflow run of this job
+    job_dir: Path  # <job.storage>/<job.name>: checkpoints, exports, scratch
+
+
+class Job(Protocol):
+    sections: tuple[str, ...]  # spec sections this kind reads (logged as params)
+
+    def prepare(self, spec: Any, ctx: RunContext) -> Any:
+        """Validate inputs and build what the workers need, before Ray starts."""
+
+    def run(self, spec: Any, ctx: RunContext, prepared: Any) -> dict[str, Any]:
+        """Fan out to Ray actors, gather results; returns a summary to print and log."""

@@ -1,0 +1,6 @@
+"""Job kinds by name; entries are lazy so composing a spec imports no ML stack."""
+
+from core.registry import Registry
+
+JOBS: Registry = Registry("job kind", "job.kind")
+JOBS.register("sft", "jobs.sft.driver:SFTJob")

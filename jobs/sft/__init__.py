@@ -1,0 +1,1 @@
+"""Supervised fine-tuning: DeepSpeed ZeRO-3 workers under Ray Train."""

@@ -1,0 +1,70 @@
+"""Deterministic batch plan: which packed rows each rank sees at each step, resumable by step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from core.data.packing import PackedRow
+from core.data.tokenize import IGNORE
+
+
+@dataclass
+class MicroBatch:
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    position_ids: torch.Tensor
+    tokens: int  # real (non-pad) tokens
+    targets: int  # label tokens that count in the loss (after the causal shift)
+
+    def to(self, device: torch.device) -> MicroBatch:
+        move = dict(non_blocking=True)
+        return MicroBatch(self.input_ids.to(device, **move), self.labels.to(device, **move),
+                          self.position_ids.to(device, **move), self.tokens, self.targets)
+
+
+def collate(rows: list[PackedRow], pad_id: int, pad_to: int | None = None) -> MicroBatch:
+    """Pad to the longest row (or `pad_to`); padding is its own position-restarting span with no loss."""
+    length = pad_to or max(len(r) for r in rows)
+    ids = np.full((len(rows), length), pad_id, np.int64)
+    labels = np.full((len(rows), length), IGNORE, np.int64)
+    positions = np.zeros((len(rows), length), np.int64)
+    for i, row in enumerate(rows):
+        n = len(row)
+        ids[i, :n], labels[i, :n], positions[i, :n] = row.input_ids, row.labels, row.position_ids
+        positions[i, n:] = np.arange(length - n)
+    targets = int((labels[:, 1:] != IGNORE).sum())
+    return MicroBatch(torch.from_numpy(ids), torch.from_numpy(labels), torch.from_numpy(positions),
+                      int(sum(len(r) for r in rows)), targets)
+
+
+class BatchPlan:
+    """Rows per step = micro_batch x grad_accum x world; epochs reshuffle with seed + epoch."""
+
+    def __init__(self, rows: list[PackedRow], micro_batch: int, grad_accum: int, world: int, rank: int,
+                 seed: int, pad_id: int, pad_to: int | None = None) -> None:
+        self.rows, self.micro_batch, self.grad_accum = rows, micro_batch, grad_accum
+        self.world, self.rank, self.seed, self.pad_id, self.pad_to = world, rank, seed, pad_id, pad_to
+        self.per_step = micro_batch * grad_accum * world
+        self._orders: dict[int, np.ndarray] = {}
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if epoch not in self._orders:
+            self._orders = {epoch: np.random.default_rng(self.seed + epoch).permutation(len(self.rows))}
+        return self._orders[epoch]
+
+    def _row(self, global_index: int) -> PackedRow:
+        epoch, offset = divmod(global_index, len(self.rows))
+        return self.rows[self._order(epoch)[offset]]
+
+    def step(self, step: int) -> list[MicroBatch]:
+        """The grad_accum micro-batches of `step` (1-based) for this rank."""
+        start = (step - 1) * self.per_step
+        batches = []
+        for micro in range(self.grad_accum):
+            first = start + (micro * self.world + self.rank) * self.micro_batch
+            rows = [self._row(first + i) for i in range(self.micro_batch)]
+            batches.append(collate(rows, self.pad_id, self.pad_to))
+        return batches

@@ -1,0 +1,54 @@
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+
+@dataclass
+class ZeroConfig:
+    stage: int = 3
+    offload_params: bool = False
+    offload_optimizer: bool = False
+    param_persistence_threshold: int = 100_000  # params smaller than this stay replicated
+    overlap_comm: bool = True
+    config_file: Optional[str] = None  # raw DeepSpeed JSON, deep-merged over the generated config
+    overrides: Dict[str, Any] = field(default_factory=dict)  # same, inline
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio (cosine/linear)
+    schedule: str = "cosine"  # cosine | linear | constant (after warmup)
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+
+
+@dataclass
+class CheckpointConfig:
+    every_n_steps: int = 0  # 0: only at the end
+    resume: str = "auto"  # auto: continue from this job's latest checkpoint | never | <checkpoint dir>
+    keep_last: int = 2
+    export: bool = True  # consolidated HF export (safetensors + config + tokenizer) at the end
+
+
+@dataclass
+class TrainerConfig:
+    num_workers: int = 2  # one worker per GPU; CPU workers when use_gpu resolves false
+    use_gpu: str = "auto"  # auto | true | false
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0
+    max_steps: int = 20
+    micro_batch_size: int = 1  # packed rows per worker per micro-step
+    grad_accum: int = 1
+    bf16: str = "auto"  # auto: on where the accelerator supports it | true | false
+    activation_checkpointing: bool = False
+    seed: int = 0
+    log_every: int = 1
+    peak_tflops: Optional[float] = None  # per device; None: look it up by device name (no MFU on CPU)
+    max_failures: int = 2  # worker-group restarts from the last checkpoint
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    zero: ZeroConfig = field(default_factory=ZeroConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)

@@ -1,0 +1,109 @@
+"""SFT driver: runs in the orchestrator process; validates, builds the data, launches Ray Train."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+
+from core import storage
+from core.data.sft import SFTData, build_sft_data
+from core.errors import ConfigError
+from core.models import MODELS
+from jobs.base import RunContext
+from jobs.sft import checkpoint
+from jobs.sft.schedule import lr_multiplier
+
+log = logging.getLogger("jobs.sft")
+TRI_STATE = ("auto", "true", "false")
+
+
+def _check_trainer(t: Any) -> None:
+    positive = {"num_workers": t.num_workers, "max_steps": t.max_steps, "micro_batch_size": t.micro_batch_size,
+                "grad_accum": t.grad_accum, "log_every": t.log_every}
+    for name, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"trainer.{name}", f"must be >= 1 (got {value})")
+    for name in ("use_gpu", "bf16"):
+        if str(getattr(t, name)).lower() not in TRI_STATE:
+            raise ConfigError(f"trainer.{name}", f"must be one of {', '.join(TRI_STATE)}")
+    lr_multiplier(t.optim, t.max_steps)
+
+
+def _resume_point(t: Any, ctx: RunContext) -> str | None:
+    ckpt_root = ctx.job_dir / "checkpoints"
+    mode = t.checkpoint.resume
+    if mode == "auto":
+        found = checkpoint.latest(ckpt_root)
+        return str(found) if found else None
+    if mode == "never":
+        if checkpoint.latest(ckpt_root):
+            raise ConfigError("trainer.checkpoint.resume",
+                              f"never, but {ckpt_root} has checkpoints: use resume=auto or a new job.name")
+        return None
+    candidate = storage.resolve_local(mode)
+    if not (candidate / checkpoint.COMPLETE).is_file():
+        raise ConfigError("trainer.checkpoint.resume", f"{mode}: not a complete checkpoint directory")
+    return str(candidate)
+
+
+def _use_gpu(t: Any) -> bool:
+    import ray
+
+    setting = str(t.use_gpu).lower()
+    if setting != "auto":
+        return setting == "true"
+    return ray.cluster_resources().get("GPU", 0) >= 1
+
+
+def _bf16(t: Any, use_gpu: bool) -> bool:
+    setting = str(t.bf16).lower()
+    if setting != "auto":
+        return setting == "true"
+    return use_gpu  # the accelerators this targets (Ampere+) all have bf16; CPU bf16 is slow
+
+
+@dataclass
+class Prepared:
+    data: SFTData
+    resume_from: str | None
+
+
+class SFTJob:
+    sections = ("model", "data", "trainer")
+
+    def prepare(self, spec: Any, ctx: RunContext) -> Prepared:
+        _check_trainer(spec.trainer)
+        source = MODELS.get(spec.model.name)
+        source.validate(spec.model)
+        data = build_sft_data(spec.data, source.tokenizer(spec.model))
+        log.info("data: %s", json.dumps(data.stats))
+        ctx.run.log_params({f"data.stats.{k}": v for k, v in data.stats.items()})
+        return Prepared(data, _resume_point(spec.trainer, ctx))
+
+    def run(self, spec: Any, ctx: RunContext, prepared: Prepared) -> dict[str, Any]:
+        import ray
+        from ray.train import FailureConfig, RunConfig, ScalingConfig
+        from ray.train.torch import TorchConfig, TorchTrainer
+
+        from jobs.sft.worker import train_loop
+
+        t = spec.trainer
+        use_gpu = _use_gpu(t)
+        resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if use_gpu else {})}
+        config = {"spec": spec, "run": ctx.run, "job_dir": str(ctx.job_dir), "rows": ray.put(prepared.data.rows),
+                  "bf16": _bf16(t, use_gpu), "resume_from": prepared.resume_from}
+        trainer = TorchTrainer(
+            train_loop,
+            train_loop_config=config,
+            torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+            scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=use_gpu, resources_per_worker=resources),
+            run_config=RunConfig(name="ray-train", storage_path=str(ctx.job_dir / "ray"),
+                                 failure_config=FailureConfig(max_failures=t.max_failures)),
+        )
+        trainer.fit()
+        summary = json.loads((ctx.job_dir / "summary.json").read_text())
+        return {"job_dir": str(ctx.job_dir), "export": summary["export"], "final_step": summary["final_step"],
+                "final_loss": summary["losses"][-1]["loss"] if summary["losses"] else None}

@@ -1,0 +1,31 @@
+"""Consolidated Hugging Face export: safetensors + config + tokenizer, published atomically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core import storage
+
+
+def gather_state_dict(engine: Any) -> dict[str, torch.Tensor] | None:
+    """Full weights on rank 0 (None elsewhere); a collective, so every rank calls it."""
+    if engine.zero_optimization_stage() == 3:
+        state = engine._zero3_consolidated_16bit_state_dict()
+    else:
+        state = engine.module.state_dict()
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()} if state else None
+
+
+def write_export(state: dict[str, torch.Tensor], hf_config: Any, tokenizer: Any, final: Path) -> Path:
+    """Rank 0: write into a staging dir, then publish it as `final` in one rename."""
+    from transformers import AutoModelForCausalLM
+
+    staged = storage.staging_dir(final)
+    with torch.device("meta"):
+        shell = AutoModelForCausalLM.from_config(hf_config)  # holds no memory: only save_pretrained's logic
+    shell.save_pretrained(staged, state_dict=state, safe_serialization=True)
+    tokenizer.save_pretrained(staged)
+    return storage.publish_dir(staged, final)

@@ -1,0 +1,204 @@
+"""The SFT training loop; runs in every Ray Train worker (one per GPU, or N CPU workers)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from core.models import MODELS
+from core.models.inspect import describe, embedding_params
+from core.tracking import RunHandle
+from jobs.sft import checkpoint
+from jobs.sft.batches import BatchPlan
+from jobs.sft.deepspeed_config import build_ds_config
+from jobs.sft.export import gather_state_dict, write_export
+from jobs.sft.metrics import Throughput, flops_per_token, memory_stats, peak_tflops
+from jobs.sft.schedule import lr_multiplier
+
+log = logging.getLogger("jobs.sft")
+
+
+@dataclass
+class WorkerEnv:
+    rank: int
+    world: int
+    device: torch.device
+
+
+def _worker_env() -> WorkerEnv:
+    import ray.train
+    import ray.train.torch
+
+    ctx = ray.train.get_context()
+    return WorkerEnv(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _zero_init_wanted(mode: str, stage: int, hf_config: Any) -> bool:
+    if stage != 3 or mode == "off":
+        return False
+    if mode == "on":
+        return True
+    text = getattr(hf_config, "text_config", None) or hf_config
+    approx_params = 12 * text.num_hidden_layers * text.hidden_size**2
+    return approx_params > 1e9  # big enough that a full replica per worker hurts
+
+
+def build_model(spec: Any, ds_config: dict, dtype: torch.dtype) -> tuple[Any, Any, Any]:
+    source = MODELS.get(spec.model.name)
+    hf_config = source.hf_config(spec.model)
+    tokenizer = source.tokenizer(spec.model)
+    if _zero_init_wanted(spec.model.zero_init, spec.trainer.zero.stage, hf_config):
+        from transformers.integrations import HfDeepSpeedConfig
+
+        ds_marker = HfDeepSpeedConfig(ds_config)  # makes transformers build/load under zero.Init
+        model = source.build(spec.model, hf_config, dtype)
+        del ds_marker  # must not outlive construction (rank-0-only model builds would hang)
+    else:
+        model = source.build(spec.model, hf_config, dtype)
+    if spec.trainer.activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    return model, hf_config, tokenizer
+
+
+def _param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:  # the optimizer sees trainable parameters only
+            (no_decay if param.ndim < 2 or "norm" in name or name.endswith(".bias") else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_engine(spec: Any, model: Any, ds_config: dict, device: torch.device) -> tuple[Any, Any]:
+    import deepspeed
+
+    o = spec.trainer.optim
+    optimizer = torch.optim.AdamW(_param_groups(model, o.weight_decay), lr=o.lr, betas=(o.beta1, o.beta2),
+                                  eps=o.eps, fused=device.type == "cuda")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(o, spec.trainer.max_steps))
+    engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                                   config=ds_config)
+    return engine, scheduler
+
+
+def _global_sum(values: list[float], device: torch.device) -> list[float]:
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def train_step(engine: Any, micro_batches: list, env: WorkerEnv) -> tuple[float, int, int]:
+    """One optimizer step; returns (global mean loss per target token, global targets, global tokens)."""
+    local_targets = sum(b.targets for b in micro_batches)
+    local_tokens = sum(b.tokens for b in micro_batches)
+    global_targets, global_tokens = _global_sum([local_targets, local_tokens], env.device)
+    # DeepSpeed averages over ranks and grad-accum steps; this divisor makes the gradient that of
+    # sum(token losses) / all target tokens of the step, however tokens fall across micro-batches.
+    divisor = global_targets / (env.world * len(micro_batches))
+    loss_sum = 0.0
+    for batch in micro_batches:
+        batch = batch.to(env.device)
+        out = engine(input_ids=batch.input_ids, position_ids=batch.position_ids, labels=batch.labels,
+                     num_items_in_batch=divisor)
+        engine.backward(out.loss)
+        engine.step()
+        loss_sum += out.loss.item() * divisor
+    (loss_sum,) = _global_sum([loss_sum], env.device)
+    return loss_sum / global_targets, int(global_targets), int(global_tokens)
+
+
+def _log_model(run: RunHandle, model: Any, env: WorkerEnv) -> dict[str, Any]:
+    info = describe(model)
+    if env.rank == 0:
+        log.info("model %s: %s params, %s trainable", info["class"], f"{info['total_params']:,}",
+                 f"{info['trainable_params']:,}")
+        run.log_text(info["tree"], "model/tree.txt")
+        run.log_dict({k: v for k, v in info.items() if k != "tree"}, "model/parameters.json")
+        run.log_params({"model.total_params": info["total_params"], "model.trainable_params": info["trainable_params"]})
+    return info
+
+
+def _step_line(step: int, max_steps: int, m: dict[str, float]) -> str:
+    mfu = f"{100 * m['mfu']:.1f}%" if "mfu" in m else "n/a"
+    mem = " ".join(f"{k.removeprefix('mem_')}={v:.2f}GiB" for k, v in m.items() if k.startswith("mem_"))
+    return (f"step {step}/{max_steps} loss={m['loss']:.4f} lr={m['lr']:.3e} grad_norm={m['grad_norm']:.3f} "
+            f"tokens={int(m['tokens'])} tgs={m['tgs']:.0f} tgs_e2e={m['tgs_e2e']:.0f} mfu={mfu} "
+            f"data_time={m['data_time']:.3f}s step_time={m['step_time']:.3f}s {mem}")
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    import ray
+
+    warnings.filterwarnings("ignore", category=FutureWarning)  # torch/deepspeed deprecation chatter
+    spec, run, job_dir = config["spec"], config["run"], Path(config["job_dir"])
+    t = spec.trainer
+    env = _worker_env()
+    (job_dir / "workers").mkdir(parents=True, exist_ok=True)
+    (job_dir / "workers" / f"rank{env.rank}.pid").write_text(str(os.getpid()))
+    _seed_all(t.seed + env.rank)
+    ds_config = build_ds_config(t, bf16=config["bf16"])
+    model, hf_config, tokenizer = build_model(spec, ds_config, torch.bfloat16 if config["bf16"] else torch.float32)
+    info = _log_model(run, model, env)
+    engine, scheduler = build_engine(spec, model, ds_config, env.device)
+
+    ckpt_root = job_dir / "checkpoints"
+    resume_from = Path(config["resume_from"]) if config["resume_from"] else checkpoint.latest(ckpt_root)
+    start = checkpoint.load(engine, resume_from, env.rank) if resume_from else 0
+    if start and env.rank == 0:
+        log.info("resumed from %s at step %d", resume_from, start)
+
+    rows = ray.get(config["rows"])
+    plan = BatchPlan(rows, t.micro_batch_size, t.grad_accum, env.world, env.rank, spec.data.seed,
+                     pad_id=tokenizer.pad_token_id or 0)
+    seq_len = spec.data.pack_max_length if spec.data.packing else spec.data.max_length
+    meter = Throughput(flops_per_token(hf_config, info["total_params"] - embedding_params(model), seq_len),
+                       peak_tflops(t.peak_tflops, env.device), env.world)
+    history = []
+    for step in range(start + 1, t.max_steps + 1):
+        began = time.perf_counter()
+        micro_batches = plan.step(step)
+        data_time = time.perf_counter() - began
+        lr = scheduler.get_last_lr()[0]
+        loss, targets, tokens = train_step(engine, micro_batches, env)
+        if env.device.type == "cuda":
+            torch.cuda.synchronize()
+        step_time = time.perf_counter() - began
+        metrics = {"loss": loss, "lr": lr, "grad_norm": float(engine.get_global_grad_norm() or 0.0),
+                   "tokens": tokens, "loss_tokens": targets, "data_time": data_time, "step_time": step_time,
+                   **meter.step(tokens, step_time), **memory_stats(env.device)}
+        history.append({"step": step, "loss": loss})
+        if env.rank == 0 and (step % t.log_every == 0 or step == t.max_steps):
+            print(_step_line(step, t.max_steps, metrics), flush=True)
+            run.log_metrics(metrics, step)
+        every = t.checkpoint.every_n_steps
+        if (every and step % every == 0) or step == t.max_steps:
+            checkpoint.save(engine, ckpt_root, step, env.rank, t.checkpoint.keep_last)
+
+    export_dir = None
+    if t.checkpoint.export:
+        state = gather_state_dict(engine)
+        if env.rank == 0:
+            export_dir = write_export(state, hf_config, tokenizer, job_dir / "export")
+            run.log_artifacts(export_dir, "export")
+    if env.rank == 0:
+        summary = {"final_step": t.max_steps, "resumed_at": start, "losses": history,
+                   "export": str(export_dir) if export_dir else None}
+        (job_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    dist.barrier()

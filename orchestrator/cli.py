@@ -1,0 +1,70 @@
+"""`python -m orchestrator job=<kind> <hydra overrides>`: compose, track, place, run, publish."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from omegaconf import OmegaConf
+
+from core.errors import UserError
+from core.redact import Redactor, RedactingFilter
+
+log = logging.getLogger("orchestrator")
+USAGE = """usage: python -m orchestrator [--cfg job] [key=value ...]
+  Hydra overrides, e.g.  job=sft model=qwen3_tiny trainer.num_workers=2 trainer.max_steps=20
+  --cfg job   print the composed, validated spec (secrets redacted) and run nothing
+Config groups live in conf/ (job, model, data, trainer, tracking, cluster)."""
+
+
+def _setup_logging(redactor: Redactor) -> None:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    handler.addFilter(RedactingFilter(redactor))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+
+
+def _parse_args(argv: list[str]) -> tuple[list[str], str | None]:
+    overrides, cfg_mode = [], None
+    args = iter(argv)
+    for arg in args:
+        if arg in ("-h", "--help"):
+            print(USAGE)
+            sys.exit(0)
+        if arg in ("--cfg", "-c"):
+            cfg_mode = next(args, "job")
+        elif arg.startswith("--cfg="):
+            cfg_mode = arg.split("=", 1)[1]
+        elif arg.startswith("-"):
+            raise UserError(f"unknown option {arg!r} (try --help)")
+        else:
+            overrides.append(arg)
+    return overrides, cfg_mode
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    redactor = Redactor()
+    _setup_logging(redactor)
+    try:
+        from orchestrator.compose import compose, to_spec
+
+        overrides, cfg_mode = _parse_args(argv)
+        cfg = compose(overrides)
+        spec = to_spec(cfg)
+        redactor = Redactor(spec.tracking.redact_keys, spec.tracking.redact_values)
+        _setup_logging(redactor)
+        if cfg_mode:
+            print(OmegaConf.to_yaml(redactor.tree(OmegaConf.to_container(cfg))), end="")
+            return 0
+        from orchestrator.runner import run_job
+
+        run_job(spec, cfg, redactor)
+        return 0
+    except UserError as err:
+        print(f"error: {redactor.text(str(err))}", file=sys.stderr, flush=True)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+

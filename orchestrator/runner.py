@@ -1,0 +1,82 @@
+"""The five steps every job kind goes through: (compose done) track, prepare, place, run, publish."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from core import storage
+from core.cluster import connect
+from core.errors import UserError
+from core.redact import Redactor
+from core.tracking import flatten, start_run
+from jobs.base import RunContext
+from jobs.registry import JOBS
+
+log = logging.getLogger("orchestrator")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _tags(spec: Any, job_name: str) -> dict[str, str]:
+    tags = {"job.kind": spec.job.kind, "job.name": job_name, "model": spec.model.name, "git.commit": git_commit()}
+    if spec.model.path:
+        tags["model.path"] = spec.model.path
+    if os.environ.get("RAY_JOB_ID") or os.environ.get("RAY_JOB_SUBMISSION_ID"):
+        tags["ray.job_id"] = os.environ.get("RAY_JOB_SUBMISSION_ID") or os.environ["RAY_JOB_ID"]
+    if spec.job.parent_run:
+        tags["parent_run"] = spec.job.parent_run
+    return tags
+
+
+def _unwrap_user_error(err: BaseException) -> UserError | None:
+    """Ray wraps worker exceptions; a UserError raised in a worker is still the user's error."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, UserError):
+            return err
+        err = getattr(err, "cause", None) or err.__cause__ or err.__context__
+    return None
+
+
+def run_job(spec: Any, cfg: DictConfig, redactor: Redactor) -> dict[str, Any]:
+    job = JOBS.get(spec.job.kind)()
+    storage_root = storage.resolve_local(spec.job.storage)
+    job_name = spec.job.name or f"{spec.job.kind}-{spec.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run = start_run(spec.tracking, storage_root, job_name, _tags(spec, job_name))
+    print(f"MLflow run id: {run.run_id}  (tracking: {run.uri})", flush=True)
+    try:
+        resolved = OmegaConf.to_container(cfg)
+        run.log_params(flatten({k: resolved[k] for k in ("job", *job.sections, "cluster")}))
+        run.log_dict(resolved, "spec/resolved.json")
+        run.log_text(OmegaConf.to_yaml(redactor.tree(resolved)), "spec/resolved.yaml")
+        ctx = RunContext(run=run, job_dir=storage_root / job_name)
+        prepared = job.prepare(spec, ctx)
+        with connect(spec.cluster):
+            summary = job.run(spec, ctx, prepared)
+    except BaseException as err:
+        user_error = _unwrap_user_error(err)
+        run.set_tags({"error": str(user_error or err).splitlines()[0][:500] if str(user_error or err) else type(err).__name__})
+        run.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        if user_error is not None and user_error is not err:
+            raise user_error from None
+        raise
+    run.end("FINISHED")
+    for key, value in summary.items():
+        print(f"{key}: {value}")
+    print(f"MLflow run id: {run.run_id}  status: FINISHED", flush=True)
+    return summary

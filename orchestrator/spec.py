@@ -1,0 +1,34 @@
+"""The typed job spec: one root schema whose sections are the components' own configs."""
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from core.cluster import ClusterConfig
+from core.data.config import DataConfig
+from core.models.config import ModelConfig
+from core.tracking import TrackingConfig
+from jobs.sft.config import TrainerConfig
+
+
+@dataclass
+class JobConfig:
+    kind: str = MISSING  # a key of jobs.registry.JOBS
+    name: Optional[str] = None  # stable name: checkpoints/exports live under <storage>/<name>; None: generated
+    storage: str = "runs"  # root for this job's outputs and the default MLflow store (local path)
+    parent_run: Optional[str] = None  # MLflow run id this job derives from (recorded as a tag)
+
+
+@dataclass
+class RunSpec:
+    job: JobConfig = field(default_factory=JobConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+
+ConfigStore.instance().store(name="run_schema", node=RunSpec)
