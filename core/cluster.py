@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -16,11 +15,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 @dataclass
 class ClusterConfig:
-    address: Optional[str] = None  # None: $RAY_ADDRESS if set, else an embedded local cluster
-    num_cpus: Optional[int] = None  # embedded cluster only; None: all cores
-    num_gpus: Optional[int] = None  # embedded cluster only; None: all GPUs
+    address: str | None = None  # None: $RAY_ADDRESS if set, else an embedded local cluster
+    num_cpus: int | None = None  # embedded cluster only; None: all cores
+    num_gpus: int | None = None  # embedded cluster only; None: all GPUs
     include_dashboard: bool = True  # embedded cluster only; bound to 127.0.0.1 (Ray Train's state API needs it)
-    tmp_dir: Optional[str] = None  # embedded cluster only; Ray's session dir (default /tmp/ray)
+    tmp_dir: str | None = None  # embedded cluster only; Ray's session dir (default /tmp/ray)
 
 
 def _loopback_env() -> dict[str, str]:

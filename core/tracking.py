@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from core.redact import Redactor
 
@@ -25,12 +25,12 @@ PARAMS_PER_BATCH = 100
 @dataclass
 class TrackingConfig:
     enabled: bool = True
-    uri: Optional[str] = None  # None: $MLFLOW_TRACKING_URI, else sqlite under job.storage
+    uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite under job.storage
     experiment: str = "orchestrator"
-    artifact_location: Optional[str] = None  # for a new experiment; None: <job.storage>/mlartifacts
-    tags: Dict[str, str] = field(default_factory=dict)
-    redact_keys: List[str] = field(default_factory=list)  # extra regexes for secret key names
-    redact_values: List[str] = field(default_factory=list)  # extra regexes for secret values
+    artifact_location: str | None = None  # for a new experiment; None: <job.storage>/mlartifacts
+    tags: dict[str, str] = field(default_factory=dict)
+    redact_keys: list[str] = field(default_factory=list)  # extra regexes for secret key names
+    redact_values: list[str] = field(default_factory=list)  # extra regexes for secret values
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

@@ -8,7 +8,7 @@ import sys
 from omegaconf import OmegaConf
 
 from core.errors import UserError
-from core.redact import Redactor, RedactingFilter
+from core.redact import RedactingFilter, Redactor
 
 log = logging.getLogger("orchestrator")
 USAGE = """usage: python -m orchestrator [--cfg job] [key=value ...]

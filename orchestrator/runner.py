@@ -70,7 +70,8 @@ def run_job(spec: Any, cfg: DictConfig, redactor: Redactor) -> dict[str, Any]:
             summary = job.run(spec, ctx, prepared)
     except BaseException as err:
         user_error = _unwrap_user_error(err)
-        run.set_tags({"error": str(user_error or err).splitlines()[0][:500] if str(user_error or err) else type(err).__name__})
+        message = str(user_error or err).strip() or type(err).__name__
+        run.set_tags({"error": message.splitlines()[0][:500]})
         run.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         if user_error is not None and user_error is not err:
             raise user_error from None

@@ -1,7 +1,6 @@
 """The typed job spec: one root schema whose sections are the components' own configs."""
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -16,9 +15,9 @@ from jobs.sft.config import TrainerConfig
 @dataclass
 class JobConfig:
     kind: str = MISSING  # a key of jobs.registry.JOBS
-    name: Optional[str] = None  # stable name: checkpoints/exports live under <storage>/<name>; None: generated
+    name: str | None = None  # stable name: checkpoints/exports live under <storage>/<name>; None: generated
     storage: str = "runs"  # root for this job's outputs and the default MLflow store (local path)
-    parent_run: Optional[str] = None  # MLflow run id this job derives from (recorded as a tag)
+    parent_run: str | None = None  # MLflow run id this job derives from (recorded as a tag)
 
 
 @dataclass

@@ -1,5 +1,4 @@
 from dataclasses import dataclass, field
-from typing import List, Optional
 
 from omegaconf import MISSING
 
@@ -9,13 +8,13 @@ class DatasetSpec:
     path: str = MISSING
     format: str = "chat_jsonl"  # a key of core.data.formats.FORMATS
     sample_ratio: float = 1.0  # <1 subsamples, >1 repeats (whole copies plus a seeded fraction)
-    name: Optional[str] = None
-    media_root: Optional[str] = None  # for image parts with relative paths
+    name: str | None = None
+    media_root: str | None = None  # for image parts with relative paths
 
 
 @dataclass
 class DataConfig:
-    datasets: List[DatasetSpec] = field(default_factory=list)
+    datasets: list[DatasetSpec] = field(default_factory=list)
     max_length: int = 2048  # tokens per sample, before packing
     truncation: str = "right"  # right: cut the end | drop: skip the sample (counted) | error
     packing: bool = True

@@ -1,5 +1,5 @@
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from omegaconf import MISSING
 
@@ -9,9 +9,9 @@ class ModelConfig:
     """Which model to build or load. `name` picks the registry entry (core/models/registry.py)."""
 
     name: str = MISSING
-    path: Optional[str] = None  # local dir or s3:// for registry entries that load weights
-    overrides: Dict[str, Any] = field(default_factory=dict)  # transformers config fields
+    path: str | None = None  # local dir or s3:// for registry entries that load weights
+    overrides: dict[str, Any] = field(default_factory=dict)  # transformers config fields
     attn_implementation: str = "sdpa"
     trust_remote_code: bool = False  # off unless the user opts in: remote code runs on every worker
     zero_init: str = "auto"  # auto | on | off: build/load the model under deepspeed.zero.Init
-    freeze: List[str] = field(default_factory=list)  # module groups or regex patterns to freeze
+    freeze: list[str] = field(default_factory=list)  # module groups or regex patterns to freeze

@@ -68,3 +68,11 @@ class BatchPlan:
             rows = [self._row(first + i) for i in range(self.micro_batch)]
             batches.append(collate(rows, self.pad_id, self.pad_to))
         return batches
+
+
+def causal_lm_loss(model: torch.nn.Module, batch: MicroBatch, num_items: float) -> torch.Tensor:
+    """Sum of token losses / num_items. No attention_mask and no KV cache: transformers then builds
+    a block-diagonal causal mask from the restarting position ids (packed samples stay apart)."""
+    out = model(input_ids=batch.input_ids, position_ids=batch.position_ids, labels=batch.labels,
+                num_items_in_batch=num_items, use_cache=False)
+    return out.loss

@@ -1,5 +1,5 @@
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any
 
 
 @dataclass
@@ -9,8 +9,8 @@ class ZeroConfig:
     offload_optimizer: bool = False
     param_persistence_threshold: int = 100_000  # params smaller than this stay replicated
     overlap_comm: bool = True
-    config_file: Optional[str] = None  # raw DeepSpeed JSON, deep-merged over the generated config
-    overrides: Dict[str, Any] = field(default_factory=dict)  # same, inline
+    config_file: str | None = None  # raw DeepSpeed JSON, deep-merged over the generated config
+    overrides: dict[str, Any] = field(default_factory=dict)  # same, inline
 
 
 @dataclass
@@ -47,7 +47,7 @@ class TrainerConfig:
     activation_checkpointing: bool = False
     seed: int = 0
     log_every: int = 1
-    peak_tflops: Optional[float] = None  # per device; None: look it up by device name (no MFU on CPU)
+    peak_tflops: float | None = None  # per device; None: look it up by device name (no MFU on CPU)
     max_failures: int = 2  # worker-group restarts from the last checkpoint
     optim: OptimConfig = field(default_factory=OptimConfig)
     zero: ZeroConfig = field(default_factory=ZeroConfig)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
-
 
 from core import storage
 from core.data.sft import SFTData, build_sft_data
@@ -91,6 +91,8 @@ class SFTJob:
         from jobs.sft.worker import train_loop
 
         t = spec.trainer
+        # Ray Train re-routes workers' print() through its logger, which echoes it a second time
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
         use_gpu = _use_gpu(t)
         resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if use_gpu else {})}
         config = {"spec": spec, "run": ctx.run, "job_dir": str(ctx.job_dir), "rows": ray.put(prepared.data.rows),

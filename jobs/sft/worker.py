@@ -20,7 +20,7 @@ from core.models import MODELS
 from core.models.inspect import describe, embedding_params
 from core.tracking import RunHandle
 from jobs.sft import checkpoint
-from jobs.sft.batches import BatchPlan
+from jobs.sft.batches import BatchPlan, causal_lm_loss
 from jobs.sft.deepspeed_config import build_ds_config
 from jobs.sft.export import gather_state_dict, write_export
 from jobs.sft.metrics import Throughput, flops_per_token, memory_stats, peak_tflops
@@ -115,11 +115,10 @@ def train_step(engine: Any, micro_batches: list, env: WorkerEnv) -> tuple[float,
     loss_sum = 0.0
     for batch in micro_batches:
         batch = batch.to(env.device)
-        out = engine(input_ids=batch.input_ids, position_ids=batch.position_ids, labels=batch.labels,
-                     num_items_in_batch=divisor)
-        engine.backward(out.loss)
+        loss = causal_lm_loss(engine, batch, divisor)
+        engine.backward(loss)
         engine.step()
-        loss_sum += out.loss.item() * divisor
+        loss_sum += loss.item() * divisor
     (loss_sum,) = _global_sum([loss_sum], env.device)
     return loss_sum / global_targets, int(global_targets), int(global_tokens)
 

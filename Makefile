@@ -1,0 +1,44 @@
+# make run   : set up (if needed) and run the demo SFT job on an embedded Ray + local MLflow
+# make test  : set up (if needed) and run the test suite
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
+TORCH_CPU := torch==2.13.0
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup run test lint bench-sft bench-quant mlflow-ui clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@# CPU machines: the pinned CPU build first, so nothing pulls a multi-GB CUDA wheel
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_CPU)
+	$(PY) -m pip install -q -e '.[test]'
+	rm -f $(VENV)/.installed-*; touch $@
+
+setup: $(STAMP)
+
+run: setup
+	$(PY) -m orchestrator job=sft $(ARGS)
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+mlflow-ui: setup
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/runs/mlflow.db --host 127.0.0.1 --port 5000
+
+# GPU machine: run with the image's python (torch/transformers there); see benchmarks/README.md
+BENCH_PY ?= python3
+bench-sft:
+	$(BENCH_PY) -m benchmarks.sft $(ARGS)
+
+bench-quant:
+	$(BENCH_PY) -m benchmarks.quant $(ARGS)
+
+clean:
+	rm -rf runs .cache .pytest_cache

@@ -1,0 +1,1 @@
+"""Post-training quantization of LLM decoder blocks, layer by layer (job=quantize)."""

@@ -1,0 +1,153 @@
+"""AWQ (Lin et al. 2023): scale salient input channels up before quantizing, folding 1/s into the op that
+produces the input, then shrink each group's range where that lowers the output error.
+
+Two observe passes, both reducible by summation, so any number of workers gives the same choice:
+  pass 0: per shared input, sum |x| and the token count (candidate scales s = mean|x|^alpha), and
+          x^T x (for the clip search and metrics);
+  pass 1: given the reduced pass-0 stats (`prior`), for every mapping and every alpha on the grid,
+          the sum over tokens of |block(x) - block_fp(x)|^2 with only that mapping's Linears scaled
+          and quantized (the others FP, as in llm-awq). `apply` picks the argmin per mapping.
+The clip search needs no third pass: the per-(row, group) output error of a weight change d_g is
+d_g^T G_gg d_g with G_gg the group's diagonal block of x^T x (scaled by 1/s after smoothing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from core.errors import ConfigError
+from jobs.quantize.algorithms.base import AlgorithmConfig, BlockResult, QuantAlgorithm, RunBlock
+from jobs.quantize.algorithms.mappings import (
+    ResolvedMapping,
+    find_linears,
+    fold_scales,
+    require_family,
+    resolve_mappings,
+)
+from jobs.quantize.algorithms.stats import Stats
+from kernels.quant import QuantFormat, get_op
+
+
+@dataclass
+class AWQConfig(AlgorithmConfig):
+    n_grid: int = 20  # alphas k / n_grid, k = 0..n_grid-1; alpha 0 (s = 1) is plain RTN
+    clip: bool = True
+    clip_grid: int = 20  # clip ratios 1 - k / clip_grid ...
+    max_shrink: float = 0.5  # ... down to 1 - max_shrink
+    # llm-awq skips q/k: their error reaches the output through softmax(q k^T), which the per-output
+    # MSE used by the clip search does not model.
+    clip_skip: tuple[str, ...] = ("q_proj", "k_proj")
+
+    def validate(self, field_name: str) -> None:
+        super().validate(field_name)
+        for key in ("n_grid", "clip_grid"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{field_name}.{key}", f"must be >= 1, got {getattr(self, key)}")
+        if not 0 <= self.max_shrink < 1:
+            raise ConfigError(f"{field_name}.max_shrink", f"must be in [0, 1), got {self.max_shrink}")
+
+
+class AWQ(QuantAlgorithm):
+    name = "awq"
+    Config = AWQConfig
+    n_passes = 2
+    needs_gram = True
+
+    def prepare(self, block: nn.Module, fmt: QuantFormat, run_block: RunBlock | None = None) -> None:
+        super().prepare(block, fmt, run_block)
+        self.family = require_family(block, self.name)
+
+    def input_stats(self, key: str, x: torch.Tensor, stats: Stats) -> None:
+        super().input_stats(key, x, stats)
+        stats.add(f"absx/{key}", x.abs().sum(0).double())
+
+    def observe_pass(
+        self, block: nn.Module, x: torch.Tensor, stats: Stats, pass_idx: int, prior: Stats,
+        mask: torch.Tensor | None,
+    ) -> None:
+        y_ref = self.forward(block, x)
+        fake_quant = get_op("fake_quant")
+        for m in self._mappings(block)[0]:
+            originals = [lin.weight.detach().clone() for lin in m.linears]
+            losses = torch.zeros(self.cfg.n_grid, dtype=torch.float64, device=y_ref.device)
+            try:
+                for k, s in enumerate(self._candidates(prior, m.key)):
+                    for lin, w in zip(m.linears, originals, strict=True):
+                        lin.weight.copy_((fake_quant(w.float() * s, self.fmt) / s).to(w.dtype))
+                    losses[k] = _sse(self.forward(block, x), y_ref, mask)
+            finally:
+                for lin, w in zip(m.linears, originals, strict=True):
+                    lin.weight.copy_(w)
+            stats.add(f"awq_loss/{m.prev_name}", losses)
+
+    @torch.no_grad()
+    def apply(self, block: nn.Module, stats: Stats) -> BlockResult:
+        result = BlockResult()
+        mappings, skipped = self._mappings(block)
+        result.info.update(alpha={}, loss_vs_rtn={}, skipped_mappings=skipped)
+        input_scale: dict[str, torch.Tensor] = {}
+        for m in mappings:  # fold every scale first: v_proj/up_proj are both consumer and producer
+            if f"awq_loss/{m.prev_name}" not in stats:
+                raise ValueError("awq: apply needs the merged stats of both observe passes (see base.py)")
+            losses = stats[f"awq_loss/{m.prev_name}"]
+            best = int(torch.argmin(losses))
+            s = self._candidates(stats, m.key)[best]
+            fold_scales(m, s)
+            result.smoothing[m.prev_name] = s
+            input_scale[m.key] = s
+            result.info["alpha"][m.prev_name] = best / self.cfg.n_grid
+            result.info["loss_vs_rtn"][m.prev_name] = (losses[best] / losses[0].clamp_min(1e-30)).item()
+        quantize_weight = get_op("quantize_weight")
+        for name, lin in find_linears(block).items():
+            gram = self.gram(stats, name)
+            s = input_scale.get(self.group_key[name])
+            if s is not None:  # inputs are now x / s
+                gram = gram / (s[:, None] * s[None, :]).to(gram.dtype)
+            clip = 1.0
+            if self.cfg.clip and not any(part in name for part in self.cfg.clip_skip):
+                clip = search_clip(lin.weight, gram, self.fmt, self.cfg.clip_grid, self.cfg.max_shrink)
+            q, scale, zero = quantize_weight(lin.weight, self.fmt, clip)
+            self.commit(block, name, q, scale, zero, result, gram)
+        return self.finish(block, result)
+
+    def _mappings(self, block: nn.Module) -> tuple[list[ResolvedMapping], list[str]]:
+        return resolve_mappings(block, self.family)
+
+    def _candidates(self, stats: Stats, key: str) -> torch.Tensor:
+        """[n_grid, in] scales mean|x|^alpha, normalized so that max * min = 1 (as llm-awq)."""
+        mean = (stats[f"absx/{key}"] / stats[f"tokens/{key}"]).float()
+        alphas = torch.arange(self.cfg.n_grid, device=mean.device, dtype=torch.float32) / self.cfg.n_grid
+        s = mean[None, :].pow(alphas[:, None]).clamp(min=1e-4)
+        return s / (s.amax(1, keepdim=True) * s.amin(1, keepdim=True)).sqrt()
+
+
+def search_clip(
+    weight: torch.Tensor, gram: torch.Tensor, fmt: QuantFormat, grid: int = 20, max_shrink: float = 0.5
+) -> torch.Tensor:
+    """Per (row, group) range ratio in {1, 1 - 1/grid, ...} > 1 - max_shrink minimising d^T G_gg d."""
+    w = weight.detach().float()
+    rows, cols = w.shape
+    size = fmt.group_size or cols
+    n_groups = cols // size
+    blocks = gram.float().reshape(n_groups, size, n_groups, size).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
+    best_loss = torch.full((rows, n_groups), float("inf"), device=w.device)
+    best = torch.ones(rows, n_groups, device=w.device)
+    fake_quant = get_op("fake_quant")
+    for k in range(max(1, int(max_shrink * grid))):
+        ratio = 1 - k / grid
+        d = (w - fake_quant(w, fmt, ratio)).reshape(rows, n_groups, size)
+        loss = torch.einsum("rgi,gij,rgj->rg", d, blocks, d)
+        better = loss < best_loss
+        best_loss = torch.where(better, loss, best_loss)
+        best = torch.where(better, torch.full_like(best, ratio), best)
+    return best
+
+
+def _sse(y: torch.Tensor, y_ref: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    err = (y.float() - y_ref.float()).square().sum(-1)  # per token
+    if mask is not None:
+        err = err * mask.to(err.device, err.dtype)
+    return err.sum().double()

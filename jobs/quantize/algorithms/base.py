@@ -1,0 +1,221 @@
+"""The algorithm interface: prepare a block, observe its inputs (one or more passes), apply in place.
+
+Driver protocol (the same for one worker or many; `stats` is a plain picklable object):
+
+    algo = ALGORITHMS.get(name)(cfg)           # one instance per worker; reusable across blocks
+    algo.prepare(block, fmt, run_block)          # validates shapes, resolves the block's wiring
+    stats = Stats()
+    for p in range(algo.n_passes):               # AWQ: 2 passes, others: 1
+        local = Stats()
+        for x in my_shard:                       # hidden states entering the block, [B, T, H]
+            algo.observe(block, x, local, pass_idx=p, prior=stats)
+        stats = stats.merged(reduce_stats(gather(local)))   # every worker gets the same reduced stats
+    result = algo.apply(block, stats)            # one worker (or all: it is deterministic)
+
+`run_block(block, x) -> y` runs the block on hidden states x with whatever else the model passes
+(position embeddings, mask, position ids); the driver captures those when it records the block inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from core.errors import ConfigError
+from jobs.quantize.algorithms.act_quant import install_act_quant
+from jobs.quantize.algorithms.mappings import find_linears, input_groups
+from jobs.quantize.algorithms.metrics import layer_metrics
+from jobs.quantize.algorithms.stats import Stats, reduce_stats
+from kernels.quant import QuantFormat, check_group_size, get_op
+
+RunBlock = Callable[[nn.Module, torch.Tensor], Any]
+
+
+@dataclass
+class LayerQuant:
+    """What an exporter writes for one Linear (pack qweight with kernels.quant.pack_int)."""
+
+    qweight: torch.Tensor  # int8 [out, in], signed range [-2^(b-1), 2^(b-1) - 1]
+    scale: torch.Tensor  # float32 [out, n_groups]
+    zero: torch.Tensor  # int8 [out, n_groups]; all 0 when symmetric
+    fmt: QuantFormat
+
+
+@dataclass
+class BlockResult:
+    layers: dict[str, LayerQuant] = field(default_factory=dict)  # names relative to the block
+    # prev module name -> s: prev's output was divided by s and its consumers' weight columns multiplied
+    # by s; already folded into the block's weights (norm weights changed too: export them).
+    smoothing: dict[str, torch.Tensor] = field(default_factory=dict)
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # per Linear, see metrics.py
+    info: dict[str, Any] = field(default_factory=dict)  # algorithm specifics (AWQ alphas, skipped maps)
+
+
+@dataclass
+class AlgorithmConfig:
+    stats_dtype: str = "float32"  # accumulation dtype of Gram matrices; float64 for exact DP checks
+    metrics: bool = True  # collect x^T x (when the algorithm does not need it anyway) for output errors
+
+    def validate(self, field_name: str) -> None:
+        if self.stats_dtype not in ("float32", "float64"):
+            raise ConfigError(f"{field_name}.stats_dtype", f"must be float32 or float64, got {self.stats_dtype!r}")
+
+
+class QuantAlgorithm:
+    name: ClassVar[str] = ""
+    Config: ClassVar[type[AlgorithmConfig]] = AlgorithmConfig
+    n_passes: ClassVar[int] = 1
+    needs_gram: ClassVar[bool] = False
+
+    def __init__(self, cfg: AlgorithmConfig | Mapping[str, Any] | None = None) -> None:
+        self.cfg = build_config(self.Config, cfg, f"quant.{self.name}")
+
+    def prepare(self, block: nn.Module, fmt: QuantFormat, run_block: RunBlock | None = None) -> None:
+        """Validate the block for `fmt` (group sizes) and resolve its wiring; resets per-block state."""
+        self.fmt, self.run_block = fmt, run_block
+        linears = find_linears(block)
+        for name, lin in linears.items():
+            check_group_size(fmt, name, lin.in_features)
+        self.groups = input_groups(block, list(linears))
+        self.group_key = {name: g[0] for g in self.groups for name in g}
+
+    def observe(
+        self,
+        block: nn.Module,
+        x: torch.Tensor,
+        stats: Stats | None = None,
+        *,
+        pass_idx: int = 0,
+        prior: Stats | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> Stats:
+        """Accumulate this batch into `stats` (new if None) and return it. `prior`: reduced stats of the
+        earlier passes (needed from pass 1 on). `mask` [B, T] bool drops padding tokens."""
+        if not 0 <= pass_idx < self.n_passes:
+            raise ValueError(f"{self.name} has {self.n_passes} observe pass(es), got pass_idx={pass_idx}")
+        stats = Stats() if stats is None else stats
+        with torch.no_grad():
+            if pass_idx == 0:
+                self._observe_inputs(block, x, stats, mask)
+            else:
+                self.observe_pass(block, x, stats, pass_idx, prior or Stats(), mask)
+        return stats
+
+    def apply(self, block: nn.Module, stats: Stats) -> BlockResult:
+        """Quantize the block's Linears in place (fake quant) from reduced stats of all passes."""
+        raise NotImplementedError
+
+    # -- for subclasses ------------------------------------------------------------------------------
+
+    def input_stats(self, key: str, x: torch.Tensor, stats: Stats) -> None:
+        """Per shared-input group, x: [tokens, in_features] float32. Extend with super() calls."""
+        stats.add(f"tokens/{key}", torch.tensor(float(x.shape[0]), dtype=torch.float64, device=x.device))
+        if self.needs_gram or self.cfg.metrics:
+            xd = x.to(getattr(torch, self.cfg.stats_dtype))
+            stats.add(f"gram/{key}", xd.T @ xd)
+
+    def observe_pass(
+        self, block: nn.Module, x: torch.Tensor, stats: Stats, pass_idx: int, prior: Stats,
+        mask: torch.Tensor | None,
+    ) -> None:
+        raise NotImplementedError
+
+    def gram(self, stats: Stats, name: str) -> torch.Tensor | None:
+        key = f"gram/{self.group_key[name]}"
+        return stats[key] if key in stats else None
+
+    def forward(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.run_block is None:
+            raise ValueError(f"{self.name}: prepare(block, fmt, run_block) needs run_block to observe")
+        y = self.run_block(block, x)
+        return y[0] if isinstance(y, tuple) else y
+
+    @torch.no_grad()
+    def commit(
+        self, block: nn.Module, name: str, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
+        result: BlockResult, gram: torch.Tensor | None,
+    ) -> None:
+        """Write dequantized weights in place, record the integers and the layer's error metrics."""
+        lin = block.get_submodule(name)
+        deq = get_op("dequantize")(q, scale, zero, self.fmt.group_size)
+        result.metrics[name] = layer_metrics(lin.weight, deq, gram)
+        lin.weight.copy_(deq.to(lin.weight.dtype))
+        result.layers[name] = LayerQuant(q, scale.float(), zero.to(torch.int8), self.fmt)
+
+    def finish(self, block: nn.Module, result: BlockResult) -> BlockResult:
+        if self.fmt.act_bits:  # quantized block behaves as deployed: later blocks see its real output
+            install_act_quant(block, list(result.layers), self.fmt.act_bits)
+        return result
+
+    def _observe_inputs(self, block: nn.Module, x: torch.Tensor, stats: Stats, mask: torch.Tensor | None) -> None:
+        def record(key: str, inp: torch.Tensor) -> None:
+            self.input_stats(key, flatten_tokens(inp, mask), stats)
+
+        with _input_hooks(block, [g[0] for g in self.groups], record):
+            self.forward(block, x)
+
+
+def flatten_tokens(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """[..., d] -> [tokens, d] float32, keeping only tokens where mask is True."""
+    flat = x.reshape(-1, x.shape[-1]).float()
+    if mask is None:
+        return flat
+    keep = mask.reshape(-1).to(device=flat.device, dtype=torch.bool)
+    if keep.numel() != flat.shape[0]:
+        raise ValueError(f"mask has {keep.numel()} tokens, the input has {flat.shape[0]}")
+    return flat[keep]
+
+
+@contextmanager
+def _input_hooks(block: nn.Module, names: list[str], record: Callable[[str, torch.Tensor], None]):
+    handles = [
+        block.get_submodule(name).register_forward_hook(lambda _m, args, _out, name=name: record(name, args[0]))
+        for name in names
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def build_config(cls: type[AlgorithmConfig], cfg: Any, field_name: str) -> AlgorithmConfig:
+    """A config dataclass from None, an instance, or a mapping (Hydra); unknown keys -> ConfigError."""
+    if cfg is None:
+        cfg = cls()
+    elif not isinstance(cfg, cls):
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(cfg) - set(known))
+        if unknown:
+            raise ConfigError(field_name, f"unknown option(s) {', '.join(unknown)} (known: {', '.join(known)})")
+        cfg = cls(**dict(cfg))
+    cfg.validate(field_name)
+    return cfg
+
+
+def calibrate(algo: QuantAlgorithm, block: nn.Module, shards: Sequence[Iterable[torch.Tensor]]) -> Stats:
+    """The driver protocol in one process: each shard (a re-iterable of batches) stands for a worker."""
+    stats = Stats()
+    for p in range(algo.n_passes):
+        parts = []
+        for shard in shards:
+            local = Stats()
+            for x in shard:
+                algo.observe(block, x, local, pass_idx=p, prior=stats)
+            parts.append(local)
+        stats = stats.merged(reduce_stats(parts))
+    return stats
+
+
+def quantize_block(
+    algo: QuantAlgorithm, block: nn.Module, fmt: QuantFormat, run_block: RunBlock | None,
+    shards: Sequence[Iterable[torch.Tensor]],
+) -> BlockResult:
+    algo.prepare(block, fmt, run_block)
+    return algo.apply(block, calibrate(algo, block, shards))

@@ -1,0 +1,122 @@
+"""GPTQ (Frantar et al. 2022): quantize columns one at a time and spread each column's error over the
+not-yet-quantized columns with the inverse Hessian H = 2 X^T X / n of the layer's inputs.
+
+Stats: per shared input, x^T x and the token count (sums), so shards reduce exactly. All Hessians come
+from the FP block in one pass (the paper's setting); error from earlier blocks is compensated when
+the driver feeds each block the outputs of the already-quantized previous block.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from core.errors import ConfigError
+from jobs.quantize.algorithms.base import AlgorithmConfig, BlockResult, QuantAlgorithm
+from jobs.quantize.algorithms.mappings import find_linears
+from jobs.quantize.algorithms.stats import Stats
+from kernels.quant import QuantFormat, get_op
+from kernels.quant.reference import qrange
+
+
+@dataclass
+class GPTQConfig(AlgorithmConfig):
+    percdamp: float = 0.01  # damping added to diag(H), as a fraction of mean(diag(H))
+    blocksize: int = 128  # columns per lazy-batch update
+    # Process columns by descending diag(H). With groups, scales stay on contiguous column groups,
+    # computed before the updates (llm-compressor's "weight" order), so no g_idx is needed on export.
+    act_order: bool = False
+
+    def validate(self, field_name: str) -> None:
+        super().validate(field_name)
+        if not 0 < self.percdamp <= 1:
+            raise ConfigError(f"{field_name}.percdamp", f"must be in (0, 1], got {self.percdamp}")
+        if self.blocksize < 1:
+            raise ConfigError(f"{field_name}.blocksize", f"must be >= 1, got {self.blocksize}")
+
+
+class GPTQ(QuantAlgorithm):
+    name = "gptq"
+    Config = GPTQConfig
+    needs_gram = True
+
+    @torch.no_grad()
+    def apply(self, block: nn.Module, stats: Stats) -> BlockResult:
+        result = BlockResult()
+        for name, lin in find_linears(block).items():
+            gram, tokens = self.gram(stats, name), stats.values.get(f"tokens/{self.group_key[name]}")
+            if gram is None or tokens is None or tokens.item() == 0:
+                raise ValueError(f"gptq: no calibration inputs were observed for {name!r}")
+            hessian = 2 * gram / tokens.to(gram.dtype)
+            cfg = self.cfg
+            q, scale, zero = gptq_quantize(lin.weight, hessian, self.fmt, cfg.percdamp, cfg.blocksize,
+                                           cfg.act_order)
+            self.commit(block, name, q, scale.float(), zero.float(), result, gram)
+        return self.finish(block, result)
+
+
+def gptq_quantize(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    fmt: QuantFormat,
+    percdamp: float = 0.01,
+    blocksize: int = 128,
+    act_order: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(int8 q [out, in], scale, zero [out, n_groups]) for one Linear; math in the Hessian's dtype."""
+    W = weight.detach().to(hessian.dtype).clone()
+    H = hessian.clone()
+    rows, cols = W.shape
+    size = fmt.group_size or cols
+    dead = torch.diag(H) == 0  # inputs that were always 0: any weight works, use 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    # Static qparams for per-channel, and for groups under act_order (contiguous groups on export).
+    static = fmt.group_size is None or act_order
+    compute_qparams = get_op("compute_qparams")
+    if static:
+        scale, zero = compute_qparams(W, fmt.weight_bits, fmt.group_size, fmt.symmetric)
+    else:
+        scale = W.new_zeros(rows, cols // size)
+        zero = W.new_zeros(rows, cols // size)
+        blocksize = math.ceil(blocksize / size) * size  # a group never straddles two lazy batches
+    perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(cols, device=W.device)
+    W, H = W[:, perm], H[perm][:, perm]
+    hinv = _inverse_hessian_cholesky(H, percdamp)
+    group_of = (perm // size).tolist()
+    qmin, qmax = qrange(fmt.weight_bits)
+    Q = torch.zeros(rows, cols, dtype=torch.int8, device=W.device)
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        W1, H1 = W[:, i1:i2].clone(), hinv[i1:i2, i1:i2]
+        err1 = torch.zeros_like(W1)
+        for i in range(i2 - i1):
+            g = group_of[i1 + i]
+            if not static and (i1 + i) % size == 0:  # a group starts: params from its updated weights
+                s, z = compute_qparams(W1[:, i:i + size], fmt.weight_bits, None, fmt.symmetric)
+                scale[:, g], zero[:, g] = s[:, 0], z[:, 0]
+            w = W1[:, i]
+            q = (torch.round(w / scale[:, g]) + zero[:, g]).clamp(qmin, qmax)
+            Q[:, i1 + i] = q.to(torch.int8)
+            err = (w - (q - zero[:, g]) * scale[:, g]) / H1[i, i]
+            W1[:, i:] -= err[:, None] * H1[i, i:][None, :]
+            err1[:, i] = err
+        W[:, i2:] -= err1 @ hinv[i1:i2, i2:]  # lazy batch: the rest of the row gets this block's error
+    return Q[:, torch.argsort(perm)], scale, zero
+
+
+def _inverse_hessian_cholesky(H: torch.Tensor, percdamp: float) -> torch.Tensor:
+    """Upper Cholesky factor of (H + damp I)^-1; damping grows 10x per retry if H is too ill-posed."""
+    damp = percdamp * torch.diag(H).mean()
+    eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+    for _ in range(6):
+        L, info = torch.linalg.cholesky_ex(H + damp * eye)
+        if info.item() == 0:
+            U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
+            if info.item() == 0:
+                return U
+        damp = damp * 10
+    raise RuntimeError("gptq: the Hessian is not positive definite even with 10^5 x damping")

@@ -1,0 +1,56 @@
+"""Format-level quantization ops. `get_op(name)` picks a fused implementation at run time when one is
+available (a future `kernels.quant.triton_ops` module, CUDA only) and the torch reference otherwise,
+so callers never import a backend directly."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from functools import cache
+
+from kernels.quant import reference
+from kernels.quant.formats import QuantFormat, check_group_size, parse_format
+
+OPS = ("compute_qparams", "quantize", "dequantize", "quantize_weight", "fake_quant",
+       "fake_quant_per_token", "pack_int", "unpack_int")
+BACKENDS = ("auto", "torch", "triton")
+_TRITON_MODULE = "kernels.quant.triton_ops"  # same function names and signatures as reference
+
+
+def get_op(name: str, backend: str = "auto") -> Callable:
+    """The implementation of op `name`: "auto" prefers Triton on CUDA, else the torch reference."""
+    if name not in OPS:
+        raise KeyError(f"unknown quant op {name!r} (known: {', '.join(OPS)})")
+    if backend not in BACKENDS:
+        raise KeyError(f"unknown quant backend {backend!r} (known: {', '.join(BACKENDS)})")
+    if backend != "torch":
+        fused = getattr(_triton_module(), name, None) if _triton_usable() else None
+        if fused is not None:
+            return fused
+        if backend == "triton":
+            raise RuntimeError(f"no Triton implementation of {name!r} here (needs triton, CUDA and "
+                               f"{_TRITON_MODULE})")
+    return getattr(reference, name)
+
+
+@cache
+def _triton_usable() -> bool:
+    try:
+        import torch
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available() and _triton_module() is not None
+
+
+@cache
+def _triton_module():
+    try:
+        return importlib.import_module(_TRITON_MODULE)
+    except ModuleNotFoundError as err:
+        if err.name != _TRITON_MODULE:
+            raise  # the module exists but is broken: say so rather than silently fall back
+        return None
+
+
+__all__ = ["OPS", "QuantFormat", "check_group_size", "get_op", "parse_format", "reference"]

@@ -1,0 +1,126 @@
+"""Reference torch ops (any device, float32 math): qparams, quantize, dequantize, fake quant, packing.
+
+Weights are [out_features, in_features]; groups run along the input dim, so scales/zeros are
+[out_features, n_groups] (n_groups = 1 for per-channel). Zeros are integer-valued floats here; an
+exporter casts them with `.to(torch.int8)`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from kernels.quant.formats import QuantFormat
+
+
+def qrange(bits: int) -> tuple[int, int]:
+    return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+
+def _math(t: torch.Tensor) -> torch.Tensor:
+    """float32 math for low-precision inputs; float64 stays float64 (exactness checks)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def _grouped(w: torch.Tensor, group_size: int | None) -> torch.Tensor:
+    """[rows, cols] -> [rows, n_groups, group]."""
+    rows, cols = w.shape
+    size = group_size or cols
+    if cols % size:
+        raise ValueError(f"group size {size} does not divide {cols} columns")
+    return w.reshape(rows, cols // size, size)
+
+
+def compute_qparams(
+    w: torch.Tensor,
+    bits: int,
+    group_size: int | None,
+    symmetric: bool,
+    clip: float | torch.Tensor = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Min/max scales and zero points per (row, group); `clip` (scalar or [rows, n_groups]) shrinks the range."""
+    g = _grouped(_math(w), group_size)
+    qmin, qmax = qrange(bits)
+    # 0 must be representable (padding, pruned weights): widen the range to include it.
+    lo = g.amin(-1).clamp(max=0) * clip
+    hi = g.amax(-1).clamp(min=0) * clip
+    scale = torch.maximum(-lo, hi) / ((qmax - qmin) / 2) if symmetric else (hi - lo) / (qmax - qmin)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # all-zero group: any scale works
+    if symmetric:
+        return scale, torch.zeros_like(scale)
+    return scale, (qmin - torch.round(lo / scale)).clamp(qmin, qmax)
+
+
+def quantize(
+    w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int, group_size: int | None
+) -> torch.Tensor:
+    """Round-to-nearest (half to even), clamped to the signed range; int8 [rows, cols]."""
+    qmin, qmax = qrange(bits)
+    g = _grouped(_math(w), group_size)
+    q = torch.round(g / scale.unsqueeze(-1)) + zero.unsqueeze(-1)
+    return q.clamp(qmin, qmax).reshape(w.shape).to(torch.int8)
+
+
+def dequantize(
+    q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int | None
+) -> torch.Tensor:
+    g = _grouped(q.to(scale.dtype), group_size)
+    return ((g - zero.unsqueeze(-1)) * scale.unsqueeze(-1)).reshape(q.shape)
+
+
+def quantize_weight(
+    w: torch.Tensor, fmt: QuantFormat, clip: float | torch.Tensor = 1.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(int8 q, scale, zero) for a [out, in] weight in `fmt`."""
+    scale, zero = compute_qparams(w, fmt.weight_bits, fmt.group_size, fmt.symmetric, clip)
+    return quantize(w, scale, zero, fmt.weight_bits, fmt.group_size), scale, zero
+
+
+def fake_quant(w: torch.Tensor, fmt: QuantFormat, clip: float | torch.Tensor = 1.0) -> torch.Tensor:
+    """Quantize then dequantize: values on the grid, in w's dtype."""
+    q, scale, zero = quantize_weight(w, fmt, clip)
+    return dequantize(q, scale, zero, fmt.group_size).to(w.dtype)
+
+
+def fake_quant_per_token(x: torch.Tensor, bits: int = 8) -> torch.Tensor:
+    """Dynamic symmetric per-token (last dim) activation quant, as vLLM's int8 kernels do (amax / 127)."""
+    qmin, qmax = qrange(bits)
+    xf = x.float()
+    scale = xf.abs().amax(-1, keepdim=True) / qmax
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return (torch.round(xf / scale).clamp(qmin, qmax) * scale).to(x.dtype)
+
+
+def pack_int(q: torch.Tensor, bits: int, dim: int = -1) -> torch.Tensor:
+    """Pack signed `bits`-bit ints into int32 words along `dim` (compressed-tensors "pack-quantized").
+
+    32 // bits values per word (8 for 4-bit, 10 for 3-bit with the top 2 bits unused), value i of a
+    word in bits [i*bits, (i+1)*bits), lowest first; values are offset by 2^(bits-1) to unsigned;
+    the dim is zero-padded to a whole number of words. Weights pack along dim 1, zeros along dim 0.
+    """
+    _check_bits(bits)
+    per_word = 32 // bits
+    u = (q.to(torch.int64) + (1 << (bits - 1))).movedim(dim, -1)
+    if u.numel() and (u.min() < 0 or u.max() >= 1 << bits):
+        raise ValueError(f"values outside the signed {bits}-bit range")
+    u = F.pad(u, (0, (-u.shape[-1]) % per_word)).unflatten(-1, (-1, per_word))
+    shifts = torch.arange(per_word, device=q.device, dtype=torch.int64) * bits
+    words = (u << shifts).sum(-1)  # fields do not overlap: sum == bitwise or, < 2^32 in int64
+    words = torch.where(words >= 1 << 31, words - (1 << 32), words)  # reinterpret as int32
+    return words.to(torch.int32).movedim(-1, dim)
+
+
+def unpack_int(packed: torch.Tensor, bits: int, length: int, dim: int = -1) -> torch.Tensor:
+    """Inverse of pack_int; `length` is the unpacked size of `dim` (drops the padding). Returns int8."""
+    _check_bits(bits)
+    per_word = 32 // bits
+    words = packed.to(torch.int64).movedim(dim, -1) & 0xFFFFFFFF
+    shifts = torch.arange(per_word, device=packed.device, dtype=torch.int64) * bits
+    u = (words.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)
+    u = u.flatten(-2)[..., :length]
+    return (u - (1 << (bits - 1))).to(torch.int8).movedim(-1, dim)
+
+
+def _check_bits(bits: int) -> None:
+    if not 1 <= bits <= 8:
+        raise ValueError(f"packing supports 1..8 bits, got {bits}")

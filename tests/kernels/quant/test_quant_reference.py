@@ -1,0 +1,134 @@
+"""Reference ops vs an independent float64 implementation; pack/unpack layout and round trips."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from kernels.quant import get_op, parse_format
+from kernels.quant.formats import GROUP_SIZES, WEIGHT_BITS
+from kernels.quant.reference import (
+    compute_qparams,
+    dequantize,
+    fake_quant,
+    fake_quant_per_token,
+    pack_int,
+    quantize,
+    quantize_weight,
+    unpack_int,
+)
+
+FORMATS = [f"w{b}g{g}" for b, g in itertools.product(WEIGHT_BITS, GROUP_SIZES)] + [f"w{b}" for b in WEIGHT_BITS]
+
+
+def reference_fake_quant(w: torch.Tensor, bits: int, group: int | None, symmetric: bool):
+    """Written out independently, float64: returns (dequantized, x / scale before rounding)."""
+    rows, cols = w.shape
+    size = group or cols
+    g = w.double().reshape(rows, cols // size, size)
+    qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    lo = torch.clamp(g.min(-1, keepdim=True).values, max=0.0)
+    hi = torch.clamp(g.max(-1, keepdim=True).values, min=0.0)
+    if symmetric:
+        scale = torch.maximum(lo.abs(), hi) / ((qmax - qmin) / 2.0)
+        zero = torch.zeros_like(scale)
+    else:
+        scale = (hi - lo) / (qmax - qmin)
+    scale[scale == 0] = 1.0  # an all-zero group: any scale represents it exactly
+    if not symmetric:
+        zero = torch.clamp(qmin - torch.round(lo / scale), qmin, qmax)
+    unrounded = g / scale
+    q = torch.clamp(torch.round(unrounded) + zero, qmin, qmax)
+    return ((q - zero) * scale).reshape(rows, cols), unrounded.reshape(rows, cols), scale
+
+
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
+@pytest.mark.parametrize("spec", FORMATS)
+def test_round_trip_matches_float64_reference(spec: str, symmetric: bool) -> None:
+    fmt = parse_format(spec, symmetric)
+    w = torch.randn(48, 256, generator=torch.Generator().manual_seed(fmt.weight_bits)) * 0.05
+    w[0, :7] = 0  # a partly zero row, and a fully zero group where groups are small enough
+    w[1, : fmt.group_size or 0] = 0
+    expected, unrounded, ref_scale = reference_fake_quant(w, fmt.weight_bits, fmt.group_size, symmetric)
+    q, scale, zero = quantize_weight(w, fmt)
+    got = dequantize(q, scale, zero, fmt.group_size).double()
+    # float32 vs float64 can round the other way only where x/scale sits on a .5 boundary: skip those
+    frac = unrounded - unrounded.floor()
+    ties = (frac - 0.5).abs() < 1e-4
+    step = ref_scale.expand(-1, -1, (fmt.group_size or w.shape[1])).reshape(w.shape)
+    # float32 scale and product: a few float32 ulps of the value (or of one step near 0)
+    eps32 = torch.finfo(torch.float32).eps
+    tol = 4 * eps32 * (expected.abs() + step)
+    err = (got - expected).abs()
+    assert q.dtype == torch.int8 and q.min() >= fmt.qmin and q.max() <= fmt.qmax
+    assert bool((err[~ties] <= tol[~ties]).all()), (
+        f"{fmt}: dequantized values differ from the float64 reference by more than 4 float32 ulps of "
+        f"max(|value|, step) (max {float((err / tol)[~ties].max()):.2f} x tol); {int(ties.sum())} ties skipped"
+    )
+    assert torch.equal(fake_quant(w, fmt), got.float()), "fake_quant must equal dequantize(quantize(w))"
+    assert bool((got[0, :7] == 0).all()), "0 must stay exactly representable"
+
+
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
+def test_clip_shrinks_range_and_error_is_bounded(symmetric: bool) -> None:
+    fmt = parse_format("w4g32", symmetric)
+    w = torch.randn(8, 64, generator=torch.Generator().manual_seed(0))
+    scale_full, _ = compute_qparams(w, 4, 32, symmetric)
+    scale_half, _ = compute_qparams(w, 4, 32, symmetric, clip=0.5)
+    assert torch.allclose(scale_half, scale_full * 0.5), "clip=0.5 must halve the scale"
+    q, scale, zero = quantize_weight(w, fmt)
+    err = (dequantize(q, scale, zero, 32) - w).abs().reshape(8, 2, 32)
+    # unclipped RTN: at most half a step off (sym: the top level can be up to one step off after clamping)
+    bound = scale.unsqueeze(-1) * (1.0 if symmetric else 0.5) * (1 + 1e-5)
+    assert bool((err <= bound).all()), f"max error {float((err / scale.unsqueeze(-1)).max()):.3f} steps"
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_pack_unpack_round_trip(bits: int) -> None:
+    gen = torch.Generator().manual_seed(bits)
+    lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    for cols in (64, 100):  # a whole number of words, and a padded last word
+        q = torch.randint(lo, hi + 1, (5, cols), generator=gen, dtype=torch.int8)
+        q[0, :2] = torch.tensor([lo, hi], dtype=torch.int8)  # both ends of the range
+        packed = pack_int(q, bits)
+        per_word = 32 // bits
+        assert packed.dtype == torch.int32 and packed.shape == (5, -(-cols // per_word))
+        assert torch.equal(unpack_int(packed, bits, cols), q), f"{bits}-bit round trip, {cols} columns"
+        # zero points are packed along the output dim
+        assert torch.equal(unpack_int(pack_int(q, bits, dim=0), bits, 5, dim=0), q)
+
+
+def test_pack_layout_is_compressed_tensors() -> None:
+    # values offset to unsigned, lowest bits first: 4-bit [-8..7] -> nibbles 0..15
+    q = torch.arange(-8, 8, dtype=torch.int8).reshape(1, 16)
+    words = pack_int(q, 4)
+    assert words.tolist() == [[0x76543210, 0xFEDCBA98 - 2**32]]
+    # compressed-tensors docstring example: 8-bit [1, 2] -> 33409
+    assert pack_int(torch.tensor([[1, 2]], dtype=torch.int8), 8).tolist() == [[33409]]
+    # 3-bit: 10 values per word, top 2 bits unused
+    three = pack_int(torch.full((1, 10), 3, dtype=torch.int8), 3)  # unsigned 7 in every field
+    assert three.tolist() == [[2**30 - 1]]
+
+
+def test_pack_rejects_out_of_range() -> None:
+    with pytest.raises(ValueError, match="4-bit"):
+        pack_int(torch.tensor([[8]], dtype=torch.int8), 4)
+
+
+def test_per_token_activation_fake_quant() -> None:
+    x = torch.randn(3, 5, 64, generator=torch.Generator().manual_seed(0))
+    x[0, 0, 7] = 100.0  # one outlier only coarsens its own token
+    y = fake_quant_per_token(x)
+    step = x.abs().amax(-1, keepdim=True) / 127
+    assert bool(((y - x).abs() <= step / 2 * (1 + 1e-5)).all()), "per-token int8: error <= half a step"
+    assert torch.equal(y[1], fake_quant_per_token(x[1])), "tokens are independent"
+    assert torch.equal(fake_quant_per_token(torch.zeros(2, 4)), torch.zeros(2, 4))
+
+
+def test_get_op_falls_back_to_reference_on_cpu() -> None:
+    assert get_op("fake_quant") is fake_quant
+    assert get_op("quantize", backend="torch") is quantize
+    with pytest.raises(KeyError, match="unknown quant op"):
+        get_op("nope")
