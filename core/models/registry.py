@@ -26,4 +26,5 @@ class ModelSource(Protocol):
 
 MODELS: Registry[ModelSource] = Registry("model", "model.name")
 MODELS.register("qwen3_tiny", "core.models.tiny:QWEN3_TINY")
+MODELS.register("qwen3_1p7b", "core.models.tiny:QWEN3_1P7B")
 MODELS.register("hf", "core.models.pretrained:PRETRAINED")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from core.errors import ConfigError
 from core.models.byte_tokenizer import VOCAB_SIZE, byte_tokenizer
@@ -41,27 +41,26 @@ class ConfigBuiltModel:
         return AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
 
 
-def _qwen3_config(overrides: dict) -> PretrainedConfig:
-    from transformers import Qwen3Config
+def qwen3(**shape: Any) -> Callable[[dict], PretrainedConfig]:
+    """A Qwen3 config factory: `shape` over common defaults, then the spec's model.overrides."""
 
-    fields = dict(
-        vocab_size=VOCAB_SIZE,
-        hidden_size=512,
-        intermediate_size=1536,
-        num_hidden_layers=3,
-        num_attention_heads=8,
-        num_key_value_heads=4,
-        head_dim=64,
-        max_position_embeddings=8192,
-        rope_theta=1_000_000.0,
-        tie_word_embeddings=True,
-        pad_token_id=0,
-    )
-    fields.update(overrides)
-    unknown = sorted(set(overrides) - set(Qwen3Config().to_dict()))
-    if unknown:
-        raise ValueError(f"unknown Qwen3Config field(s): {', '.join(unknown)}")
-    return Qwen3Config(**fields)
+    def make(overrides: dict) -> PretrainedConfig:
+        from transformers import Qwen3Config
+
+        unknown = sorted(set(overrides) - set(Qwen3Config().to_dict()))
+        if unknown:
+            raise ValueError(f"unknown Qwen3Config field(s): {', '.join(unknown)}")
+        fields = dict(vocab_size=VOCAB_SIZE, max_position_embeddings=8192, rope_theta=1_000_000.0,
+                      tie_word_embeddings=True, pad_token_id=0)
+        return Qwen3Config(**{**fields, **shape, **overrides})
+
+    return make
 
 
-QWEN3_TINY = ConfigBuiltModel(_qwen3_config)
+# XTuner's install-check size: 3 layers, hidden 512
+QWEN3_TINY = ConfigBuiltModel(qwen3(hidden_size=512, intermediate_size=1536, num_hidden_layers=3,
+                                    num_attention_heads=8, num_key_value_heads=4, head_dim=64))
+# Qwen3-1.7B's shape (random init), for benchmarks
+QWEN3_1P7B = ConfigBuiltModel(qwen3(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
+                                    num_attention_heads=16, num_key_value_heads=8, head_dim=128,
+                                    vocab_size=151936, max_position_embeddings=40960))

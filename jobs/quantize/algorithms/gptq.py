@@ -50,7 +50,9 @@ class GPTQ(QuantAlgorithm):
             gram, tokens = self.gram(stats, name), stats.values.get(f"tokens/{self.group_key[name]}")
             if gram is None or tokens is None or tokens.item() == 0:
                 raise ValueError(f"gptq: no calibration inputs were observed for {name!r}")
-            hessian = 2 * gram / tokens.to(gram.dtype)
+            # float32 math; from float64 stats this rounding also makes the result independent of how
+            # the data was sharded (sums that differ in the last float64 bits round to the same float32)
+            hessian = (2 * gram / tokens.to(gram.dtype)).float()
             cfg = self.cfg
             q, scale, zero = gptq_quantize(lin.weight, hessian, self.fmt, cfg.percdamp, cfg.blocksize,
                                            cfg.act_order)

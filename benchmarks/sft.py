@@ -1,0 +1,105 @@
+"""`make bench-sft`: SFT throughput of the orchestrator vs the plain Ray Train + DeepSpeed peer.
+
+Qwen3-1.7B shape (random init, bf16), 4096-token rows, ZeRO-3, on 1 and 2 GPUs. Ours runs as
+`python -m orchestrator job=sft ...` (packed synthetic chat data); the peer is benchmarks/peer_sft.py.
+Prints a table and writes its rows (device, date, commit) to --results (appended).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmarks.steplines import parse_steps, steady
+from benchmarks.synthetic import write_chat_jsonl
+
+REPO = Path(__file__).resolve().parents[1]
+SEQ = 4096
+
+
+def _run(cmd: list[str], log: Path) -> str:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_ALLOW_FILE_STORE": "true"}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
+    log.write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        print(f"FAILED ({proc.returncode}): {' '.join(cmd)}\n{(proc.stdout + proc.stderr)[-3000:]}", flush=True)
+    return proc.stdout + proc.stderr
+
+
+def ours(gpus: int, mbs: int, ckpt: bool, attn: str, steps: int, data: Path, work: Path) -> dict:
+    name = f"ours-g{gpus}-mb{mbs}-ac{int(ckpt)}-{attn}"
+    cmd = [sys.executable, "-m", "orchestrator", "job=sft", "model=qwen3_1p7b", f"model.attn_implementation={attn}",
+           f"data.datasets=[{{path: {data}}}]", f"data.max_length={SEQ}", f"data.pack_max_length={SEQ}",
+           f"trainer.num_workers={gpus}", f"trainer.micro_batch_size={mbs}", f"trainer.max_steps={steps}",
+           f"trainer.activation_checkpointing={str(ckpt).lower()}", "trainer.checkpoint.export=false",
+           "trainer.zero.param_persistence_threshold=1000000", "trainer.optim.lr=1e-4",
+           f"job.storage={work}", f"job.name={name}", f"tracking.uri=file://{work}/mlruns"]
+    steps_seen = parse_steps(_run(cmd, work / f"{name}.log"))
+    return _row(name, gpus, mbs, ckpt, attn, steps_seen, "max_alloc")
+
+
+def peer(gpus: int, mbs: int, ckpt: bool, steps: int, work: Path) -> dict:
+    name = f"peer-g{gpus}-mb{mbs}-ac{int(ckpt)}"
+    cmd = [sys.executable, "-m", "benchmarks.peer_sft", "--gpus", str(gpus), "--micro-batch", str(mbs),
+           "--checkpointing", str(int(ckpt)), "--steps", str(steps)]
+    steps_seen = parse_steps(_run(cmd, work / f"{name}.log"))
+    return _row(name, gpus, mbs, ckpt, "sdpa", steps_seen, "max_alloc")
+
+
+def _row(name: str, gpus: int, mbs: int, ckpt: bool, attn: str, steps: list, mem_key: str) -> dict:
+    skip = min(5, max(0, len(steps) - 3))
+    return {"name": name, "gpus": gpus, "mbs": mbs, "ckpt": ckpt, "attn": attn, "steps": len(steps),
+            "tgs": steady(steps, "tgs", skip), "mfu": steady(steps, "mfu", skip),
+            "mem": max((s.get(mem_key, float("nan")) for s in steps), default=float("nan"))}
+
+
+def table(rows: list[dict], peer_best: float) -> str:
+    lines = ["| run | GPUs | micro-batch | act. ckpt | attention | tokens/s/GPU | MFU | peak mem GiB | vs peer best |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = r["tgs"] / peer_best if peer_best == peer_best and peer_best > 0 else float("nan")
+        lines.append(f"| {r['name']} | {r['gpus']} | {r['mbs']} | {'on' if r['ckpt'] else 'off'} | {r['attn']} | "
+                     f"{r['tgs']:.0f} | {100 * r['mfu']:.1f}% | {r['mem']:.1f} | {ratio:.2f}x |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--gpus", default="1,2")
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--ours", default="4:0:sdpa,2:0:sdpa,4:1:sdpa", help="mbs:ckpt:attn,...")
+    parser.add_argument("--peer", default="4:1,2:0", help="mbs:ckpt,...")
+    parser.add_argument("--work", default="/tmp/bench-sft")
+    parser.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"))
+    args = parser.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    data = write_chat_jsonl(work / "chat.jsonl", samples=3000)
+    rows = []
+    for gpus in [int(g) for g in args.gpus.split(",")]:
+        for spec in args.peer.split(","):
+            mbs, ckpt = spec.split(":")
+            rows.append(peer(gpus, int(mbs), ckpt == "1", args.steps, work))
+        for spec in args.ours.split(","):
+            mbs, ckpt, attn = spec.split(":")
+            rows.append(ours(gpus, int(mbs), ckpt == "1", attn, args.steps, data, work))
+            print(table(rows[-1:], float("nan")), flush=True)
+    peer_best = max((r["tgs"] for r in rows if r["name"].startswith("peer") and r["gpus"] == 1), default=float("nan"))
+    import torch
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
+    header = (f"\n### SFT, Qwen3-1.7B shape, seq {SEQ}, ZeRO-3 bf16: {device}, "
+              f"{datetime.date.today()}, commit {commit.strip() or 'unknown'}\n\n")
+    text = header + table(rows, peer_best) + "\n"
+    print(text, flush=True)
+    with open(args.results, "a") as fh:
+        fh.write(text)
+
+
+if __name__ == "__main__":
+    main()

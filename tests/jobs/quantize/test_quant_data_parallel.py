@@ -1,0 +1,71 @@
+"""Data parallel: stats observed as shards and reduced == stats observed by one worker, and so are results."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from jobs.quantize.algorithms import ALGORITHMS
+from jobs.quantize.algorithms.base import calibrate
+from jobs.quantize.algorithms.stats import Stats, reduce_stats
+from kernels.quant import parse_format
+
+
+def _run(tiny, algorithm: str, fmt: str, shards, cfg: dict):
+    block = tiny.fresh()
+    algo = ALGORITHMS.get(algorithm)(cfg)
+    algo.prepare(block, parse_format(fmt), tiny.run_block)
+    stats = calibrate(algo, block, shards)
+    return stats, algo.apply(block, stats), block
+
+
+@pytest.mark.parametrize(("algorithm", "fmt"), [("gptq", "w4g32"), ("awq", "w4g32"), ("smoothquant", "w8a8"),
+                                                ("rtn", "w4g32")])
+def test_two_shards_reduce_to_one(tiny, algorithm: str, fmt: str) -> None:
+    batches = tiny.calib[:4]
+    # float64 sums: shards differ only by summation order (~1e-16), which GPTQ's float32 Hessian rounds
+    # away; with float32 sums a near-tie rounding can flip in a few rows (see the test below)
+    cfg = {"stats_dtype": "float64"}
+    one, res_one, block_one = _run(tiny, algorithm, fmt, [batches], cfg)
+    two, res_two, block_two = _run(tiny, algorithm, fmt, [batches[:1], batches[1:]], cfg)
+    assert list(one) == list(two) and one.ops == two.ops
+    for key in one:
+        assert torch.allclose(one[key], two[key], rtol=1e-12, atol=0), f"{key}: reduced shards != one worker"
+    for name, layer in res_one.layers.items():
+        assert torch.equal(layer.qweight, res_two.layers[name].qweight), f"{name}: integers differ"
+        assert torch.equal(layer.scale, res_two.layers[name].scale), f"{name}: scales differ"
+    assert res_one.info == res_two.info
+    for (name, p1), p2 in zip(block_one.state_dict().items(), block_two.state_dict().values(), strict=True):
+        assert torch.equal(p1, p2), name
+
+
+def test_float32_stats_match_up_to_summation_order(tiny) -> None:
+    batches = tiny.calib[:4]
+    one, _, _ = _run(tiny, "gptq", "w4g32", [batches], {})
+    two, _, _ = _run(tiny, "gptq", "w4g32", [batches[:2], batches[2:]], {})
+    whole, _, _ = _run(tiny, "gptq", "w4g32", [[torch.cat(batches)]], {})  # one big batch, one forward
+    for key in one:
+        scale = one[key].abs().max()
+        shards = float((one[key] - two[key]).abs().max() / scale)
+        batch = float((one[key] - whole[key]).abs().max() / scale)
+        # float32 sums in another order: ~1e-7 of the largest entry; a bigger batch also changes the
+        # forward's own rounding, hence the looser bound
+        assert shards <= 1e-6, f"{key}: shards differ by {shards:.1e} of max|value| (tolerance 1e-6)"
+        assert batch <= 1e-5, f"{key}: batching changed stats by {batch:.1e} of max|value| (tolerance 1e-5)"
+
+
+def test_reduce_ops() -> None:
+    a, b = Stats(), Stats()
+    for stats, v in ((a, 1.0), (b, 3.0)):
+        stats.add("sum", torch.tensor([v, 2 * v]))
+        stats.add("max", torch.tensor([v, -v]), op="max")
+    out = reduce_stats([a, Stats(), b])  # an idle worker contributes nothing
+    assert out["sum"].tolist() == [4.0, 8.0] and out["max"].tolist() == [3.0, -1.0]
+    assert a["sum"].tolist() == [1.0, 2.0], "reduce must not modify its inputs"
+    b.add("extra", torch.zeros(1))
+    with pytest.raises(ValueError, match="different keys"):
+        reduce_stats([a, b])
+    with pytest.raises(ValueError, match="reduces by 'sum'"):
+        a.add("sum", torch.zeros(2), op="max")
+    with pytest.raises(ValueError, match="observed twice"):
+        a.merged(b)
