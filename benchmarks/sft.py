@@ -37,7 +37,8 @@ def ours(gpus: int, mbs: int, ckpt: bool, attn: str, steps: int, data: Path, wor
            f"trainer.num_workers={gpus}", f"trainer.micro_batch_size={mbs}", f"trainer.max_steps={steps}",
            f"trainer.activation_checkpointing={str(ckpt).lower()}", "trainer.checkpoint.export=false",
            "trainer.zero.param_persistence_threshold=1000000", "trainer.optim.lr=1e-4",
-           f"job.storage={work}", f"job.name={name}", f"tracking.uri=file://{work}/mlruns"]
+           f"job.storage={work}", f"job.name={name}", f"tracking.uri=file://{work}/mlruns",
+           "cluster.include_dashboard=false"]  # the GPU image's slim Ray has no dashboard deps
     steps_seen = parse_steps(_run(cmd, work / f"{name}.log"))
     return _row(name, gpus, mbs, ckpt, attn, steps_seen, "max_alloc")
 

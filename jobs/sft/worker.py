@@ -136,7 +136,7 @@ def _log_model(run: RunHandle, model: Any, env: WorkerEnv) -> dict[str, Any]:
 
 def _step_line(step: int, max_steps: int, m: dict[str, float]) -> str:
     mfu = f"{100 * m['mfu']:.1f}%" if "mfu" in m else "n/a"
-    mem = " ".join(f"{k.removeprefix('mem_')}={v:.2f}GiB" for k, v in m.items() if k.startswith("mem_"))
+    mem = " ".join(f"{k[4:-4]}={v:.2f}GiB" for k, v in m.items() if k.startswith("mem_"))  # mem_X_gib -> X
     return (f"step {step}/{max_steps} loss={m['loss']:.4f} lr={m['lr']:.3e} grad_norm={m['grad_norm']:.3f} "
             f"tokens={int(m['tokens'])} tgs={m['tgs']:.0f} tgs_e2e={m['tgs_e2e']:.0f} mfu={mfu} "
             f"data_time={m['data_time']:.3f}s step_time={m['step_time']:.3f}s {mem}")
