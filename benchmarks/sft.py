@@ -76,6 +76,7 @@ def main() -> None:
     parser.add_argument("--peer", default="4:1,2:0", help="mbs:ckpt,...")
     parser.add_argument("--work", default="/tmp/bench-sft")
     parser.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"))
+    parser.add_argument("--commit", default=None, help="when the tree has no .git (device copies)")
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -93,7 +94,8 @@ def main() -> None:
     import torch
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
+    commit = args.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                                           text=True).stdout
     header = (f"\n### SFT, Qwen3-1.7B shape, seq {SEQ}, ZeRO-3 bf16: {device}, "
               f"{datetime.date.today()}, commit {commit.strip() or 'unknown'}\n\n")
     text = header + table(rows, peer_best) + "\n"

@@ -83,23 +83,8 @@ class AWQ(QuantAlgorithm):
                     lin.weight.copy_(w)
             stats.add(f"awq_loss/{m.prev_name}", losses)
 
-    @torch.no_grad()
-    def apply(self, block: nn.Module, stats: Stats) -> BlockResult:
-        result = BlockResult()
-        mappings, skipped = self._mappings(block)
-        result.info.update(alpha={}, loss_vs_rtn={}, skipped_mappings=skipped)
-        input_scale: dict[str, torch.Tensor] = {}
-        for m in mappings:  # fold every scale first: v_proj/up_proj are both consumer and producer
-            if f"awq_loss/{m.prev_name}" not in stats:
-                raise ValueError("awq: apply needs the merged stats of both observe passes (see base.py)")
-            losses = stats[f"awq_loss/{m.prev_name}"]
-            best = int(torch.argmin(losses))
-            s = self._candidates(stats, m.key)[best]
-            fold_scales(m, s)
-            result.smoothing[m.prev_name] = s
-            input_scale[m.key] = s
-            result.info["alpha"][m.prev_name] = best / self.cfg.n_grid
-            result.info["loss_vs_rtn"][m.prev_name] = (losses[best] / losses[0].clamp_min(1e-30)).item()
+    def quantize(self, block: nn.Module, stats: Stats, result: BlockResult) -> None:
+        input_scale = self._fold_best_scales(block, stats, result)
         quantize_weight = get_op("quantize_weight")
         for name, lin in find_linears(block).items():
             gram = self.gram(stats, name)
@@ -111,7 +96,25 @@ class AWQ(QuantAlgorithm):
                 clip = search_clip(lin.weight, gram, self.fmt, self.cfg.clip_grid, self.cfg.max_shrink)
             q, scale, zero = quantize_weight(lin.weight, self.fmt, clip)
             self.commit(block, name, q, scale, zero, result, gram)
-        return self.finish(block, result)
+
+    def _fold_best_scales(self, block: nn.Module, stats: Stats, result: BlockResult) -> dict[str, torch.Tensor]:
+        """Fold every mapping's best scale before quantizing anything: v_proj and up_proj are both a
+        consumer (columns scaled) and a producer (rows scaled). Returns input-group key -> s."""
+        mappings, skipped = self._mappings(block)
+        result.info.update(alpha={}, loss_vs_rtn={}, skipped_mappings=skipped)
+        input_scale: dict[str, torch.Tensor] = {}
+        for m in mappings:
+            if f"awq_loss/{m.prev_name}" not in stats:
+                raise ValueError("awq: apply needs the merged stats of both observe passes (see base.py)")
+            losses = stats[f"awq_loss/{m.prev_name}"]
+            best = int(torch.argmin(losses))
+            s = self._candidates(stats, m.key)[best]
+            fold_scales(m, s)
+            result.smoothing[m.prev_name] = s
+            input_scale[m.key] = s
+            result.info["alpha"][m.prev_name] = best / self.cfg.n_grid
+            result.info["loss_vs_rtn"][m.prev_name] = (losses[best] / losses[0].clamp_min(1e-30)).item()
+        return input_scale
 
     def _mappings(self, block: nn.Module) -> tuple[list[ResolvedMapping], list[str]]:
         return resolve_mappings(block, self.family)

@@ -12,6 +12,13 @@ Driver protocol (the same for one worker or many; `stats` is a plain picklable o
         stats = stats.merged(reduce_stats(gather(local)))   # every worker gets the same reduced stats
     result = algo.apply(block, stats)            # one worker (or all: it is deterministic)
 
+Send stats to the driver with `.to("cpu")`; `reduce_stats` sums/maxes per key (Stats.ops), or use
+dist.all_reduce per key in sorted order. `apply` is deterministic given stats (same hardware), so every
+data-parallel worker can apply it to its own replica and push its shard through the quantized block to
+get the next block's inputs (no activations move); rank 0's BlockResult is the one to export.
+Block-parallel: capture every block's inputs from the FP model, then quantize blocks on different
+workers independently (faster, but later blocks do not see earlier blocks' quantization error).
+
 `run_block(block, x) -> y` runs the block on hidden states x with whatever else the model passes
 (position embeddings, mask, position ids); the driver captures those when it records the block inputs.
 """
@@ -104,12 +111,17 @@ class QuantAlgorithm:
             if pass_idx == 0:
                 self._observe_inputs(block, x, stats, mask)
             else:
-                self.observe_pass(block, x, stats, pass_idx, prior or Stats(), mask)
+                self.observe_pass(block, x, stats, pass_idx, (prior or Stats()).to(_device(block)), mask)
         return stats
 
+    @torch.no_grad()
     def apply(self, block: nn.Module, stats: Stats) -> BlockResult:
         """Quantize the block's Linears in place (fake quant) from reduced stats of all passes."""
-        raise NotImplementedError
+        result = BlockResult()
+        self.quantize(block, stats.to(_device(block)), result)
+        if self.fmt.act_bits:  # the block now behaves as deployed: later blocks see its real output
+            install_act_quant(block, list(result.layers), self.fmt.act_bits)
+        return result
 
     # -- for subclasses ------------------------------------------------------------------------------
 
@@ -119,6 +131,10 @@ class QuantAlgorithm:
         if self.needs_gram or self.cfg.metrics:
             xd = x.to(getattr(torch, self.cfg.stats_dtype))
             stats.add(f"gram/{key}", xd.T @ xd)
+
+    def quantize(self, block: nn.Module, stats: Stats, result: BlockResult) -> None:
+        """The algorithm proper: fill `result` (see commit); stats are on the block's device."""
+        raise NotImplementedError
 
     def observe_pass(
         self, block: nn.Module, x: torch.Tensor, stats: Stats, pass_idx: int, prior: Stats,
@@ -148,17 +164,16 @@ class QuantAlgorithm:
         lin.weight.copy_(deq.to(lin.weight.dtype))
         result.layers[name] = LayerQuant(q, scale.float(), zero.to(torch.int8), self.fmt)
 
-    def finish(self, block: nn.Module, result: BlockResult) -> BlockResult:
-        if self.fmt.act_bits:  # quantized block behaves as deployed: later blocks see its real output
-            install_act_quant(block, list(result.layers), self.fmt.act_bits)
-        return result
-
     def _observe_inputs(self, block: nn.Module, x: torch.Tensor, stats: Stats, mask: torch.Tensor | None) -> None:
         def record(key: str, inp: torch.Tensor) -> None:
             self.input_stats(key, flatten_tokens(inp, mask), stats)
 
         with _input_hooks(block, [g[0] for g in self.groups], record):
             self.forward(block, x)
+
+
+def _device(block: nn.Module) -> torch.device:
+    return next(block.parameters()).device
 
 
 def flatten_tokens(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -43,9 +43,7 @@ class GPTQ(QuantAlgorithm):
     Config = GPTQConfig
     needs_gram = True
 
-    @torch.no_grad()
-    def apply(self, block: nn.Module, stats: Stats) -> BlockResult:
-        result = BlockResult()
+    def quantize(self, block: nn.Module, stats: Stats, result: BlockResult) -> None:
         for name, lin in find_linears(block).items():
             gram, tokens = self.gram(stats, name), stats.values.get(f"tokens/{self.group_key[name]}")
             if gram is None or tokens is None or tokens.item() == 0:
@@ -57,7 +55,6 @@ class GPTQ(QuantAlgorithm):
             q, scale, zero = gptq_quantize(lin.weight, hessian, self.fmt, cfg.percdamp, cfg.blocksize,
                                            cfg.act_order)
             self.commit(block, name, q, scale.float(), zero.float(), result, gram)
-        return self.finish(block, result)
 
 
 def gptq_quantize(

@@ -3,7 +3,6 @@ output-error metrics; `apply` works with empty stats)."""
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from jobs.quantize.algorithms.base import BlockResult, QuantAlgorithm
@@ -15,11 +14,8 @@ from kernels.quant import get_op
 class RTN(QuantAlgorithm):
     name = "rtn"
 
-    @torch.no_grad()
-    def apply(self, block: nn.Module, stats: Stats) -> BlockResult:
-        result = BlockResult()
+    def quantize(self, block: nn.Module, stats: Stats, result: BlockResult) -> None:
         quantize_weight = get_op("quantize_weight")
         for name, lin in find_linears(block).items():
             q, scale, zero = quantize_weight(lin.weight, self.fmt)
             self.commit(block, name, q, scale, zero, result, self.gram(stats, name))
-        return self.finish(block, result)

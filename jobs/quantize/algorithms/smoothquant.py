@@ -46,9 +46,7 @@ class SmoothQuant(QuantAlgorithm):
         super().input_stats(key, x, stats)
         stats.add(f"absmax/{key}", x.abs().amax(0), op="max")
 
-    @torch.no_grad()
-    def apply(self, block: nn.Module, stats: Stats) -> BlockResult:
-        result = BlockResult()
+    def quantize(self, block: nn.Module, stats: Stats, result: BlockResult) -> None:
         mappings, skipped = resolve_mappings(block, self.family)
         result.info["skipped_mappings"] = skipped
         input_scale: dict[str, torch.Tensor] = {}
@@ -67,7 +65,6 @@ class SmoothQuant(QuantAlgorithm):
                 gram = gram / (s[:, None] * s[None, :]).to(gram.dtype)
             q, scale, zero = quantize_weight(lin.weight, self.fmt)
             self.commit(block, name, q, scale, zero, result, gram)
-        return self.finish(block, result)
 
 
 def smooth_scales(act_absmax: torch.Tensor, weights: list[torch.Tensor], alpha: float) -> torch.Tensor:
