@@ -86,7 +86,7 @@ def build_sft_data(cfg: DataConfig, tokenizer: Any) -> SFTData:
     for i, spec in enumerate(cfg.datasets):
         samples = read_dataset(i, cfg, tokenizer, counts)
         chosen = apply_ratio(samples, spec.sample_ratio, rng)
-X
+        counts[f"samples_{spec.name or f'dataset{i}'}"] = len(chosen)
         mixed.extend(chosen)
     if cfg.shuffle:
         mixed = [mixed[i] for i in rng.permutation(len(mixed))]
