@@ -36,7 +36,7 @@ def ours(gpus: int, mbs: int, ckpt: bool, attn: str, steps: int, data: Path, wor
            f"data.datasets=[{{path: {data}}}]", f"data.max_length={SEQ}", f"data.pack_max_length={SEQ}",
            f"trainer.num_workers={gpus}", f"trainer.micro_batch_size={mbs}", f"trainer.max_steps={steps}",
            f"trainer.activation_checkpointing={str(ckpt).lower()}", "trainer.checkpoint.export=false",
-           "trainer.zero.param_persistence_threshold=1000000", "trainer.optim.lr=1e-4",
+           "trainer.zero.param_persistence_threshold=1000000", "trainer.optim.lr=1e-4", "trainer.max_failures=0",
            f"job.storage={work}", f"job.name={name}", f"tracking.uri=file://{work}/mlruns",
            "cluster.include_dashboard=false"]  # the GPU image's slim Ray has no dashboard deps
     steps_seen = parse_steps(_run(cmd, work / f"{name}.log"))
@@ -83,10 +83,10 @@ def main() -> None:
     data = write_chat_jsonl(work / "chat.jsonl", samples=3000)
     rows = []
     for gpus in [int(g) for g in args.gpus.split(",")]:
-        for spec in args.peer.split(","):
+        for spec in filter(None, args.peer.split(",")):
             mbs, ckpt = spec.split(":")
             rows.append(peer(gpus, int(mbs), ckpt == "1", args.steps, work))
-        for spec in args.ours.split(","):
+        for spec in filter(None, args.ours.split(",")):
             mbs, ckpt, attn = spec.split(":")
             rows.append(ours(gpus, int(mbs), ckpt == "1", attn, args.steps, data, work))
             print(table(rows[-1:], float("nan")), flush=True)

@@ -82,8 +82,10 @@ def _param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:  # the optimizer sees trainable parameters only
-            (no_decay if param.ndim < 2 or "norm" in name or name.endswith(".bias") else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            ndim = len(getattr(param, "ds_shape", param.shape))  # under zero.Init the local shard is 1-D
+            (no_decay if ndim < 2 or "norm" in name or name.endswith(".bias") else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
 
 
 def build_engine(spec: Any, model: Any, ds_config: dict, device: torch.device) -> tuple[Any, Any]:
@@ -92,8 +94,12 @@ def build_engine(spec: Any, model: Any, ds_config: dict, device: torch.device) -
     o = spec.trainer.optim
     optimizer = torch.optim.AdamW(_param_groups(model, o.weight_decay), lr=o.lr, betas=(o.beta1, o.beta2),
                                   eps=o.eps, fused=device.type == "cuda")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(o, spec.trainer.max_steps))
-    engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+    multiplier = lr_multiplier(o, spec.trainer.max_steps)
+
+    def make_scheduler(wrapped: Any) -> Any:  # bound to DeepSpeed's optimizer, whose groups it may regroup
+        return torch.optim.lr_scheduler.LambdaLR(wrapped, multiplier)
+
+    engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=make_scheduler,
                                                    config=ds_config)
     return engine, scheduler
 
