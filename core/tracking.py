@@ -6,11 +6,13 @@ artifacts to the same run the driver opened. Everything passes through the redac
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,15 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: tree}
 
 
+def _if_tracking(method: Callable[..., None]) -> Callable[..., None]:
+    @functools.wraps(method)
+    def wrapper(self: RunHandle, *args: Any, **kwargs: Any) -> None:
+        if self.run_id:  # an empty run id means tracking.enabled=false
+            method(self, *args, **kwargs)
+
+    return wrapper
+
+
 @dataclass
 class RunHandle:
     """A live MLflow run, usable from any process that can reach the tracking URI."""
@@ -68,6 +79,7 @@ class RunHandle:
     def redactor(self) -> Redactor:
         return Redactor(self.key_patterns, self.value_patterns)
 
+    @_if_tracking
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
@@ -76,6 +88,7 @@ class RunHandle:
         for start in range(0, len(items), PARAMS_PER_BATCH):
             self.client.log_batch(self.run_id, params=items[start : start + PARAMS_PER_BATCH])
 
+    @_if_tracking
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
@@ -83,45 +96,39 @@ class RunHandle:
         items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None and math.isfinite(v)]
         self.client.log_batch(self.run_id, metrics=items)
 
+    @_if_tracking
     def set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
 
         redactor = self.redactor
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(redactor.value(k, v))) for k, v in tags.items()])
 
+    @_if_tracking
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, self.redactor.text(text), artifact_file)
 
+    @_if_tracking
     def log_dict(self, obj: Any, artifact_file: str) -> None:
         self.log_text(json.dumps(self.redactor.tree(obj), indent=2, default=str), artifact_file)
 
+    @_if_tracking
     def log_figure(self, figure: Any, artifact_file: str) -> None:
         self.client.log_figure(self.run_id, figure, artifact_file)
 
+    @_if_tracking
     def log_artifacts(self, local_dir: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
 
+    @_if_tracking
     def end(self, status: str) -> None:
         self.client.set_terminated(self.run_id, status)
-
-
-class NullRun(RunHandle):
-    """Tracking switched off: same interface, nothing written."""
-
-    def __init__(self) -> None:
-        super().__init__(uri="", run_id="")
-
-    def __getattribute__(self, name: str) -> Any:
-        if name in {"uri", "run_id", "key_patterns", "value_patterns", "redactor"}:
-            return object.__getattribute__(self, name)
-        return lambda *args, **kwargs: None
 
 
 def start_run(cfg: TrackingConfig, storage_root: Path, run_name: str, tags: dict[str, str]) -> RunHandle:
     from mlflow.tracking import MlflowClient
 
     if not cfg.enabled:
-        return NullRun()
+        return RunHandle(uri="", run_id="")  # tracking off: every write is a no-op
     uri = cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{storage_root / 'mlflow.db'}"
     if uri.startswith("sqlite:///") or "://" not in uri:
         storage_root.mkdir(parents=True, exist_ok=True)

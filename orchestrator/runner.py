@@ -58,7 +58,8 @@ def run_job(spec: Any, cfg: DictConfig, redactor: Redactor) -> dict[str, Any]:
     storage_root = storage.resolve_local(spec.job.storage)
     job_name = spec.job.name or f"{spec.job.kind}-{spec.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run = start_run(spec.tracking, storage_root, job_name, _tags(spec, job_name))
-    print(f"MLflow run id: {run.run_id}  (tracking: {run.uri})", flush=True)
+    if run.run_id:
+        print(f"MLflow run id: {run.run_id}  (tracking: {run.uri})", flush=True)
     try:
         resolved = OmegaConf.to_container(cfg)
         run.log_params(flatten({k: resolved[k] for k in ("job", *job.sections, "cluster")}))
@@ -79,5 +80,5 @@ def run_job(spec: Any, cfg: DictConfig, redactor: Redactor) -> dict[str, Any]:
     run.end("FINISHED")
     for key, value in summary.items():
         print(f"{key}: {value}")
-    print(f"MLflow run id: {run.run_id}  status: FINISHED", flush=True)
+    print(f"MLflow run id: {run.run_id}  status: FINISHED" if run.run_id else "status: FINISHED", flush=True)
     return summary

@@ -9,7 +9,6 @@ class DatasetSpec:
     format: str = "chat_jsonl"  # a key of core.data.formats.FORMATS
     sample_ratio: float = 1.0  # <1 subsamples, >1 repeats (whole copies plus a seeded fraction)
     name: str | None = None
-    media_root: str | None = None  # for image parts with relative paths
 
 
 @dataclass

@@ -14,4 +14,3 @@ class ModelConfig:
     attn_implementation: str = "sdpa"
     trust_remote_code: bool = False  # off unless the user opts in: remote code runs on every worker
     zero_init: str = "auto"  # auto | on | off: build/load the model under deepspeed.zero.Init
-    freeze: list[str] = field(default_factory=list)  # module groups or regex patterns to freeze
