@@ -4,3 +4,5 @@ from core.registry import Registry
 
 JOBS: Registry = Registry("job kind", "job.kind")
 JOBS.register("sft", "jobs.sft.driver:SFTJob")
+JOBS.register("quantize", "jobs.quantize.driver:QuantizeJob")
+JOBS.register("evaluate", "jobs.evaluate.driver:EvaluateJob")

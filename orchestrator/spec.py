@@ -9,6 +9,8 @@ from core.cluster import ClusterConfig
 from core.data.config import DataConfig
 from core.models.config import ModelConfig
 from core.tracking import TrackingConfig
+from jobs.evaluate.config import EvalConfig
+from jobs.quantize.config import CalibConfig, QuantConfig
 from jobs.sft.config import TrainerConfig
 
 
@@ -26,6 +28,9 @@ class RunSpec:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    calib: CalibConfig = field(default_factory=CalibConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 

@@ -1,0 +1,1 @@
+"""Model evaluation (job=evaluate): perplexity of one model, or two on the same tokens."""

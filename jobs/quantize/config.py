@@ -1,0 +1,31 @@
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class CalibConfig:
+    """Calibration tokens: `num_samples` windows of `seq_len` tokens from `path` (core/data/calib.py)."""
+
+    path: str = "data/text/train.txt"
+    format: str = "text"  # a key of core.data.calib.TEXT_SOURCES: text | jsonl | chat_jsonl
+    text_field: str = "text"  # for format=jsonl
+    num_samples: int = 128
+    seq_len: int = 512
+    seed: int = 0
+
+
+@dataclass
+class QuantConfig:
+    algorithm: str = "rtn"  # a key of jobs.quantize.algorithms.ALGORITHMS
+    format: str = "w4g128"  # kernels.quant.parse_format: w{bits}[a8][g{group}]
+    symmetric: bool = True
+    options: dict[str, Any] = field(default_factory=dict)  # the algorithm's own config (e.g. awq n_grid)
+    num_workers: int = 1  # data-parallel calibration actors (one per GPU, or CPU actors)
+    use_gpu: str = "auto"  # auto | true | false
+    cpus_per_worker: float = 1.0
+    threads_per_worker: int = 1  # torch threads in each CPU actor (results do not depend on it... per run)
+    batch_size: int = 4  # calibration samples per forward; batches, not samples, are split over workers
+    ignore: list[str] = field(default_factory=lambda: ["lm_head"])  # module names / "re:<regex>" left FP
+    seed: int = 0  # torch seed before building a random-init model (qwen3_tiny): every process same weights
+    resume: str = "auto"  # auto: continue from <job_dir>/blocks | never: refuse existing block checkpoints
+    export: bool = True

@@ -1,0 +1,82 @@
+"""Write a quantized model in the compressed-tensors "pack-quantized" layout, from block checkpoints only
+(so a resumed job writes the same bytes as an uninterrupted one). Written into a staging dir, then
+published atomically as <job_dir>/export:
+
+  model.safetensors   per quantized Linear <name>: weight_packed int32 [out, ceil(in / (32 // bits))],
+                      weight_scale f32 [out, n_groups], weight_shape int64 [2], and (asymmetric only)
+                      weight_zero_point int32 [ceil(out / (32 // bits)), n_groups] packed along dim 0;
+                      every other tensor as the FP model has it after quantization (smoothed norms
+                      included); a tied lm_head is not written (tie_word_embeddings)
+  config.json         the model config + quantization_config (compressed-tensors, see quantization_config)
+  tokenizer files     tokenizer.save_pretrained
+  smoothing_scales.safetensors   AWQ/SmoothQuant per-channel scales s, key "<block>.<producer>": the
+                      producer's output was divided by s, its consumers' weight columns multiplied by s
+  quant_info.json     algorithm, format, per-block metrics
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from core import storage
+from jobs.quantize import checkpoint
+from jobs.quantize.layerwise import Layerwise
+from kernels.quant import QuantFormat, get_op
+
+
+def quantization_config(fmt: QuantFormat, ignore: list[str]) -> dict[str, Any]:
+    weights = {"num_bits": fmt.weight_bits, "type": "int", "symmetric": fmt.symmetric,
+               "strategy": "group" if fmt.group_size else "channel", "group_size": fmt.group_size,
+               "dynamic": False, "actorder": None, "observer": "minmax"}
+    acts = None
+    if fmt.act_bits:
+        acts = {"num_bits": fmt.act_bits, "type": "int", "symmetric": True, "strategy": "token",
+                "dynamic": True, "observer": None}
+    return {"quant_method": "compressed-tensors", "format": "pack-quantized", "quantization_status": "compressed",
+            "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights, "input_activations": acts,
+                                          "output_activations": None}},
+            "ignore": list(ignore), "kv_cache_scheme": None}
+
+
+def packed_tensors(prefix: str, layer: dict[str, torch.Tensor], fmt: QuantFormat) -> dict[str, torch.Tensor]:
+    pack = get_op("pack_int")
+    q = layer["qweight"]
+    out = {f"{prefix}.weight_packed": pack(q, fmt.weight_bits, dim=1),
+           f"{prefix}.weight_scale": layer["scale"],
+           f"{prefix}.weight_shape": torch.tensor(list(q.shape), dtype=torch.int64)}
+    if not fmt.symmetric:
+        out[f"{prefix}.weight_zero_point"] = pack(layer["zero"], fmt.weight_bits, dim=0)
+    return out
+
+
+def write_export(model: Any, tokenizer: Any, blocks_root: Path, fmt: QuantFormat, ignore: list[str],
+                 final: Path, info: dict[str, Any]) -> Path:
+    lw = Layerwise(model)
+    state = {k: v for k, v in model.state_dict().items()}
+    if getattr(model.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)  # shared with the embedding; transformers re-ties on load
+    smoothing: dict[str, torch.Tensor] = {}
+    for index in range(len(lw.blocks)):
+        prefix = lw.block_prefix(index)
+        saved = checkpoint.load_block(checkpoint.block_dir(blocks_root, index))
+        for name, layer in saved["layers"].items():
+            del state[f"{prefix}{name}.weight"]
+            state.update(packed_tensors(f"{prefix}{name}", layer, fmt))
+        state.update({f"{prefix}{k}": v for k, v in saved["other"].items()})
+        smoothing.update({f"{prefix}{k}": v for k, v in saved["smooth"].items()})
+    staged = storage.staging_dir(final)
+    save_file({k: v.contiguous() for k, v in sorted(state.items())}, staged / "model.safetensors",
+              metadata={"format": "pt"})
+    config = json.loads(model.config.to_json_string(use_diff=False))
+    config["quantization_config"] = quantization_config(fmt, ignore)
+    (staged / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    tokenizer.save_pretrained(staged)
+    if smoothing:
+        save_file(dict(sorted(smoothing.items())), staged / "smoothing_scales.safetensors")
+    (staged / "quant_info.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
+    return storage.publish_dir(staged, final)

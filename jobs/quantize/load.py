@@ -1,0 +1,79 @@
+"""Reload a pack-quantized export (jobs/quantize/export.py) as a plain transformers model whose quantized
+Linears hold the dequantized weights (fake quant): runs anywhere, matches the quantized model's math.
+Activation-quantized formats (w8a8) get per-token int8 fake quant on the quantized Linears."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from jobs.quantize.algorithms.act_quant import install_act_quant
+from kernels.quant import get_op
+
+
+def quant_config_of(path: str | Path) -> dict[str, Any] | None:
+    config = json.loads((Path(path) / "config.json").read_text())
+    qc = config.get("quantization_config")
+    return qc if qc and qc.get("quant_method") == "compressed-tensors" else None
+
+
+def is_ignored(name: str, patterns: list[str]) -> bool:
+    """compressed-tensors style: "re:<regex>" matches the full name, else an exact name or glob."""
+    for pattern in patterns:
+        if pattern.startswith("re:"):
+            if re.fullmatch(pattern[3:], name):
+                return True
+        elif name == pattern or fnmatch.fnmatchcase(name, pattern):
+            return True
+    return False
+
+
+def dequantized_state(tensors: dict[str, torch.Tensor], weights: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Replace every <name>.weight_packed/_scale/_shape/_zero_point group by <name>.weight (float32)."""
+    bits, group_size = weights["num_bits"], weights.get("group_size")
+    unpack, dequantize = get_op("unpack_int"), get_op("dequantize")
+    out = {k: v for k, v in tensors.items() if not k.rpartition(".")[2].startswith("weight_")}
+    for key in tensors:
+        if not key.endswith(".weight_packed"):
+            continue
+        prefix = key[: -len(".weight_packed")]
+        rows, cols = tensors[f"{prefix}.weight_shape"].tolist()
+        q = unpack(tensors[key], bits, cols, dim=1)
+        scale = tensors[f"{prefix}.weight_scale"].float()
+        zp = tensors.get(f"{prefix}.weight_zero_point")
+        zero = unpack(zp, bits, rows, dim=0).float() if zp is not None else torch.zeros_like(scale)
+        out[f"{prefix}.weight"] = dequantize(q, scale, zero, group_size if weights["strategy"] == "group" else None)
+    return out
+
+
+def load_quantized(path: str | Path, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa") -> Any:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    qc = quant_config_of(path)
+    if qc is None or qc.get("format") != "pack-quantized":
+        raise ValueError(f"{path}: not a compressed-tensors pack-quantized export")
+    config = AutoConfig.from_pretrained(path)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the weights below are already dequantized: a plain model
+    config._attn_implementation = attn_implementation
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+    group = qc["config_groups"]["group_0"]
+    state = dequantized_state(load_file(Path(path) / "model.safetensors"), group["weights"])
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+    if unexpected or set(missing) - tied:
+        raise ValueError(f"{path}: weights do not match the config (missing {sorted(set(missing) - tied)[:5]}, "
+                         f"unexpected {unexpected[:5]})")
+    model.tie_weights()
+    acts = group.get("input_activations")
+    if acts:
+        names = [k[: -len(".weight_packed")] for k in load_file(Path(path) / "model.safetensors")
+                 if k.endswith(".weight_packed")]
+        install_act_quant(model, names, acts["num_bits"])
+    return model
