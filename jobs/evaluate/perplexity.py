@@ -1,0 +1,45 @@
+"""Perplexity on fixed token blocks: exp(mean next-token NLL over every predicted position)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def load_model(name: str, path: str | None, overrides: dict[str, Any], attn: str = "sdpa") -> Any:
+    """A quantized export (fake-quant reload) or any model the registry builds, float32 on CPU."""
+    from core.models import MODELS, ModelConfig
+    from jobs.quantize.load import load_quantized, quant_config_of
+
+    if path and quant_config_of(path) is not None:
+        return load_quantized(path, attn_implementation=attn)
+    cfg = ModelConfig(name=name, path=path, overrides=dict(overrides), attn_implementation=attn)
+    source = MODELS.get(name)
+    torch.manual_seed(0)  # config-built (random) models: the same init as quantize's default quant.seed
+    return source.build(cfg, source.hf_config(cfg), torch.float32).eval()
+
+
+@torch.no_grad()
+def perplexity(model: Any, ids: np.ndarray, batch_size: int) -> dict[str, float]:
+    nll, count = 0.0, 0
+    for start in range(0, len(ids), batch_size):
+        batch = torch.tensor(ids[start : start + batch_size])
+        logits = model(input_ids=batch).logits[:, :-1].float()
+        target = batch[:, 1:]
+        nll += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="sum").item()
+        count += target.numel()
+    return {"perplexity": math.exp(nll / count), "nll_per_token": nll / count, "tokens": float(count)}
+
+
+METRICS = {"perplexity": perplexity}  # eval.metric -> fn(model, ids, batch_size) -> metrics
+
+
+def evaluate(name: str, path: str | None, overrides: dict, ids: np.ndarray, metric: str, batch_size: int,
+             threads: int) -> dict[str, float]:
+    """Runs in a Ray task: one model, one process."""
+    torch.set_num_threads(threads)
+    return METRICS[metric](load_model(name, path, overrides), ids, batch_size)
