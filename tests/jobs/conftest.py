@@ -1,0 +1,36 @@
+"""Quantize runs shared by the quantize and evaluate tests: tiny Qwen3 (4 blocks, hidden 256), 8 x 64
+calibration tokens, one MLflow store per session, each job run once through the real CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+
+TINY_QUANT = [
+    "job=quantize", "+model.overrides.num_hidden_layers=4", "+model.overrides.hidden_size=256",
+    "+model.overrides.intermediate_size=512", "calib.num_samples=8", "calib.seq_len=64", "quant.batch_size=2",
+    "cluster.include_dashboard=false",
+]
+
+
+@pytest.fixture(scope="session")
+def quant_storage(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("quantize") / "runs"
+
+
+@pytest.fixture(scope="session")
+def quantize_run(quant_storage: Path):
+    """name, extra overrides -> the finished CLI result (cached: each job runs once per session)."""
+    done: dict[str, object] = {}
+
+    def run(name: str, *extra: str):
+        if name not in done:
+            result = run_cli([*TINY_QUANT, *extra, f"job.name={name}"], quant_storage)
+            assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+            done[name] = result
+        return done[name]
+
+    return run

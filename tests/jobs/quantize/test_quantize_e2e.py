@@ -1,0 +1,125 @@
+"""job=quantize end to end on CPU: real Ray actors, real MLflow, export reload, worker-count independence,
+kill-and-resume. Tolerances: none. With float64 stats (conf/quant/*.yaml) and the same calibration batches
+on every worker count, 2 workers give bit-identical integers, scales and files to 1 worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from jobs.quantize import checkpoint
+from jobs.quantize.load import load_quantized
+from kernels.quant import get_op
+from tests.conftest import REPO, mlflow_run, run_cli, run_id_of
+from tests.jobs.conftest import TINY_QUANT
+
+ALGOS = {  # name -> overrides (AWQ on a coarse grid: the search is the slow part on CPU)
+    "rtn": ["quant=rtn", "quant.format=w4g128", "quant.symmetric=false"],
+    "awq": ["quant=awq", "quant.format=w4g64", "quant.options.n_grid=4", "quant.options.clip_grid=4"],
+    "gptq": ["quant=gptq", "quant.format=w3g128"],
+    "smoothquant": ["quant=smoothquant", "quant.format=w8a8"],
+}
+GPTQ_2W = [*ALGOS["gptq"], "quant.num_workers=2"]
+
+
+def _export_files(job_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((job_dir / "export").iterdir())}
+
+
+@pytest.mark.parametrize("algorithm", sorted(ALGOS))
+def test_quantize_reload_and_track(algorithm: str, quantize_run, quant_storage: Path) -> None:
+    result = quantize_run(algorithm, *ALGOS[algorithm])
+    job_dir = quant_storage / algorithm
+    export = job_dir / "export"
+    config = json.loads((export / "config.json").read_text())
+    qc = config["quantization_config"]
+    weights = qc["config_groups"]["group_0"]["weights"]
+    assert qc["quant_method"] == "compressed-tensors" and qc["format"] == "pack-quantized"
+    assert qc["ignore"] == ["lm_head"]
+    tensors = load_file(export / "model.safetensors")
+    model = load_quantized(export)
+    unpack, dequantize = get_op("unpack_int"), get_op("dequantize")
+    for index in range(4):
+        saved = checkpoint.load_block(checkpoint.block_dir(job_dir / "blocks", index))
+        assert len(saved["layers"]) == 7
+        for name, layer in saved["layers"].items():
+            prefix = f"model.layers.{index}.{name}"
+            q = unpack(tensors[f"{prefix}.weight_packed"], weights["num_bits"], layer["qweight"].shape[1], dim=1)
+            assert torch.equal(q, layer["qweight"]), f"{prefix}: packed integers differ from the algorithm's"
+            zero = layer["zero"].float()
+            if not weights["symmetric"]:
+                packed_zero = tensors[f"{prefix}.weight_zero_point"]
+                assert torch.equal(unpack(packed_zero, weights["num_bits"], q.shape[0], dim=0), layer["zero"])
+            expected = dequantize(layer["qweight"], layer["scale"], zero, weights["group_size"])
+            assert torch.equal(model.get_submodule(prefix).weight, expected), prefix
+        for key, value in saved["other"].items():  # smoothed norms travel to the export unchanged
+            assert torch.equal(model.get_submodule(f"model.layers.{index}").get_parameter(key), value), key
+    if algorithm in ("awq", "smoothquant"):
+        scales = load_file(export / "smoothing_scales.safetensors")
+        assert "model.layers.0.input_layernorm" in scales
+    with torch.no_grad():
+        logits = model(torch.arange(32).unsqueeze(0)).logits
+    assert torch.isfinite(logits).all()
+    run = mlflow_run(quant_storage, run_id_of(result.stdout))
+    assert run.info.status == "FINISHED" and run.data.params["quant.algorithm"] == algorithm
+    for metric in ("block_rel_err", "block_mse", "block_seconds", "mean_weight_rel_err"):
+        assert metric in run.data.metrics, metric
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{quant_storage / 'mlflow.db'}")
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "block_rel_err")] == [0, 1, 2, 3]
+    assert "export/model.safetensors" in {a.path for a in client.list_artifacts(run.info.run_id, "export")}
+
+
+def test_two_workers_give_the_same_export_as_one(quantize_run, quant_storage: Path) -> None:
+    quantize_run("gptq", *ALGOS["gptq"])
+    quantize_run("gptq-2w", *GPTQ_2W)
+    one, two = _export_files(quant_storage / "gptq"), _export_files(quant_storage / "gptq-2w")
+    assert one.keys() == two.keys()
+    for name in one:
+        if name != "quant_info.json":  # records block_seconds
+            assert one[name] == two[name], f"{name} differs between 1 and 2 workers"
+
+
+def test_killed_job_resumes_to_a_bit_identical_export(quantize_run, quant_storage: Path) -> None:
+    quantize_run("gptq-2w", *GPTQ_2W)
+    name, tmp = "gptq-killed", f"/tmp/orch-q-{os.getpid()}"
+    cmd = [sys.executable, "-m", "orchestrator", *TINY_QUANT, *GPTQ_2W, f"job.name={name}",
+           f"job.storage={quant_storage}", f"cluster.tmp_dir={tmp}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    marker = checkpoint.block_dir(quant_storage / name / "blocks", 1)
+    deadline = time.time() + 300
+    while not marker.exists():
+        assert proc.poll() is None, proc.stdout.read()[-4000:]
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver, its embedded Ray and the calibration actors
+    proc.wait()
+    subprocess.run(["pkill", "-9", "-f", tmp], check=False)
+    assert not (quant_storage / name / "export").exists(), "killed too late: the job had finished"
+    result = run_cli([*TINY_QUANT, *GPTQ_2W, f"job.name={name}"], quant_storage)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert "resumed_at: 2" in result.stdout or "resumed_at: 3" in result.stdout, result.stdout[-2000:]
+    resumed, reference = _export_files(quant_storage / name), _export_files(quant_storage / "gptq-2w")
+    for file in reference:
+        if file != "quant_info.json":
+            assert resumed[file] == reference[file], f"{file} differs after kill and resume"
+
+
+def test_manifest_mismatch_is_refused(quantize_run, quant_storage: Path) -> None:
+    quantize_run("rtn", *ALGOS["rtn"])
+    result = run_cli([*TINY_QUANT, *ALGOS["rtn"], "calib.seed=7", "job.name=rtn"], quant_storage, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"error: config error: quant.resume: {quant_storage / 'rtn' / 'blocks'} was written for other "
+        "quant/calib/model sections"), result.stderr
