@@ -30,15 +30,15 @@ def _run(cmd: list[str], log: Path) -> str:
     return proc.stdout + proc.stderr
 
 
-def ours(gpus: int, mbs: int, ckpt: bool, attn: str, steps: int, data: Path, work: Path) -> dict:
-    name = f"ours-g{gpus}-mb{mbs}-ac{int(ckpt)}-{attn}"
+def ours(gpus: int, mbs: int, ckpt: bool, attn: str, steps: int, data: Path, work: Path, extra: list[str]) -> dict:
+    name = f"ours-g{gpus}-mb{mbs}-ac{int(ckpt)}-{attn}" + ("-" + "-".join(extra).replace("/", "_") if extra else "")
     cmd = [sys.executable, "-m", "orchestrator", "job=sft", "model=qwen3_1p7b", f"model.attn_implementation={attn}",
            f"data.datasets=[{{path: {data}}}]", f"data.max_length={SEQ}", f"data.pack_max_length={SEQ}",
            f"trainer.num_workers={gpus}", f"trainer.micro_batch_size={mbs}", f"trainer.max_steps={steps}",
            f"trainer.activation_checkpointing={str(ckpt).lower()}", "trainer.checkpoint.export=false",
            "trainer.zero.param_persistence_threshold=1000000", "trainer.optim.lr=1e-4", "trainer.max_failures=0",
            f"job.storage={work}", f"job.name={name}", f"tracking.uri=file://{work}/mlruns",
-           "cluster.include_dashboard=false"]  # the GPU image's slim Ray has no dashboard deps
+           "cluster.include_dashboard=false", *extra]  # the GPU image's slim Ray has no dashboard deps
     steps_seen = parse_steps(_run(cmd, work / f"{name}.log"))
     return _row(name, gpus, mbs, ckpt, attn, steps_seen, "max_alloc")
 
@@ -76,6 +76,7 @@ def main() -> None:
     parser.add_argument("--peer", default="4:1,2:0", help="mbs:ckpt,...")
     parser.add_argument("--work", default="/tmp/bench-sft")
     parser.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"))
+    parser.add_argument("--extra", default="", help="extra overrides for ours, space-separated")
     parser.add_argument("--commit", default=None, help="when the tree has no .git (device copies)")
     args = parser.parse_args()
     work = Path(args.work)
@@ -88,7 +89,7 @@ def main() -> None:
             rows.append(peer(gpus, int(mbs), ckpt == "1", args.steps, work))
         for spec in filter(None, args.ours.split(",")):
             mbs, ckpt, attn = spec.split(":")
-            rows.append(ours(gpus, int(mbs), ckpt == "1", attn, args.steps, data, work))
+            rows.append(ours(gpus, int(mbs), ckpt == "1", attn, args.steps, data, work, args.extra.split()))
             print(table(rows[-1:], float("nan")), flush=True)
     peer_best = max((r["tgs"] for r in rows if r["name"].startswith("peer") and r["gpus"] == 1), default=float("nan"))
     import torch
