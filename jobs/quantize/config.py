@@ -23,7 +23,7 @@ class QuantConfig:
     num_workers: int = 1  # data-parallel calibration actors (one per GPU, or CPU actors)
     use_gpu: str = "auto"  # auto | true | false
     cpus_per_worker: float = 1.0
-    threads_per_worker: int = 1  # torch threads in each CPU actor (results do not depend on it... per run)
+    threads_per_worker: int = 1  # torch threads per actor; keep fixed across resumes (CPU kernels' rounding)
     batch_size: int = 4  # calibration samples per forward; batches, not samples, are split over workers
     ignore: list[str] = field(default_factory=lambda: ["lm_head"])  # module names / "re:<regex>" left FP
     seed: int = 0  # torch seed before building a random-init model (qwen3_tiny): every process same weights

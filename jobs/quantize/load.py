@@ -64,7 +64,9 @@ def load_quantized(path: str | Path, dtype: torch.dtype = torch.float32, attn_im
     config._attn_implementation = attn_implementation
     model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
     group = qc["config_groups"]["group_0"]
-    state = dequantized_state(load_file(Path(path) / "model.safetensors"), group["weights"])
+    tensors = load_file(Path(path) / "model.safetensors")
+    quantized = [k[: -len(".weight_packed")] for k in tensors if k.endswith(".weight_packed")]
+    state = dequantized_state(tensors, group["weights"])
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
     if unexpected or set(missing) - tied:
@@ -72,8 +74,6 @@ def load_quantized(path: str | Path, dtype: torch.dtype = torch.float32, attn_im
                          f"unexpected {unexpected[:5]})")
     model.tie_weights()
     acts = group.get("input_activations")
-    if acts:
-        names = [k[: -len(".weight_packed")] for k in load_file(Path(path) / "model.safetensors")
-                 if k.endswith(".weight_packed")]
-        install_act_quant(model, names, acts["num_bits"])
+    if acts:  # W8A8: the deployed kernels quantize each token's input to int8
+        install_act_quant(model, quantized, acts["num_bits"])
     return model
