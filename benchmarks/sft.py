@@ -12,6 +12,7 @@ import datetime
 import os
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 from benchmarks.steplines import parse_steps, steady
@@ -31,7 +32,8 @@ def _run(cmd: list[str], log: Path) -> str:
 
 
 def ours(gpus: int, mbs: int, ckpt: bool, attn: str, steps: int, data: Path, work: Path, extra: list[str]) -> dict:
-    name = f"ours-g{gpus}-mb{mbs}-ac{int(ckpt)}-{attn}" + ("-" + "-".join(extra).replace("/", "_") if extra else "")
+    tag = f"-x{zlib.crc32(' '.join(extra).encode()):08x}" if extra else ""  # a Hydra-safe name per override set
+    name = f"ours-g{gpus}-mb{mbs}-ac{int(ckpt)}-{attn}{tag}"
     cmd = [sys.executable, "-m", "orchestrator", "job=sft", "model=qwen3_1p7b", f"model.attn_implementation={attn}",
            f"data.datasets=[{{path: {data}}}]", f"data.max_length={SEQ}", f"data.pack_max_length={SEQ}",
            f"trainer.num_workers={gpus}", f"trainer.micro_batch_size={mbs}", f"trainer.max_steps={steps}",
