@@ -14,6 +14,12 @@ TINY_QUANT = [
     "+model.overrides.intermediate_size=512", "calib.num_samples=8", "calib.seq_len=64", "quant.batch_size=2",
     "cluster.include_dashboard=false",
 ]
+QUANT_ALGOS = {  # name -> overrides (AWQ on a coarse grid: the search is the slow part on CPU)
+    "rtn": ["quant=rtn", "quant.format=w4g128", "quant.symmetric=false"],
+    "awq": ["quant=awq", "quant.format=w4g64", "quant.options.n_grid=4", "+quant.options.clip_grid=4"],
+    "gptq": ["quant=gptq", "quant.format=w3g128"],
+    "smoothquant": ["quant=smoothquant", "quant.format=w8a8"],
+}
 
 
 @pytest.fixture(scope="session")

@@ -20,14 +20,9 @@ from jobs.quantize import checkpoint
 from jobs.quantize.load import load_quantized
 from kernels.quant import get_op
 from tests.conftest import REPO, mlflow_run, run_cli, run_id_of
-from tests.jobs.conftest import TINY_QUANT
+from tests.jobs.conftest import QUANT_ALGOS, TINY_QUANT
 
-ALGOS = {  # name -> overrides (AWQ on a coarse grid: the search is the slow part on CPU)
-    "rtn": ["quant=rtn", "quant.format=w4g128", "quant.symmetric=false"],
-    "awq": ["quant=awq", "quant.format=w4g64", "quant.options.n_grid=4", "quant.options.clip_grid=4"],
-    "gptq": ["quant=gptq", "quant.format=w3g128"],
-    "smoothquant": ["quant=smoothquant", "quant.format=w8a8"],
-}
+ALGOS = QUANT_ALGOS
 GPTQ_2W = [*ALGOS["gptq"], "quant.num_workers=2"]
 
 
