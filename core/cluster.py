@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Iterator
@@ -30,6 +31,15 @@ def _loopback_env() -> dict[str, str]:
 def _worker_env() -> dict[str, str]:
     path = os.environ.get("PYTHONPATH", "")
     return {"PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{path}" if path else str(REPO_ROOT)}
+
+
+def ray_job_submission_id() -> str | None:
+    """The `ray job submit` id when running as a Ray Jobs entrypoint (Ray passes it in the job config)."""
+    try:
+        config = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}"))
+    except json.JSONDecodeError:
+        return None
+    return (config.get("metadata") or {}).get("job_submission_id")
 
 
 @contextmanager

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from core import storage
-from core.cluster import connect
+from core.cluster import connect, ray_job_submission_id
 from core.errors import UserError
 from core.redact import Redactor
 from core.tracking import flatten, start_run
@@ -35,8 +34,8 @@ def _tags(spec: Any, job_name: str) -> dict[str, str]:
     tags = {"job.kind": spec.job.kind, "job.name": job_name, "model": spec.model.name, "git.commit": git_commit()}
     if spec.model.path:
         tags["model.path"] = spec.model.path
-    if os.environ.get("RAY_JOB_ID") or os.environ.get("RAY_JOB_SUBMISSION_ID"):
-        tags["ray.job_id"] = os.environ.get("RAY_JOB_SUBMISSION_ID") or os.environ["RAY_JOB_ID"]
+    if submission := ray_job_submission_id():
+        tags["ray.job_id"] = submission
     if spec.job.parent_run:
         tags["parent_run"] = spec.job.parent_run
     return tags
