@@ -8,7 +8,7 @@ TORCH_CPU := torch==2.13.0
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup run test lint bench-sft bench-quant mlflow-ui clean
+.PHONY: setup run test lint bench-sft bench-quant mlflow-ui mlflow-server clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -31,6 +31,13 @@ lint: setup
 
 mlflow-ui: setup
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/runs/mlflow.db --host 127.0.0.1 --port 5000
+
+# An MLflow tracking server (sqlite backend; artifacts proxied to MLFLOW_ARTIFACTS, e.g. s3://bucket/mlflow
+# with AWS_* / MLFLOW_S3_ENDPOINT_URL in the environment); jobs use it with tracking.uri=http://127.0.0.1:5000
+MLFLOW_ARTIFACTS ?= $(CURDIR)/runs/server-artifacts
+mlflow-server: setup
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server --host 127.0.0.1 --port 5000 --workers 1 \
+	  --backend-store-uri sqlite:///$(CURDIR)/runs/mlflow-server.db --artifacts-destination $(MLFLOW_ARTIFACTS)
 
 # GPU machine: run with the image's python (torch/transformers there); see benchmarks/README.md
 BENCH_PY ?= python3
