@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -37,6 +38,20 @@ def mlflow_run(storage: Path, run_id: str):
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=f"sqlite:///{storage / 'mlflow.db'}").get_run(run_id)
+
+
+@pytest.fixture
+def cli_in_process(capsys: pytest.CaptureFixture):
+    """The real CLI entry point in this process: for inputs that fail before Ray starts (no interpreter
+    start-up per case; the subprocess path is covered by test_compose.py and the end-to-end tests)."""
+    from orchestrator.cli import main
+
+    def run(args: list[str], storage: Path, **_: object) -> SimpleNamespace:
+        code = main([*args, f"job.storage={storage}"])
+        out = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
+
+    return run
 
 
 @pytest.fixture

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
-from orchestrator.cli import main
 from tests.conftest import mlflow_run, run_id_of
 
 
@@ -40,18 +38,6 @@ def _dataset(tmp_path: Path, second_line: str | None) -> Path:
     return path
 
 
-@pytest.fixture
-def run_cli(capsys: pytest.CaptureFixture):
-    """The real CLI entry point, in-process (the subprocess path is covered by test_compose.py)."""
-
-    def run(args: list[str], storage: Path, **_: object) -> SimpleNamespace:
-        code = main([*args, f"job.storage={storage}"])
-        out = capsys.readouterr()
-        return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
-
-    return run
-
-
 def _assert_failed(result, storage: Path, expected: str) -> None:
     import ray
 
@@ -66,33 +52,33 @@ def _assert_failed(result, storage: Path, expected: str) -> None:
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_record(case: str, tmp_path: Path, storage: Path, run_cli) -> None:
+def test_bad_record(case: str, tmp_path: Path, storage: Path, cli_in_process) -> None:
     line, expected = CASES[case]
     path = _dataset(tmp_path, line)
-    result = run_cli([f"data.datasets=[{{path: {path}}}]"], storage, timeout=120)
+    result = cli_in_process([f"data.datasets=[{{path: {path}}}]"], storage, timeout=120)
     _assert_failed(result, storage, f"data error: {path}:{expected.split(': ', 1)[0].split()[-1]}: "
                    + expected.split(": ", 1)[1])
 
 
-def test_empty_dataset(tmp_path: Path, storage: Path, run_cli) -> None:
+def test_empty_dataset(tmp_path: Path, storage: Path, cli_in_process) -> None:
     path = tmp_path / "empty.jsonl"
     path.write_text("\n")
-    result = run_cli([f"data.datasets=[{{path: {path}}}]"], storage, timeout=120)
+    result = cli_in_process([f"data.datasets=[{{path: {path}}}]"], storage, timeout=120)
     _assert_failed(result, storage, f"data error: {path}: dataset is empty")
 
 
-def test_missing_path(tmp_path: Path, storage: Path, run_cli) -> None:
-    result = run_cli([f"data.datasets=[{{path: {tmp_path}/nope.jsonl}}]"], storage, timeout=120)
+def test_missing_path(tmp_path: Path, storage: Path, cli_in_process) -> None:
+    result = cli_in_process([f"data.datasets=[{{path: {tmp_path}/nope.jsonl}}]"], storage, timeout=120)
     _assert_failed(result, storage, f"config error: data.datasets[0].path: {tmp_path}/nope.jsonl: no such file")
 
 
-def test_missing_model_path(storage: Path, run_cli) -> None:
-    result = run_cli(["model=hf"], storage, timeout=120)
+def test_missing_model_path(storage: Path, cli_in_process) -> None:
+    result = cli_in_process(["model=hf"], storage, timeout=120)
     _assert_failed(result, storage, "config error: model.path: required for model=hf")
 
 
-def test_too_long_sample_with_truncation_error(tmp_path: Path, storage: Path, run_cli) -> None:
+def test_too_long_sample_with_truncation_error(tmp_path: Path, storage: Path, cli_in_process) -> None:
     path = _dataset(tmp_path, None)
-    result = run_cli([f"data.datasets=[{{path: {path}}}]", "data.max_length=8", "data.pack_max_length=8",
+    result = cli_in_process([f"data.datasets=[{{path: {path}}}]", "data.max_length=8", "data.pack_max_length=8",
                       "data.truncation=error"], storage, timeout=120)
     _assert_failed(result, storage, f"data error: {path}:1: sample has")
