@@ -9,8 +9,6 @@ from pathlib import Path
 
 from core.errors import ConfigError
 
-__all__ = ["Path", "local_path", "staging_dir", "publish_dir", "resolve_local"]
-
 
 def resolve_local(uri: str) -> Path:
     """An absolute local path: workers run in another cwd, so relative paths are fixed here."""

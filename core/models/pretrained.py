@@ -1,7 +1,8 @@
-"""`model=hf`: a local directory (or s3:// prefix, via core.storage) in Hugging Face format."""
+"""`model=hf`: a local directory in Hugging Face format (resolved through core.storage)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from core import storage
@@ -15,14 +16,13 @@ if TYPE_CHECKING:
 
 
 class PretrainedDir:
-    def _local(self, cfg: ModelConfig) -> str:
+    def _local(self, cfg: ModelConfig) -> Path:
         if not cfg.path:
-            raise ConfigError("model.path", "required for model=hf (a local directory or s3:// prefix)")
-        return str(storage.local_path(cfg.path, field="model.path"))
+            raise ConfigError("model.path", "required for model=hf (a local Hugging Face model directory)")
+        return storage.local_path(cfg.path, field="model.path")
 
     def validate(self, cfg: ModelConfig) -> None:
-        path = self._local(cfg)
-        if not (storage.Path(path) / "config.json").is_file():
+        if not (self._local(cfg) / "config.json").is_file():
             raise ConfigError("model.path", f"{cfg.path}: no config.json there (not a Hugging Face model dir)")
 
     def hf_config(self, cfg: ModelConfig) -> PretrainedConfig:
