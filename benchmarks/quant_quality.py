@@ -1,0 +1,73 @@
+"""Quantization quality on CPU: train qwen3_tiny with the project's SFT job on the shipped text corpus,
+then quantize it (RTN, AWQ, GPTQ at w3g128 and w4g128) and compare held-out perplexity.
+
+    python -m benchmarks.quant_quality [--steps 300] [--work /tmp/quant-quality]
+
+Every step runs through `python -m orchestrator`; prints a table (paste into benchmarks/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cli(args: list[str], work: Path) -> str:
+    cmd = [sys.executable, "-m", "orchestrator", *args, f"job.storage={work}", "cluster.include_dashboard=false"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"failed: {' '.join(cmd)}\n{(proc.stdout + proc.stderr)[-3000:]}")
+    return proc.stdout
+
+
+def _chat_corpus(work: Path) -> Path:
+    """The text corpus as chat samples whose assistant turn is the sentence (SFT trains on it)."""
+    out = work / "train_chat.jsonl"
+    with open(out, "w") as fh:
+        for line in (REPO / "data/text/train.txt").read_text().splitlines():
+            if line.strip():
+                fh.write(json.dumps([{"role": "user", "content": "Say a sentence."},
+                                     {"role": "assistant", "content": line}]) + "\n")
+    return out
+
+
+def _perplexity(output: str) -> float:
+    match = re.search(r"\|\s*model\s*\|[^|]*\|\s*([\d.]+)\s*\|", output)
+    assert match, output[-2000:]
+    return float(match.group(1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--work", default="/tmp/quant-quality")
+    args = parser.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    data = _chat_corpus(work)
+    _cli(["job=sft", f"data.datasets=[{{path: {data}}}]", "data.max_length=256", "data.pack_max_length=512",
+          f"trainer.max_steps={args.steps}", "trainer.micro_batch_size=4", "trainer.optim.lr=2e-3",
+          "trainer.optim.warmup_steps=10", "job.name=fp"], work)
+    fp = work / "fp" / "export"
+    rows = [("fp16/fp32", "-", _perplexity(_cli(["job=evaluate", "model=hf", f"model.path={fp}"], work)))]
+    for fmt in ("w4g128", "w3g128"):
+        for algo in ("rtn", "awq", "gptq"):
+            name = f"{algo}-{fmt}"
+            _cli(["job=quantize", "model=hf", f"model.path={fp}", f"quant={algo}", f"quant.format={fmt}",
+                  "calib.num_samples=64", "calib.seq_len=256", "quant.num_workers=1", f"job.name={name}"], work)
+            ppl = _perplexity(_cli(["job=evaluate", "model=hf", f"model.path={work / name / 'export'}"], work))
+            rows.append((algo, fmt, ppl))
+            print(f"{algo} {fmt}: {ppl:.4f}", flush=True)
+    print("\n| method | format | held-out perplexity |\n|---|---|---|")
+    for method, fmt, ppl in rows:
+        print(f"| {method} | {fmt} | {ppl:.4f} |")
+
+
+if __name__ == "__main__":
+    main()
