@@ -164,7 +164,8 @@ def train_loop(config: dict[str, Any]) -> None:
     engine, scheduler = build_engine(spec, model, ds_config, env.device)
 
     ckpt_root = job_dir / "checkpoints"
-    resume_from = Path(config["resume_from"]) if config["resume_from"] else checkpoint.latest(ckpt_root)
+    # this job's own latest checkpoint wins (a Ray Train restart after a failure); else the requested one
+    resume_from = checkpoint.latest(ckpt_root) or (Path(config["resume_from"]) if config["resume_from"] else None)
     start = checkpoint.load(engine, resume_from, env.rank) if resume_from else 0
     if start and env.rank == 0:
         log.info("resumed from %s at step %d", resume_from, start)
