@@ -53,8 +53,10 @@ def _check_model(spec: Any, fmt: QuantFormat) -> tuple[Any, int]:
     source = MODELS.get(spec.model.name)
     source.validate(spec.model)
     hf_config = source.hf_config(spec.model)
-    with torch.device("meta"):
-        model = source.build(spec.model, hf_config, torch.float32)
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):  # the architecture alone: from_config, never from_pretrained, on meta
+        model = AutoModelForCausalLM.from_config(hf_config, trust_remote_code=spec.model.trust_remote_code)
     linears = block_linears_in_features(model)
     for name, in_features in linears.items():
         check_group_size(fmt, name, in_features)

@@ -4,27 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-import torch
-
 from tests.conftest import mlflow_run, run_cli, run_id_of
 from tests.jobs.conftest import QUANT_ALGOS
-
-
-@pytest.fixture(scope="module")
-def fp_dir(quant_storage: Path) -> Path:
-    """The FP model quantize started from (qwen3_tiny, same overrides, quant.seed=0) as an HF dir."""
-    from core.models import MODELS, ModelConfig
-
-    cfg = ModelConfig(name="qwen3_tiny", overrides={"num_hidden_layers": 4, "hidden_size": 256,
-                                                     "intermediate_size": 512})
-    source = MODELS.get("qwen3_tiny")
-    torch.manual_seed(0)
-    model = source.build(cfg, source.hf_config(cfg), torch.float32)
-    out = quant_storage.parent / "fp"
-    model.save_pretrained(out)
-    source.tokenizer(cfg).save_pretrained(out)
-    return out
 
 
 def test_perplexity_table_and_tracking(quantize_run, quant_storage: Path, fp_dir: Path) -> None:

@@ -118,3 +118,11 @@ def test_manifest_mismatch_is_refused(quantize_run, quant_storage: Path) -> None
     assert result.stderr.strip().splitlines()[-1].startswith(
         f"error: config error: quant.resume: {quant_storage / 'rtn' / 'blocks'} was written for other "
         "quant/calib/model sections"), result.stderr
+
+
+def test_quantize_from_a_model_directory(quantize_run, quant_storage: Path, fp_dir: Path) -> None:
+    """model=hf loads weights from a directory: same FP weights as the config-built run, same export."""
+    quantize_run("rtn", *ALGOS["rtn"])
+    quantize_run("rtn-from-dir", *ALGOS["rtn"], "model=hf", f"model.path={fp_dir}")
+    built, loaded = quant_storage / "rtn" / "export", quant_storage / "rtn-from-dir" / "export"
+    assert (built / "model.safetensors").read_bytes() == (loaded / "model.safetensors").read_bytes()
