@@ -33,6 +33,14 @@ def _worker_env() -> dict[str, str]:
     return {"PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{path}" if path else str(REPO_ROOT)}
 
 
+def wants_gpu(setting: str) -> bool:
+    """A job's auto | true | false GPU setting, resolved against the connected cluster."""
+    import ray
+
+    setting = str(setting).lower()
+    return setting == "true" or (setting == "auto" and ray.cluster_resources().get("GPU", 0) >= 1)
+
+
 def ray_job_submission_id() -> str | None:
     """The `ray job submit` id when running as a Ray Jobs entrypoint (Ray passes it in the job config)."""
     try:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from core.cluster import wants_gpu
 from core.data.calib import token_blocks
 from core.errors import ConfigError
 from core.models import MODELS
@@ -73,13 +74,6 @@ def _split(ids: np.ndarray, batch_size: int, workers: int) -> list[list[np.ndarr
     return [[batches[k] for k in part] for part in np.array_split(np.arange(len(batches)), workers)]
 
 
-def _use_gpu(setting: str) -> bool:
-    import ray
-
-    setting = str(setting).lower()
-    return setting == "true" or (setting == "auto" and ray.cluster_resources().get("GPU", 0) >= 1)
-
-
 class QuantizeJob:
     sections = ("model", "quant", "calib")
 
@@ -107,7 +101,7 @@ class QuantizeJob:
         from jobs.quantize.worker import CalibWorker
 
         q = spec.quant
-        use_gpu = _use_gpu(q.use_gpu)
+        use_gpu = wants_gpu(q.use_gpu)
         actor = ray.remote(num_cpus=q.cpus_per_worker, num_gpus=1 if use_gpu else 0)(CalibWorker)
         ids = np.stack(prepared.batches)
         shards = _split(ids, q.batch_size, q.num_workers)

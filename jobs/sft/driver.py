@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core import storage
+from core.cluster import wants_gpu
 from core.data.sft import SFTData, build_sft_data
 from core.errors import ConfigError
 from core.models import MODELS
@@ -49,15 +50,6 @@ def _resume_point(t: Any, ctx: RunContext) -> str | None:
     return str(candidate)
 
 
-def _use_gpu(t: Any) -> bool:
-    import ray
-
-    setting = str(t.use_gpu).lower()
-    if setting != "auto":
-        return setting == "true"
-    return ray.cluster_resources().get("GPU", 0) >= 1
-
-
 def _bf16(t: Any, use_gpu: bool) -> bool:
     setting = str(t.bf16).lower()
     if setting != "auto":
@@ -93,7 +85,7 @@ class SFTJob:
         t = spec.trainer
         # Ray Train re-routes workers' print() through its logger, which echoes it a second time
         os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-        use_gpu = _use_gpu(t)
+        use_gpu = wants_gpu(t.use_gpu)
         resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if use_gpu else {})}
         config = {"spec": spec, "run": ctx.run, "job_dir": str(ctx.job_dir), "rows": ray.put(prepared.data.rows),
                   "bf16": _bf16(t, use_gpu), "resume_from": prepared.resume_from}
