@@ -1,5 +1,5 @@
 """Format-level quantization ops. `get_op(name)` picks a fused implementation at run time when one is
-available (a future `kernels.quant.triton_ops` module, CUDA only) and the torch reference otherwise,
+available (`kernels.quant.triton_ops`, CUDA only) and the torch reference otherwise,
 so callers never import a backend directly."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from kernels.quant import reference
 from kernels.quant.formats import QuantFormat, check_group_size, parse_format
 
 OPS = ("compute_qparams", "quantize", "dequantize", "quantize_weight", "fake_quant",
-       "fake_quant_per_token", "pack_int", "unpack_int")
+       "fake_quant_per_token", "pack_int", "unpack_int", "gptq_block")
 BACKENDS = ("auto", "torch", "triton")
 _TRITON_MODULE = "kernels.quant.triton_ops"  # same function names and signatures as reference
 

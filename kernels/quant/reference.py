@@ -121,6 +121,29 @@ def unpack_int(packed: torch.Tensor, bits: int, length: int, dim: int = -1) -> t
     return (u - (1 << (bits - 1))).to(torch.int8).movedim(-1, dim)
 
 
+def gptq_block(
+    w: torch.Tensor, hinv: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GPTQ's inner loop over one lazy batch of B columns (Frantar et al. 2022, Alg. 1).
+
+    w [rows, B] float32 (not modified), hinv [B, B] the batch's block of the upper Cholesky factor of
+    H^-1, scale/zero [rows, B] per column. Column by column: round, then spread the rounding error over
+    the later columns of the batch. Returns (int8 q [rows, B], scaled errors [rows, B]) for the caller's
+    lazy update of the columns after the batch.
+    """
+    w = w.clone()
+    qmin, qmax = qrange(bits)
+    q_out = torch.empty(w.shape, dtype=torch.int8, device=w.device)
+    err_out = torch.empty_like(w)
+    for i in range(w.shape[1]):
+        col, s, z = w[:, i], scale[:, i], zero[:, i]
+        q = (torch.round(col / s) + z).clamp(qmin, qmax)
+        err = (col - (q - z) * s) / hinv[i, i]
+        w[:, i:] -= err[:, None] * hinv[i, i:][None, :]
+        q_out[:, i], err_out[:, i] = q.to(torch.int8), err
+    return q_out, err_out
+
+
 def _check_bits(bits: int) -> None:
     if not 1 <= bits <= 8:
         raise ValueError(f"packing supports 1..8 bits, got {bits}")

@@ -5,15 +5,20 @@ Two observe passes, both reducible by summation, so any number of workers gives 
   pass 0: per shared input, sum |x| and the token count (candidate scales s = mean|x|^alpha), and
           x^T x (for the clip search and metrics);
   pass 1: given the reduced pass-0 stats (`prior`), for every mapping and every alpha on the grid,
-          the sum over tokens of |block(x) - block_fp(x)|^2 with only that mapping's Linears scaled
-          and quantized (the others FP, as in llm-awq). `apply` picks the argmin per mapping.
+          the sum over tokens of |scope(x) - scope_fp(x)|^2 with only that mapping's Linears scaled
+          and quantized, where scope is the smallest module holding them (attention for q/k/v, the MLP
+          for gate/up, the Linear itself for o and down), as in llm-awq: its inputs are captured once
+          per mapping and each candidate is quantized once per shard. `apply` picks the argmin.
 The clip search needs no third pass: the per-(row, group) output error of a weight change d_g is
 d_g^T G_gg d_g with G_gg the group's diagonal block of x^T x (scaled by 1/s after smoothing).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import takewhile
+from typing import Any
 
 import torch
 from torch import nn
@@ -62,26 +67,51 @@ class AWQ(QuantAlgorithm):
 
     def input_stats(self, key: str, x: torch.Tensor, stats: Stats) -> None:
         super().input_stats(key, x, stats)
-        stats.add(f"absx/{key}", x.abs().sum(0).double())
+        stats.add(f"absx/{key}", x.float().abs().sum(0).double())
 
     def observe_pass(
         self, block: nn.Module, x: torch.Tensor, stats: Stats, pass_idx: int, prior: Stats,
         mask: torch.Tensor | None,
     ) -> None:
-        y_ref = self.forward(block, x)
+        self.observe_pass_shard(block, [x], stats, pass_idx, prior, [mask])
+
+    def observe_pass_shard(
+        self, block: nn.Module, xs: Sequence[torch.Tensor], stats: Stats, pass_idx: int, prior: Stats,
+        masks: Sequence[torch.Tensor | None],
+    ) -> None:
         fake_quant = get_op("fake_quant")
         for m in self._mappings(block)[0]:
+            scope = block.get_submodule(scope_name(m.linear_names))
+            captured = [self._capture(block, scope, x) for x in xs]
             originals = [lin.weight.detach().clone() for lin in m.linears]
-            losses = torch.zeros(self.cfg.n_grid, dtype=torch.float64, device=y_ref.device)
+            losses = torch.zeros(self.cfg.n_grid, dtype=torch.float64, device=originals[0].device)
             try:
                 for k, s in enumerate(self._candidates(prior, m.key)):
                     for lin, w in zip(m.linears, originals, strict=True):
                         lin.weight.copy_((fake_quant(w.float() * s, self.fmt) / s).to(w.dtype))
-                    losses[k] = _sse(self.forward(block, x), y_ref, mask)
+                    for (args, kwargs, y_ref), mask in zip(captured, masks, strict=True):
+                        losses[k] += _sse(_first(scope(*args, **kwargs)), y_ref, mask)
             finally:
                 for lin, w in zip(m.linears, originals, strict=True):
                     lin.weight.copy_(w)
             stats.add(f"awq_loss/{m.prev_name}", losses)
+
+    def _capture(self, block: nn.Module, scope: nn.Module, x: torch.Tensor) -> tuple[tuple, dict, torch.Tensor]:
+        """The scope's call (args, kwargs) and FP output inside a block forward, which stops right there."""
+        box: dict = {}
+
+        def hook(_module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
+            box.update(args=args, kwargs=kwargs, out=_first(out))
+            raise _Captured
+
+        handle = scope.register_forward_hook(hook, with_kwargs=True)
+        try:
+            self.forward(block, x)
+        except _Captured:
+            pass
+        finally:
+            handle.remove()
+        return box["args"], box["kwargs"], box["out"]
 
     def quantize(self, block: nn.Module, stats: Stats, result: BlockResult) -> None:
         input_scale = self._fold_best_scales(block, stats, result)
@@ -147,6 +177,22 @@ def search_clip(
         best_loss = torch.where(better, loss, best_loss)
         best = torch.where(better, torch.full_like(best, ratio), best)
     return best
+
+
+class _Captured(Exception):
+    """Raised by the capture hook: the rest of the block's forward is not needed."""
+
+
+def scope_name(linear_names: Sequence[str]) -> str:
+    """The smallest module holding all of `linear_names` (a lone Linear is its own scope)."""
+    if len(linear_names) == 1:
+        return linear_names[0]
+    parts = zip(*(name.split(".") for name in linear_names), strict=False)
+    return ".".join(p[0] for p in takewhile(lambda p: len(set(p)) == 1, parts))
+
+
+def _first(y: Any) -> torch.Tensor:
+    return y[0] if isinstance(y, tuple) else y
 
 
 def _sse(y: torch.Tensor, y_ref: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -6,9 +6,8 @@ Driver protocol (the same for one worker or many; `stats` is a plain picklable o
     algo.prepare(block, fmt, run_block)          # validates shapes, resolves the block's wiring
     stats = Stats()
     for p in range(algo.n_passes):               # AWQ: 2 passes, others: 1
-        local = Stats()
-        for x in my_shard:                       # hidden states entering the block, [B, T, H]
-            algo.observe(block, x, local, pass_idx=p, prior=stats)
+        # my_shard: hidden states entering the block, a list of [B, T, H] batches
+        local = algo.observe_shard(block, my_shard, pass_idx=p, prior=stats)
         stats = stats.merged(reduce_stats(gather(local)))   # every worker gets the same reduced stats
     result = algo.apply(block, stats)            # one worker (or all: it is deterministic)
 
@@ -66,12 +65,15 @@ class BlockResult:
 
 @dataclass
 class AlgorithmConfig:
-    stats_dtype: str = "float32"  # accumulation dtype of Gram matrices; float64 for exact DP checks
+    # accumulation dtype of Gram matrices: float64 makes data-parallel sums exact (CPU default); on a GPU
+    # "auto" is float32, fed by bf16 activations straight into a float32-output GEMM (exact products)
+    stats_dtype: str = "auto"
     metrics: bool = True  # collect x^T x (when the algorithm does not need it anyway) for output errors
 
     def validate(self, field_name: str) -> None:
-        if self.stats_dtype not in ("float32", "float64"):
-            raise ConfigError(f"{field_name}.stats_dtype", f"must be float32 or float64, got {self.stats_dtype!r}")
+        if self.stats_dtype not in ("auto", "float32", "float64"):
+            raise ConfigError(f"{field_name}.stats_dtype",
+                              f"must be auto, float32 or float64, got {self.stats_dtype!r}")
 
 
 class QuantAlgorithm:
@@ -114,6 +116,29 @@ class QuantAlgorithm:
                 self.observe_pass(block, x, stats, pass_idx, (prior or Stats()).to(_device(block)), mask)
         return stats
 
+    def observe_shard(
+        self,
+        block: nn.Module,
+        xs: Sequence[torch.Tensor],
+        stats: Stats | None = None,
+        *,
+        pass_idx: int = 0,
+        prior: Stats | None = None,
+        masks: Sequence[torch.Tensor | None] | None = None,
+    ) -> Stats:
+        """`observe` over a worker's whole shard (list of batches). Algorithms whose passes are cheaper
+        with all batches at hand (AWQ's grid search: quantize each candidate once, not once per batch)
+        override `observe_pass_shard`."""
+        stats = Stats() if stats is None else stats
+        masks = list(masks) if masks is not None else [None] * len(xs)
+        if pass_idx > 0 and type(self).observe_pass_shard is not QuantAlgorithm.observe_pass_shard:
+            with torch.no_grad():
+                self.observe_pass_shard(block, xs, stats, pass_idx, (prior or Stats()).to(_device(block)), masks)
+            return stats
+        for x, mask in zip(xs, masks, strict=True):
+            self.observe(block, x, stats, pass_idx=pass_idx, prior=prior, mask=mask)
+        return stats
+
     @torch.no_grad()
     def apply(self, block: nn.Module, stats: Stats) -> BlockResult:
         """Quantize the block's Linears in place (fake quant) from reduced stats of all passes."""
@@ -126,11 +151,10 @@ class QuantAlgorithm:
     # -- for subclasses ------------------------------------------------------------------------------
 
     def input_stats(self, key: str, x: torch.Tensor, stats: Stats) -> None:
-        """Per shared-input group, x: [tokens, in_features] float32. Extend with super() calls."""
+        """Per shared-input group, x: [tokens, in_features] in the model's dtype. Extend with super() calls."""
         stats.add(f"tokens/{key}", torch.tensor(float(x.shape[0]), dtype=torch.float64, device=x.device))
         if self.needs_gram or self.cfg.metrics:
-            xd = x.to(getattr(torch, self.cfg.stats_dtype))
-            stats.add(f"gram/{key}", xd.T @ xd)
+            stats.add(f"gram/{key}", gram_matrix(x, self.cfg.stats_dtype))
 
     def quantize(self, block: nn.Module, stats: Stats, result: BlockResult) -> None:
         """The algorithm proper: fill `result` (see commit); stats are on the block's device."""
@@ -139,6 +163,12 @@ class QuantAlgorithm:
     def observe_pass(
         self, block: nn.Module, x: torch.Tensor, stats: Stats, pass_idx: int, prior: Stats,
         mask: torch.Tensor | None,
+    ) -> None:
+        raise NotImplementedError
+
+    def observe_pass_shard(
+        self, block: nn.Module, xs: Sequence[torch.Tensor], stats: Stats, pass_idx: int, prior: Stats,
+        masks: Sequence[torch.Tensor | None],
     ) -> None:
         raise NotImplementedError
 
@@ -176,9 +206,20 @@ def _device(block: nn.Module) -> torch.device:
     return next(block.parameters()).device
 
 
+def gram_matrix(x: torch.Tensor, stats_dtype: str = "auto") -> torch.Tensor:
+    """x^T x for x [tokens, d]. On CUDA, bf16/fp16 inputs go to a GEMM with float32 output: their
+    products are exact in float32, so this equals upcasting first at a fraction of the cost."""
+    dtype = getattr(torch, stats_dtype) if stats_dtype != "auto" else (
+        torch.float32 if x.is_cuda else torch.float64)
+    if dtype == torch.float32 and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16):
+        return torch.mm(x.T, x, out_dtype=torch.float32)
+    xd = x.to(dtype)
+    return xd.T @ xd
+
+
 def flatten_tokens(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """[..., d] -> [tokens, d] float32, keeping only tokens where mask is True."""
-    flat = x.reshape(-1, x.shape[-1]).float()
+    """[..., d] -> [tokens, d] in x's dtype, keeping only tokens where mask is True."""
+    flat = x.reshape(-1, x.shape[-1])
     if mask is None:
         return flat
     keep = mask.reshape(-1).to(device=flat.device, dtype=torch.bool)
@@ -220,10 +261,7 @@ def calibrate(algo: QuantAlgorithm, block: nn.Module, shards: Sequence[Iterable[
     for p in range(algo.n_passes):
         parts = []
         for shard in shards:
-            local = Stats()
-            for x in shard:
-                algo.observe(block, x, local, pass_idx=p, prior=stats)
-            parts.append(local)
+            parts.append(algo.observe_shard(block, list(shard), pass_idx=p, prior=stats))
         stats = stats.merged(reduce_stats(parts))
     return stats
 

@@ -8,7 +8,6 @@ the driver feeds each block the outputs of the already-quantized previous block.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -19,13 +18,12 @@ from jobs.quantize.algorithms.base import AlgorithmConfig, BlockResult, QuantAlg
 from jobs.quantize.algorithms.mappings import find_linears
 from jobs.quantize.algorithms.stats import Stats
 from kernels.quant import QuantFormat, get_op
-from kernels.quant.reference import qrange
 
 
 @dataclass
 class GPTQConfig(AlgorithmConfig):
     percdamp: float = 0.01  # damping added to diag(H), as a fraction of mean(diag(H))
-    blocksize: int = 128  # columns per lazy-batch update
+    blocksize: int = 128  # columns per lazy-batch update (with groups: one batch per group)
     # Process columns by descending diag(H). With groups, scales stay on contiguous column groups,
     # computed before the updates (llm-compressor's "weight" order), so no g_idx is needed on export.
     act_order: bool = False
@@ -44,17 +42,23 @@ class GPTQ(QuantAlgorithm):
     needs_gram = True
 
     def quantize(self, block: nn.Module, stats: Stats, result: BlockResult) -> None:
-        for name, lin in find_linears(block).items():
-            gram, tokens = self.gram(stats, name), stats.values.get(f"tokens/{self.group_key[name]}")
+        linears = find_linears(block)
+        for group in self.groups:
+            gram, tokens = self.gram(stats, group[0]), stats.values.get(f"tokens/{group[0]}")
             if gram is None or tokens is None or tokens.item() == 0:
-                raise ValueError(f"gptq: no calibration inputs were observed for {name!r}")
+                raise ValueError(f"gptq: no calibration inputs were observed for {group[0]!r}")
             # float32 math; from float64 stats this rounding also makes the result independent of how
             # the data was sharded (sums that differ in the last float64 bits round to the same float32)
             hessian = (2 * gram / tokens.to(gram.dtype)).float()
+            # Linears sharing an input share H, and GPTQ treats rows independently: one solve for all
+            # (q/k/v, gate/up) is the same math with a third of the column loops
+            weights = [linears[name].weight for name in group]
             cfg = self.cfg
-            q, scale, zero = gptq_quantize(lin.weight, hessian, self.fmt, cfg.percdamp, cfg.blocksize,
+            q, scale, zero = gptq_quantize(torch.cat(weights), hessian, self.fmt, cfg.percdamp, cfg.blocksize,
                                            cfg.act_order)
-            self.commit(block, name, q, scale.float(), zero.float(), result, gram)
+            rows = [w.shape[0] for w in weights]
+            for name, qi, si, zi in zip(group, q.split(rows), scale.split(rows), zero.split(rows), strict=True):
+                self.commit(block, name, qi, si.float(), zi.float(), result, gram)
 
 
 def gptq_quantize(
@@ -81,29 +85,24 @@ def gptq_quantize(
     else:
         scale = W.new_zeros(rows, cols // size)
         zero = W.new_zeros(rows, cols // size)
-        blocksize = math.ceil(blocksize / size) * size  # a group never straddles two lazy batches
+        blocksize = size  # one lazy batch per group: its params come from the weights updated so far
     perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(cols, device=W.device)
     W, H = W[:, perm], H[perm][:, perm]
     hinv = _inverse_hessian_cholesky(H, percdamp)
-    group_of = (perm // size).tolist()
-    qmin, qmax = qrange(fmt.weight_bits)
+    group_of = perm // size
+    run_batch = get_op("gptq_block")
     Q = torch.zeros(rows, cols, dtype=torch.int8, device=W.device)
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
-        W1, H1 = W[:, i1:i2].clone(), hinv[i1:i2, i1:i2]
-        err1 = torch.zeros_like(W1)
-        for i in range(i2 - i1):
-            g = group_of[i1 + i]
-            if not static and (i1 + i) % size == 0:  # a group starts: params from its updated weights
-                s, z = compute_qparams(W1[:, i:i + size], fmt.weight_bits, None, fmt.symmetric)
-                scale[:, g], zero[:, g] = s[:, 0], z[:, 0]
-            w = W1[:, i]
-            q = (torch.round(w / scale[:, g]) + zero[:, g]).clamp(qmin, qmax)
-            Q[:, i1 + i] = q.to(torch.int8)
-            err = (w - (q - zero[:, g]) * scale[:, g]) / H1[i, i]
-            W1[:, i:] -= err[:, None] * H1[i, i:][None, :]
-            err1[:, i] = err
-        W[:, i2:] -= err1 @ hinv[i1:i2, i2:]  # lazy batch: the rest of the row gets this block's error
+        if static:
+            cols_scale, cols_zero = scale[:, group_of[i1:i2]], zero[:, group_of[i1:i2]]
+        else:
+            g = i1 // size
+            s, z = compute_qparams(W[:, i1:i2], fmt.weight_bits, None, fmt.symmetric)
+            scale[:, g], zero[:, g] = s[:, 0], z[:, 0]
+            cols_scale, cols_zero = s.expand(-1, i2 - i1), z.expand(-1, i2 - i1)
+        Q[:, i1:i2], err = run_batch(W[:, i1:i2], hinv[i1:i2, i1:i2], cols_scale, cols_zero, fmt.weight_bits)
+        W[:, i2:] -= err @ hinv[i1:i2, i2:]  # lazy batch: the rest of the row gets this batch's error
     return Q[:, torch.argsort(perm)], scale, zero
 
 

@@ -41,9 +41,10 @@ def test_two_shards_reduce_to_one(tiny, algorithm: str, fmt: str) -> None:
 
 def test_float32_stats_match_up_to_summation_order(tiny) -> None:
     batches = tiny.calib[:4]
-    one, _, _ = _run(tiny, "gptq", "w4g32", [batches], {})
-    two, _, _ = _run(tiny, "gptq", "w4g32", [batches[:2], batches[2:]], {})
-    whole, _, _ = _run(tiny, "gptq", "w4g32", [[torch.cat(batches)]], {})  # one big batch, one forward
+    cfg = {"stats_dtype": "float32"}
+    one, _, _ = _run(tiny, "gptq", "w4g32", [batches], cfg)
+    two, _, _ = _run(tiny, "gptq", "w4g32", [batches[:2], batches[2:]], cfg)
+    whole, _, _ = _run(tiny, "gptq", "w4g32", [[torch.cat(batches)]], cfg)  # one big batch, one forward
     for key in one:
         scale = one[key].abs().max()
         shards = float((one[key] - two[key]).abs().max() / scale)

@@ -1,0 +1,60 @@
+"""Triton versions of kernels.quant.reference ops (CUDA only); `get_op` picks them when usable.
+
+gptq_block: the reference walks B columns with ~8 small torch kernels each (a few thousand launches per
+Linear, the cost that dominates GPTQ on a GPU). Here one program owns BLOCK_ROWS rows and the whole
+[rows, B] batch stays in registers: per column it extracts the column, rounds it, and applies the
+rank-1 error update to the batch, so a batch is one launch. Rounding is half-to-even and division is
+IEEE round-to-nearest, as in torch; the update may fuse into an FMA, so a value within an ulp of a
+rounding boundary can round the other way than the reference (the tests bound how often).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from triton.language.extra import libdevice
+
+from kernels.quant.reference import qrange
+
+BLOCK_ROWS = 16
+
+
+@triton.jit
+def _gptq_block_kernel(w_ptr, h_ptr, s_ptr, z_ptr, q_ptr, e_ptr, rows, stride_w, stride_s, stride_sc, stride_z,
+                       stride_zc, stride_q, stride_e, qmin, qmax, B: tl.constexpr, BLOCK_ROWS: tl.constexpr):
+    r = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+    c = tl.arange(0, B)
+    live = r < rows
+    w = tl.load(w_ptr + r[:, None] * stride_w + c[None, :], mask=live[:, None], other=0.0)
+    for i in range(B):
+        pick = (c == i)[None, :]
+        col = tl.sum(tl.where(pick, w, 0.0), axis=1)
+        s = tl.load(s_ptr + r * stride_s + i * stride_sc, mask=live, other=1.0)
+        z = tl.load(z_ptr + r * stride_z + i * stride_zc, mask=live, other=0.0)
+        d = tl.load(h_ptr + i * B + i)
+        hrow = tl.load(h_ptr + i * B + c)  # upper triangular: zeros before i
+        q = tl.minimum(tl.maximum(libdevice.rint(tl.div_rn(col, s)) + z, qmin), qmax)
+        err = tl.div_rn(col - (q - z) * s, d)
+        w = w - err[:, None] * hrow[None, :]
+        tl.store(q_ptr + r * stride_q + i, q.to(tl.int8), mask=live)
+        tl.store(e_ptr + r * stride_e + i, err, mask=live)
+
+
+def gptq_block(
+    w: torch.Tensor, hinv: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    rows, width = w.shape
+    if not w.is_cuda or w.dtype != torch.float32 or width & (width - 1) or width > 256:
+        from kernels.quant import reference  # power-of-two batches up to 256 columns only
+
+        return reference.gptq_block(w, hinv, scale, zero, bits)
+    w, hinv = w.contiguous(), hinv.float().contiguous()
+    scale, zero = scale.float(), zero.float()
+    q = torch.empty(w.shape, dtype=torch.int8, device=w.device)
+    err = torch.empty_like(w)
+    qmin, qmax = qrange(bits)
+    grid = (triton.cdiv(rows, BLOCK_ROWS),)
+    _gptq_block_kernel[grid](w, hinv, scale, zero, q, err, rows, w.stride(0), *scale.stride(), *zero.stride(),
+                             q.stride(0), err.stride(0), float(qmin), float(qmax), B=width, BLOCK_ROWS=BLOCK_ROWS)
+    return q, err
