@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,9 @@ def _calibrate(workers: list, n_passes: int) -> Stats:
 def block_metrics(outs: list[dict], result: Any, seconds: float) -> dict[str, float]:
     sse, update, count = (sum(o[k] for o in outs) for k in ("sse", "update", "count"))
     metrics = {"block_mse": sse / max(count, 1), "block_rel_err": sse / max(update, 1e-30), "block_seconds": seconds}
+    peaks = [o["gpu_peak_gib"] for o in outs if "gpu_peak_gib" in o]
+    if peaks:
+        metrics["gpu_peak_gib"] = max(peaks)
     for key in ("weight_rel_err", "output_rel_err"):
         values = [m[key] for m in result.metrics.values() if key in m]
         if values:
@@ -39,8 +43,36 @@ def block_metrics(outs: list[dict], result: Any, seconds: float) -> dict[str, fl
     return metrics
 
 
+def finish_block(root: str | Path, index: int, outs: list[dict], token: str, seconds: float,
+                 with_inputs: bool) -> dict[str, float]:
+    """Checkpoint a calibrated block (driver or worker side) and publish it; returns its metrics.
+    parallel=data: the inputs the workers pushed under `token` are committed first, and the previous
+    block's removed after: a resume only needs the last."""
+    if with_inputs:
+        storage.commit(checkpoint.inputs_dir(root, index), token)
+    result = outs[0]["result"]
+    metrics = block_metrics(outs, result, seconds)
+    final = checkpoint.block_dir(root, index)
+    staged = storage.staging_dir(final)
+    checkpoint.save_block(staged, result, outs[0]["state"],
+                          {"metrics": metrics, "info": checkpoint.plain_metrics(result.info)})
+    storage.publish_dir(staged, final)
+    if with_inputs and index > 0:
+        storage.remove(checkpoint.inputs_dir(root, index - 1))
+    return metrics
+
+
+def _record(index: int, metrics: dict[str, float], ctx: RunContext, progress: Any) -> None:
+    ctx.run.log_metrics(metrics, step=index)
+    progress.update(1)
+    progress.set_postfix(rel_err=f"{metrics['block_rel_err']:.2e}")
+    log.info("block %d: rel_err=%.3e mse=%.3e %.1fs", index, metrics["block_rel_err"], metrics["block_mse"],
+             metrics["block_seconds"])
+
+
 def run_blocks(workers: list, indices: Iterable[int], n_passes: int, root: Path, ctx: RunContext,
                progress: Any) -> list[dict[str, float]]:
+    """Data parallel over several workers: per block, stats are reduced here and every worker applies."""
     import ray
 
     history = []
@@ -48,37 +80,47 @@ def run_blocks(workers: list, indices: Iterable[int], n_passes: int, root: Path,
         began = time.perf_counter()
         ray.get([w.begin_block.remote(index) for w in workers])
         stats = ray.put(_calibrate(workers, n_passes))
-        final = checkpoint.block_dir(root, index)
-        staged = storage.staging_dir(final)
-        outs = ray.get([w.apply.remote(stats, str(staged)) for w in workers])
+        token = uuid.uuid4().hex[:12]
+        outs = ray.get([w.apply.remote(stats, str(root), token) for w in workers])
         if len({o["digest"] for o in outs}) != 1:  # apply must be deterministic given the reduced stats
             raise RuntimeError(f"block {index}: workers quantized differently (digests {[o['digest'] for o in outs]})")
-        result = outs[0]["result"]
-        metrics = block_metrics(outs, result, time.perf_counter() - began)
-        checkpoint.save_block(staged, result, outs[0]["state"],
-                              {"metrics": metrics, "info": checkpoint.plain_metrics(result.info)})
-        storage.publish_dir(staged, final)
-        ctx.run.log_metrics(metrics, step=index)
+        metrics = finish_block(root, index, outs, token, time.perf_counter() - began, with_inputs=True)
+        _record(index, metrics, ctx, progress)
         history.append(metrics)
-        progress.update(1)
-        progress.set_postfix(rel_err=f"{metrics['block_rel_err']:.2e}")
-        log.info("block %d: rel_err=%.3e mse=%.3e %.1fs", index, metrics["block_rel_err"], metrics["block_mse"],
-                 metrics["block_seconds"])
     progress.close()
     return history
 
 
-def export(spec: Any, fmt: Any, root: Path, ctx: RunContext) -> Path:
+def run_alone(workers: list, assignments: list[list[int]], root: Path, ctx: RunContext,
+              progress: Any) -> list[dict[str, float]]:
+    """Each worker calibrates its own blocks by itself (one worker, or blocks mode); all calls are queued
+    at once (an actor runs its calls in order) and recorded as they finish."""
+    import ray
+
+    pending = {w.calibrate.remote(i, str(root)): i for w, indices in zip(workers, assignments, strict=True)
+               for i in indices}
+    done: dict[int, dict[str, float]] = {}
+    waiting = list(pending)
+    while waiting:
+        ready, waiting = ray.wait(waiting, num_returns=1)
+        index = pending[ready[0]]
+        done[index] = ray.get(ready[0])
+        _record(index, done[index], ctx, progress)
+    progress.close()
+    return [done[i] for i in sorted(done)]
+
+
+def export(spec: Any, fmt: Any, root: Path, ctx: RunContext, dtype: str) -> Path:
     import json
 
     from core.models import MODELS
     from jobs.quantize.export import write_export
     from jobs.quantize.worker import build_fp_model
 
-    model = build_fp_model(spec)
+    model = build_fp_model(spec, dtype)
     tokenizer = MODELS.get(spec.model.name).tokenizer(spec.model)
     blocks = [json.loads((checkpoint.block_dir(root, i) / "metrics.json").read_text())
-              for i in range(checkpoint.finished_blocks(root))]
+              for i in sorted(checkpoint.finished_set(root))]
     info = {"algorithm": spec.quant.algorithm, "format": fmt.name, "symmetric": fmt.symmetric,
             "options": dict(spec.quant.options), "calib": dict(vars(spec.calib)), "blocks": blocks}
     out = write_export(model, tokenizer, root, fmt, list(spec.quant.ignore), ctx.job_dir / "export", info)

@@ -1,12 +1,16 @@
-"""Per-block checkpoints under <job_dir>/blocks, so a killed job resumes at the next block.
+"""Per-block checkpoints under <job>/blocks (local or s3://, through core.storage), so a killed job resumes
+at the next block.
 
 blocks/manifest.json          spec hash (quant/calib/model sections) + model config hash + block count
-blocks/block_NNN/             published atomically (staging dir + rename) once the block is done:
+blocks/block_NNN/             published atomically (core.storage: staging dir, then rename or upload,
+                              COMPLETE marker last) once the block is done:
   quant.safetensors           "<linear>.qweight" int8, ".scale" f32, ".zero" int8 per quantized Linear;
                               "other.<param>" every other block tensor after quantization (smoothed norms);
                               "smooth.<producer>" smoothing scales (AWQ/SmoothQuant)
-  inputs_rank<r>.safetensors  the next block's inputs of worker r's shard ("batch_<k>")
   metrics.json                the block's metrics and algorithm info
+blocks/inputs_NNN/            parallel=data only: the inputs of block NNN + 1, inputs_rank<r>.safetensors
+                              per worker ("batch_<k>"); published before block_NNN, and the one before
+                              it removed after, so a resume always finds the last finished block's
 """
 
 from __future__ import annotations
@@ -15,17 +19,19 @@ import hashlib
 import json
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from core import storage
 from core.errors import ConfigError
 
 MANIFEST = "manifest.json"
 QUANT_FILE = "quant.safetensors"
 # fields that change how a job runs, not what it computes
 UNHASHED_QUANT_FIELDS = ("resume", "export", "cpus_per_worker")
+P = TypeVar("P", str, Path)
 
 
 def _digest(obj: Any) -> str:
@@ -45,18 +51,17 @@ def _plain(section: Any) -> dict:
     return asdict(section) if is_dataclass(section) else dict(section)
 
 
-def block_dir(root: Path, index: int) -> Path:
-    return root / f"block_{index:03d}"
+def block_dir(root: P, index: int) -> P:
+    return storage.join(root, f"block_{index:03d}")
 
 
-def check_manifest(root: Path, expected: dict[str, Any], resume: str) -> int:
+def check_manifest(root: str | Path, expected: dict[str, Any], resume: str) -> int:
     """Number of finished blocks to skip; writes the manifest for a fresh start. Refuses a mismatch."""
-    path = root / MANIFEST
-    if not path.is_file():
-        root.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(expected, indent=2))
+    text = storage.read_text(storage.join(root, MANIFEST))
+    if text is None:
+        storage.write_text(storage.join(root, MANIFEST), json.dumps(expected, indent=2))
         return 0
-    found = json.loads(path.read_text())
+    found = json.loads(text)
     done = finished_blocks(root)
     if resume == "never" and done:
         raise ConfigError("quant.resume", f"never, but {root} has {done} finished block(s): use resume=auto "
@@ -68,11 +73,25 @@ def check_manifest(root: Path, expected: dict[str, Any], resume: str) -> int:
     return done
 
 
-def finished_blocks(root: Path) -> int:
+def finished_blocks(root: str | Path) -> int:
     count = 0
-    while block_dir(root, count).is_dir():
+    while storage.is_published(block_dir(root, count)):
         count += 1
     return count
+
+
+def finished_set(root: str | Path) -> set[int]:
+    """Every finished block (blocks mode finishes them out of order)."""
+    return {int(str(uri).rsplit("_", 1)[1]) for uri in storage.published_children(root, "block_")}
+
+
+def inputs_dir(root: P, index: int) -> P:
+    """The inputs of block index + 1 (parallel=data), one file per worker; only the latest is kept."""
+    return storage.join(root, f"inputs_{index:03d}")
+
+
+def block_metrics(root: str | Path, index: int) -> dict[str, Any]:
+    return json.loads(storage.read_text(storage.join(block_dir(root, index), "metrics.json")) or "{}")
 
 
 def save_block(staged: Path, result: Any, block_state: dict[str, torch.Tensor], metrics: dict[str, Any]) -> None:
@@ -91,10 +110,10 @@ def save_block(staged: Path, result: Any, block_state: dict[str, torch.Tensor], 
     (staged / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str))
 
 
-def load_block(path: Path) -> dict[str, dict[str, torch.Tensor]]:
+def load_block(path: str | Path) -> dict[str, dict[str, torch.Tensor]]:
     """{"layers": {linear: {qweight, scale, zero}}, "other": {param: t}, "smooth": {producer: s}}."""
     out: dict[str, dict] = {"layers": {}, "other": {}, "smooth": {}}
-    for key, value in load_file(path / QUANT_FILE).items():
+    for key, value in load_file(storage.local_path(storage.join(path, QUANT_FILE), field="quant.resume")).items():
         kind, _, rest = key.partition(".")
         if kind in ("other", "smooth"):
             out[kind][rest] = value
@@ -104,12 +123,14 @@ def load_block(path: Path) -> dict[str, dict[str, torch.Tensor]]:
     return out
 
 
-def save_inputs(path: Path, batches: list[torch.Tensor]) -> None:
-    save_file({f"batch_{k:04d}": b.detach().cpu().contiguous() for k, b in enumerate(batches)}, path)
+def save_inputs(staged: Path, rank: int, batches: list[torch.Tensor]) -> None:
+    tensors = {f"batch_{k:04d}": b.detach().cpu().contiguous() for k, b in enumerate(batches)}
+    save_file(tensors, staged / f"inputs_rank{rank}.safetensors")
 
 
-def load_inputs(path: Path) -> list[torch.Tensor]:
-    tensors = load_file(path)
+def load_inputs(root: str | Path, index: int, rank: int) -> list[torch.Tensor]:
+    uri = storage.join(inputs_dir(root, index), f"inputs_rank{rank}.safetensors")
+    tensors = load_file(storage.local_path(uri, field="quant.resume"))
     return [tensors[k] for k in sorted(tensors)]
 
 

@@ -20,7 +20,12 @@ class QuantConfig:
     format: str = "w4g128"  # kernels.quant.parse_format: w{bits}[a8][g{group}]
     symmetric: bool = True
     options: dict[str, Any] = field(default_factory=dict)  # the algorithm's own config (e.g. awq n_grid)
-    num_workers: int = 1  # data-parallel calibration actors (one per GPU, or CPU actors)
+    num_workers: int = 1  # calibration actors (one per GPU, or CPU actors)
+    # data: workers split the calibration batches, stats are reduced per block, each block sees the
+    # quantized previous blocks' outputs. blocks: workers take different blocks, each calibrated on FP
+    # inputs (independent blocks: scales with workers; no inter-block error compensation)
+    parallel: str = "data"
+    dtype: str = "auto"  # model/activation dtype while calibrating: auto (bfloat16 on GPU, float32 on CPU)
     use_gpu: str = "auto"  # auto | true | false
     cpus_per_worker: float = 1.0
     threads_per_worker: int = 1  # torch threads per actor; keep fixed across resumes (CPU kernels' rounding)

@@ -4,6 +4,7 @@ blocks one at a time over data-parallel calibration actors, checkpoints each blo
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,12 +25,16 @@ from kernels.quant import QuantFormat, check_group_size, parse_format
 log = logging.getLogger("jobs.quantize")
 
 
+PARALLEL = ("data", "blocks")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
 @dataclass
 class Prepared:
     fmt: QuantFormat
     batches: list[np.ndarray]  # calibration token ids, [batch_size, seq_len] each
     num_blocks: int
-    done: int  # blocks finished by an earlier attempt of this job
+    finished: set[int]  # blocks finished by an earlier attempt of this job
 
 
 def _check_quant(q: Any) -> QuantFormat:
@@ -42,6 +47,9 @@ def _check_quant(q: Any) -> QuantFormat:
         raise ConfigError("quant.resume", f"must be auto or never (got {q.resume!r})")
     if str(q.use_gpu).lower() not in ("auto", "true", "false"):
         raise ConfigError("quant.use_gpu", "must be one of auto, true, false")
+    for name, allowed in (("parallel", PARALLEL), ("dtype", DTYPES)):
+        if getattr(q, name) not in allowed:
+            raise ConfigError(f"quant.{name}", f"must be one of {', '.join(allowed)} (got {getattr(q, name)!r})")
     return parse_format(q.format, q.symmetric)
 
 
@@ -83,47 +91,68 @@ class QuantizeJob:
         c = spec.calib
         tokenizer = MODELS.get(spec.model.name).tokenizer(spec.model)
         ids = token_blocks(c.path, c.format, tokenizer, c.num_samples, c.seq_len, c.seed, c.text_field)
-        if spec.quant.num_workers > -(-len(ids) // spec.quant.batch_size):
+        n_batches = -(-len(ids) // spec.quant.batch_size)
+        if spec.quant.parallel == "data" and spec.quant.num_workers > n_batches:
             raise ConfigError("quant.num_workers", f"{spec.quant.num_workers} workers but only "
-                              f"{-(-len(ids) // spec.quant.batch_size)} calibration batches")
+                              f"{n_batches} calibration batches")
         manifest = {"spec_hash": checkpoint.spec_hash(spec), "model_hash": checkpoint.model_hash(hf_config),
                     "num_blocks": num_blocks}
-        done = checkpoint.check_manifest(ctx.job_dir / "blocks", manifest, spec.quant.resume)
+        checkpoint.check_manifest(ctx.job_dir / "blocks", manifest, spec.quant.resume)
+        finished = checkpoint.finished_set(ctx.job_dir / "blocks")
         if spec.job.parent_run:
             ctx.run.set_tags({"job.parent_run": spec.job.parent_run})
         ctx.run.log_params({"calib.tokens": int(ids.size), "quant.num_blocks": num_blocks})
-        log.info("calibration: %d x %d tokens; %d blocks, %d already done", *ids.shape, num_blocks, done)
-        return Prepared(fmt, list(ids), num_blocks, done)
+        log.info("calibration: %d x %d tokens; %d blocks, %d already done; parallel=%s", *ids.shape, num_blocks,
+                 len(finished), spec.quant.parallel)
+        return Prepared(fmt, list(ids), num_blocks, finished)
 
     def run(self, spec: Any, ctx: RunContext, prepared: Prepared) -> dict[str, Any]:
         import ray
 
+        from jobs.quantize.blockloop import export, run_alone, run_blocks
         from jobs.quantize.worker import CalibWorker
 
-        q = spec.quant
-        use_gpu = wants_gpu(q.use_gpu)
+        q, p = spec.quant, prepared
+        use_gpu = wants_gpu(q.use_gpu)  # needs Ray: resolved here, not in prepare
+        dtype = q.dtype if q.dtype != "auto" else ("bfloat16" if use_gpu else "float32")
+        log.info("calibrating in %s on %s", dtype, "GPU" if use_gpu else "CPU")
         actor = ray.remote(num_cpus=q.cpus_per_worker, num_gpus=1 if use_gpu else 0)(CalibWorker)
-        ids = np.stack(prepared.batches)
-        shards = _split(ids, q.batch_size, q.num_workers)
-        workers = [actor.remote(spec, rank, shard, use_gpu) for rank, shard in enumerate(shards)]
+        ids = np.stack(p.batches)
         root = ctx.job_dir / "blocks"
-        resume_dir = str(checkpoint.block_dir(root, prepared.done - 1)) if prepared.done else None
-        ray.get([w.start.remote(resume_dir) for w in workers])
-        if prepared.done:
-            log.info("resuming at block %d of %d", prepared.done, prepared.num_blocks)
-        n_passes = ALGORITHMS.get(q.algorithm).n_passes
-        from jobs.quantize.blockloop import run_blocks
-
-        history = run_blocks(workers, range(prepared.done, prepared.num_blocks), n_passes, root, ctx,
-                             tqdm(total=prepared.num_blocks, initial=prepared.done, desc="quantize", unit="block"))
+        progress = tqdm(total=p.num_blocks, initial=len(p.finished), desc="quantize", unit="block")
+        started = time.perf_counter()
+        if q.parallel == "blocks":
+            todo = [i for i in range(p.num_blocks) if i not in p.finished]
+            n = max(1, min(q.num_workers, len(todo)))
+            workers = [actor.remote(spec, rank, _split(ids, q.batch_size, 1)[0], use_gpu, dtype)
+                       for rank in range(n)]
+            ray.get([w.start.remote(str(root)) for w in workers])
+            began = time.perf_counter()
+            history = run_alone(workers, [list(a) for a in np.array_split(todo, n)], root, ctx, progress)
+        else:
+            done = checkpoint.finished_blocks(root)
+            shards = _split(ids, q.batch_size, q.num_workers)
+            workers = [actor.remote(spec, rank, shard, use_gpu, dtype) for rank, shard in enumerate(shards)]
+            ray.get([w.start.remote(str(root), done) for w in workers])
+            began = time.perf_counter()
+            if done:
+                log.info("resuming at block %d of %d", done, p.num_blocks)
+            todo = list(range(done, p.num_blocks))
+            if len(workers) == 1:  # stats never need to leave the worker
+                history = run_alone(workers, [todo], root, ctx, progress)
+            else:
+                history = run_blocks(workers, todo, ALGORITHMS.get(q.algorithm).n_passes, root, ctx, progress)
         for w in workers:
             ray.kill(w)
-        summary: dict[str, Any] = {"job_dir": str(ctx.job_dir), "blocks": prepared.num_blocks,
-                                   "resumed_at": prepared.done}
+        summary: dict[str, Any] = {"job_dir": str(ctx.job_dir), "blocks": p.num_blocks,
+                                   "resumed_at": len(p.finished)}
         if history:
             summary["last_block_rel_err"] = round(history[-1]["block_rel_err"], 6)
+            summary["load_seconds"] = round(began - started, 2)  # workers: model on CPU, first inputs
+            summary["calib_wall_seconds"] = round(time.perf_counter() - began, 2)
+            summary["seconds_per_block"] = round(sum(h["block_seconds"] for h in history) / len(history), 3)
+            if "gpu_peak_gib" in history[0]:
+                summary["gpu_peak_gib"] = round(max(h["gpu_peak_gib"] for h in history), 2)
         if q.export:
-            from jobs.quantize.blockloop import export
-
-            summary["export"] = str(export(spec, prepared.fmt, root, ctx))
+            summary["export"] = str(export(spec, p.fmt, root, ctx, dtype))
         return summary

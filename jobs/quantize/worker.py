@@ -1,17 +1,24 @@
-"""A calibration worker (Ray actor): holds the full model on CPU and its shard of calibration batches,
-moves one block at a time to its device, observes, applies the reduced-stats quantization, and pushes
-its shard through the quantized block to get the next block's inputs. Activations never leave it."""
+"""A calibration worker (Ray actor): holds the full model on CPU and calibration batches on its device,
+moves one block at a time to the device, observes, quantizes, and pushes its batches through the block
+to get the next block's inputs. Activations never leave it.
+
+`self.inputs` are always the inputs of block `self.pos`. Propagation: "quantized" (parallel=data: the
+next block sees this block's quantization error, as GPTQ/AWQ are usually run) or "fp" (parallel=blocks:
+every block is calibrated on FP inputs, so blocks are independent and workers can take different ones).
+"""
 
 from __future__ import annotations
 
 import copy
 import hashlib
-from pathlib import Path
+import time
+import uuid
 from typing import Any
 
 import numpy as np
 import torch
 
+from core import storage
 from core.models import MODELS
 from jobs.quantize import checkpoint
 from jobs.quantize.algorithms import ALGORITHMS
@@ -20,11 +27,11 @@ from jobs.quantize.layerwise import Layerwise
 from kernels.quant import parse_format
 
 
-def build_fp_model(spec: Any) -> Any:
-    """The FP32 model on CPU; seeded so random-init models are identical in every process."""
+def build_fp_model(spec: Any, dtype: str = "float32") -> Any:
+    """The FP model on CPU; seeded so random-init models are identical in every process."""
     source = MODELS.get(spec.model.name)
     torch.manual_seed(spec.quant.seed)
-    model = source.build(spec.model, source.hf_config(spec.model), torch.float32).eval()
+    model = source.build(spec.model, source.hf_config(spec.model), getattr(torch, dtype)).eval()
     model.config.use_cache = False
     return model
 
@@ -40,23 +47,40 @@ def result_digest(result: Any) -> str:
 
 
 class CalibWorker:
-    def __init__(self, spec: Any, rank: int, batches: list[np.ndarray], use_gpu: bool) -> None:
+    def __init__(self, spec: Any, rank: int, batches: list[np.ndarray], use_gpu: bool, dtype: str) -> None:
         torch.set_num_threads(spec.quant.threads_per_worker)
         self.spec, self.rank, self.ids = spec, rank, batches
         self.device = torch.device("cuda" if use_gpu else "cpu")
         self.fmt = parse_format(spec.quant.format, spec.quant.symmetric)
-        self.lw = Layerwise(build_fp_model(spec))
+        self.lw = Layerwise(build_fp_model(spec, dtype))
+        self.propagate_fp = spec.quant.parallel == "blocks"
         self.inputs: list[torch.Tensor] = []
+        self.pos = 0
 
-    def start(self, resume_dir: str | None) -> int:
-        """Inputs of the first block to do: embeddings, or the shard saved by the last finished block."""
-        if resume_dir:
-            self.inputs = checkpoint.load_inputs(Path(resume_dir) / f"inputs_rank{self.rank}.safetensors")
+    def start(self, root: str, pos: int = 0) -> int:
+        """Inputs of block `pos`: embeddings, or those saved after block pos - 1 (parallel=data resume)."""
+        if pos:
+            self.inputs = [x.to(self.device) for x in checkpoint.load_inputs(root, pos - 1, self.rank)]
+            self.pos = pos
         else:
-            self.inputs = [self.lw.embed(torch.tensor(b)) for b in self.ids]
+            self.inputs = [self.lw.embed(torch.tensor(b)).to(self.device) for b in self.ids]
+            self.pos = 0
         return sum(x.shape[0] for x in self.inputs)
 
+    @torch.no_grad()
+    def advance_fp(self, index: int) -> None:
+        """Run the FP blocks [pos, index) to get block `index`'s FP inputs (blocks mode)."""
+        for i in range(self.pos, index):
+            block = self.lw.blocks[i].to(self.device)
+            self.inputs = [self.lw.run_block(block, x) for x in self.inputs]
+            self.lw.blocks[i] = block.to("cpu")
+        self.pos = max(self.pos, index)
+
     def begin_block(self, index: int) -> None:
+        if self.propagate_fp:
+            self.advance_fp(index)
+        if index != self.pos:
+            raise RuntimeError(f"worker {self.rank} holds the inputs of block {self.pos}, not {index}")
         self.index = index
         self.block = self.lw.blocks[index].to(self.device)
         self.fp_block = copy.deepcopy(self.block)  # for the block's output error after quantization
@@ -64,35 +88,51 @@ class CalibWorker:
         self.algo.prepare(self.block, self.fmt, self.lw.run_block)
 
     def observe(self, pass_idx: int, prior: Stats) -> Stats:
-        local = Stats()
-        with torch.no_grad():
-            for x in self.inputs:
-                self.algo.observe(self.block, x.to(self.device), local, pass_idx=pass_idx, prior=prior)
-        return local.to("cpu")
+        return self.algo.observe_shard(self.block, self.inputs, pass_idx=pass_idx, prior=prior).to("cpu")
 
     @torch.no_grad()
-    def apply(self, stats: Stats, staged_dir: str) -> dict[str, Any]:
-        """Quantize (same deterministic result on every worker), propagate the shard, save its inputs."""
+    def apply(self, stats: Stats, root: str, token: str) -> dict[str, Any]:
+        """Quantize (same deterministic result on every worker), propagate the batches, push the inputs
+        a resume needs under `token` (quantized propagation only: FP inputs are recomputed from the
+        embeddings); the caller commits them."""
         result = self.algo.apply(self.block, stats)
         sse = update = 0.0
         outputs = []
         for x in self.inputs:
-            xd = x.to(self.device)
-            y_ref = self.lw.run_block(self.fp_block, xd).float()
-            y = self.lw.run_block(self.block, xd)
-            sse += (y.float() - y_ref).square().sum().item()
-            update += (y_ref - xd.float()).square().sum().item()
-            outputs.append(y.cpu())
-        self.inputs = outputs
-        checkpoint.save_inputs(Path(staged_dir) / f"inputs_rank{self.rank}.safetensors", outputs)
+            y_ref = self.lw.run_block(self.fp_block, x)
+            y = self.lw.run_block(self.block, x)
+            sse += (y.float() - y_ref.float()).square().sum().item()
+            update += (y_ref.float() - x.float()).square().sum().item()
+            outputs.append(y_ref if self.propagate_fp else y)
+        self.inputs, self.pos = outputs, self.index + 1
+        if not self.propagate_fp:
+            final = checkpoint.inputs_dir(root, self.index)
+            staged = storage.staging_dir(final, token)
+            checkpoint.save_inputs(staged, self.rank, outputs)
+            storage.push(staged, final, token)
         self.lw.blocks[self.index] = self.block.to("cpu")
         del self.fp_block
         out: dict[str, Any] = {"digest": result_digest(result), "sse": sse, "update": update,
                                "count": sum(y.numel() for y in outputs)}
-        if self.rank == 0:
+        if self.device.type == "cuda":  # since this worker started: the block, its stats and activations
+            out["gpu_peak_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        if self.rank == 0 or self.propagate_fp:
             out["result"] = _to_cpu(result)
             out["state"] = {k: v.cpu() for k, v in self.block.state_dict().items()}
         return out
+
+    def calibrate(self, index: int, root: str) -> dict[str, float]:
+        """One block by this worker alone (stats never leave it), checkpointed here; returns its metrics."""
+        from jobs.quantize.blockloop import finish_block
+
+        began = time.perf_counter()
+        self.begin_block(index)
+        stats = Stats()
+        for p in range(self.algo.n_passes):
+            stats = stats.merged(self.algo.observe_shard(self.block, self.inputs, pass_idx=p, prior=stats))
+        token = uuid.uuid4().hex[:12]
+        out = self.apply(stats, root, token)
+        return finish_block(root, index, [out], token, time.perf_counter() - began, not self.propagate_fp)
 
 
 def _to_cpu(result: Any) -> Any:

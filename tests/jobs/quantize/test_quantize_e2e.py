@@ -85,6 +85,20 @@ def test_two_workers_give_the_same_export_as_one(quantize_run, quant_storage: Pa
             assert one[name] == two[name], f"{name} differs between 1 and 2 workers"
 
 
+def test_blocks_mode_is_independent_of_the_worker_count(quantize_run, quant_storage: Path) -> None:
+    """parallel=blocks: every block calibrated on FP inputs, by whichever worker takes it."""
+    quantize_run("gptq-blocks", *ALGOS["gptq"], "quant.parallel=blocks")
+    quantize_run("gptq-blocks-2w", *ALGOS["gptq"], "quant.parallel=blocks", "quant.num_workers=2")
+    one, two = _export_files(quant_storage / "gptq-blocks"), _export_files(quant_storage / "gptq-blocks-2w")
+    assert one.keys() == two.keys()
+    for name in one:
+        if name != "quant_info.json":
+            assert one[name] == two[name], f"{name} differs between 1 and 2 block-parallel workers"
+    sequential = _export_files(quant_storage / "gptq") if (quant_storage / "gptq").exists() else None
+    if sequential is not None:  # FP inputs instead of the quantized blocks' outputs: other integers
+        assert sequential["model.safetensors"] != one["model.safetensors"]
+
+
 def test_killed_job_resumes_to_a_bit_identical_export(quantize_run, quant_storage: Path) -> None:
     quantize_run("gptq-2w", *GPTQ_2W)
     name, tmp = "gptq-killed", f"/tmp/orch-q-{os.getpid()}"

@@ -1,0 +1,56 @@
+"""The peer users would pick instead of `job=quantize`: llm-compressor's `oneshot` with its GPTQ or AWQ
+modifier (W4A16: int4, symmetric, groups of 128, lm_head left FP), on the same model directory and the
+same calibration token ids. Prints one `PEER_RESULT {json}` line: oneshot wall time (model loading not
+counted, as for ours), peak GPU memory, and the block output error of its first blocks on FP inputs
+(benchmarks/quant_error.py, the same measure our blocks mode records)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+from benchmarks.quant_error import block_errors
+
+
+def recipe(algo: str):
+    if algo == "gptq":
+        from llmcompressor.modifiers.quantization import GPTQModifier
+
+        return GPTQModifier(targets="Linear", scheme="W4A16", ignore=["lm_head"])
+    from llmcompressor.modifiers.awq import AWQModifier
+
+    return AWQModifier(targets=["Linear"], scheme="W4A16", ignore=["lm_head"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--algo", choices=("gptq", "awq"), required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--ids", required=True, help=".npy of [samples, seq_len] token ids")
+    parser.add_argument("--eval-blocks", type=int, default=4)
+    args = parser.parse_args()
+    from datasets import Dataset
+    from llmcompressor import oneshot
+    from transformers import AutoModelForCausalLM
+
+    ids = np.load(args.ids)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16)
+    data = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": np.ones_like(ids).tolist()})
+    torch.cuda.reset_peak_memory_stats()
+    began = time.perf_counter()
+    oneshot(model=model, dataset=data, recipe=recipe(args.algo), num_calibration_samples=len(ids),
+            max_seq_length=ids.shape[1])
+    wall = time.perf_counter() - began
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    layers = model.model.layers
+    errors = block_errors(args.model, ids, [layers[i] for i in range(args.eval_blocks)])
+    print("PEER_RESULT " + json.dumps({"algo": args.algo, "wall": wall, "blocks": len(layers), "peak_gib": peak,
+                                       "block_rel_err": errors}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""`make bench-quant`: layerwise calibration speed of the orchestrator vs llm-compressor's oneshot.
+
+A Llama-3-8B-shaped model (random init, bf16; --layers cuts the depth) saved as a model directory,
+128 x 512 calibration tokens; ours runs as `python -m orchestrator job=quantize model=hf ...` on 1 and 2
+GPUs (quant.parallel=blocks: blocks are independent, calibrated on FP inputs), the peer as
+benchmarks/peer_quant.py on 1 GPU with the same token ids. Reported per run: calibration wall time
+(model loading excluded on both sides), seconds per block, peak GPU memory, and the block output error
+of the first blocks on FP inputs (benchmarks/quant_error.py). Rows go to --results with device, date, commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+LLAMA3_8B = {"hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32,
+             "num_key_value_heads": 8, "vocab_size": 128256, "max_position_embeddings": 8192,
+             "rope_theta": 500000.0, "tie_word_embeddings": False}
+
+
+def build_model(out: Path, layers: int) -> Path:
+    """Random-init bf16 weights, built on the GPU (fast init), saved with the byte tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from core.models.byte_tokenizer import byte_tokenizer
+
+    if (out / "config.json").is_file():
+        return out
+    config = LlamaConfig(num_hidden_layers=layers, **LLAMA3_8B)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.save_pretrained(out)
+    byte_tokenizer().save_pretrained(out)
+    return out
+
+
+def write_calib(work: Path, samples: int, seq_len: int, model_dir: Path) -> tuple[Path, Path]:
+    """Random words (bytes are tokens: 2x the tokens needed) and the exact token ids our job will pick."""
+    from core.data.calib import token_blocks
+    from core.models.byte_tokenizer import byte_tokenizer
+
+    rng = random.Random(0)
+    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9)))
+             for _ in range(2000)]
+    text = work / "calib.txt"
+    text.write_text(" ".join(rng.choice(words) for _ in range(samples * seq_len // 3)) + "\n")
+    ids = token_blocks(str(text), "text", byte_tokenizer(), samples, seq_len, 0)
+    np.save(work / "ids.npy", ids)
+    return text, work / "ids.npy"
+
+
+def _run(cmd: list[str], log: Path) -> str:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_ALLOW_FILE_STORE": "true"}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
+    log.write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        print(f"FAILED ({proc.returncode}): {' '.join(cmd)}\n{(proc.stdout + proc.stderr)[-3000:]}", flush=True)
+    return proc.stdout
+
+
+def ours(algo: str, gpus: int, parallel: str, model: Path, calib: Path, work: Path, args) -> dict:
+    name = f"ours-{algo}-g{gpus}-{parallel}"
+    cmd = [sys.executable, "-m", "orchestrator", "job=quantize", "model=hf", f"model.path={model}",
+           f"quant={algo}", "quant.format=w4g128", f"quant.num_workers={gpus}", f"quant.parallel={parallel}",
+           f"quant.batch_size={args.batch_size}", "quant.export=false", "quant.cpus_per_worker=4",
+           f"calib.path={calib}", f"calib.num_samples={args.samples}", f"calib.seq_len={args.seq_len}",
+           f"job.storage={work}", f"job.name={name}", f"tracking.uri=file://{work}/mlruns",
+           "cluster.include_dashboard=false"]
+    out = _run(cmd, work / f"{name}.log")
+    summary = dict(re.findall(r"^(\w+): (\S+)$", out, flags=re.M))
+    blocks = work / name / "blocks"
+    errors = [json.loads((blocks / f"block_{i:03d}" / "metrics.json").read_text())["metrics"]["block_rel_err"]
+              for i in range(args.eval_blocks) if (blocks / f"block_{i:03d}" / "metrics.json").is_file()]
+    wall = float(summary.get("calib_wall_seconds", "nan"))
+    return {"name": name, "algo": algo, "gpus": gpus, "wall": wall, "blocks": int(summary.get("blocks", 0)),
+            "peak_gib": float(summary.get("gpu_peak_gib", "nan")), "block_rel_err": errors,
+            "load": float(summary.get("load_seconds", "nan"))}
+
+
+def peer(algo: str, model: Path, ids: Path, work: Path, args) -> dict:
+    name = f"peer-{algo}-g1"
+    cmd = [sys.executable, "-m", "benchmarks.peer_quant", "--algo", algo, "--model", str(model), "--ids", str(ids),
+           "--eval-blocks", str(args.eval_blocks)]
+    found = re.search(r"^PEER_RESULT (.*)$", _run(cmd, work / f"{name}.log"), flags=re.M)
+    result = json.loads(found.group(1)) if found else {"wall": float("nan"), "blocks": 0, "peak_gib": float("nan"),
+                                                       "block_rel_err": []}
+    return {"name": name, "gpus": 1, "load": float("nan"), **result, "algo": algo}
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| run | GPUs | blocks | calib wall s | s/block | peak GPU GiB | block rel. err (first blocks, FP inputs) "
+             "| wall vs peer | vs 1 GPU |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        per_block = r["wall"] / r["blocks"] if r["blocks"] else float("nan")
+        peer_row = next((p for p in rows if p["name"] == f"peer-{r['algo']}-g1"), None)
+        one = next((p for p in rows if p["name"] == r["name"].replace(f"-g{r['gpus']}-", "-g1-")), None)
+        vs_peer = f"{r['wall'] / peer_row['wall']:.2f}x" if peer_row and r is not peer_row else ""
+        vs_one = f"{one['wall'] / r['wall']:.2f}x faster" if one and r["gpus"] > 1 else ""
+        errs = ", ".join(f"{e:.2e}" for e in r["block_rel_err"])
+        lines.append(f"| {r['name']} | {r['gpus']} | {r['blocks']} | {r['wall']:.1f} | {per_block:.2f} | "
+                     f"{r['peak_gib']:.2f} | {errs} | {vs_peer} | {vs_one} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--layers", type=int, default=32)
+    parser.add_argument("--algos", default="gptq,awq")
+    parser.add_argument("--gpus", default="1,2")
+    parser.add_argument("--parallel", default="blocks")
+    parser.add_argument("--peer", default="gptq,awq", help="algorithms to time llm-compressor on ('' for none)")
+    parser.add_argument("--samples", type=int, default=128)
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--eval-blocks", type=int, default=4)
+    parser.add_argument("--work", default="/tmp/bench-quant")
+    parser.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"))
+    parser.add_argument("--commit", default=None, help="when the tree has no .git (device copies)")
+    args = parser.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    model = build_model(work / f"llama3-8b-shape-{args.layers}l", args.layers)
+    calib, ids = write_calib(work, args.samples, args.seq_len, model)
+    rows = []
+    for algo in filter(None, args.algos.split(",")):
+        for gpus in [int(g) for g in args.gpus.split(",")]:
+            rows.append(ours(algo, gpus, args.parallel, model, calib, work, args))
+            print(table(rows[-1:]), flush=True)
+        if algo in args.peer.split(","):
+            rows.append(peer(algo, model, ids, work, args))
+            print(table(rows[-1:]), flush=True)
+    import torch
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    commit = args.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                                           text=True).stdout
+    header = (f"\n### Quantize, Llama-3-8B shape ({args.layers} blocks), {args.samples} x {args.seq_len} tokens, "
+              f"w4g128, parallel={args.parallel}: {device}, {datetime.date.today()}, "
+              f"commit {commit.strip() or 'unknown'}\n\n")
+    text = header + table(rows) + "\n"
+    print(text, flush=True)
+    with open(args.results, "a") as fh:
+        fh.write(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""Block output error on FP inputs, the measure both sides of benchmarks/quant.py are compared on:
+rel_err = sum |block_q(x) - block_fp(x)|^2 / sum |block_fp(x) - x|^2 over the calibration tokens, with x
+the FP model's inputs to that block (what `job=quantize quant.parallel=blocks` records as
+block_rel_err). FP blocks are rebuilt from the model directory's safetensors, one at a time."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+
+
+def _tensors(model_dir: Path, prefix: str) -> dict[str, torch.Tensor]:
+    index = model_dir / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else [
+        "model.safetensors"]
+    out = {}
+    for name in files:
+        with safe_open(model_dir / name, framework="pt") as fh:
+            out.update({k[len(prefix):]: fh.get_tensor(k) for k in fh.keys() if k.startswith(prefix)})
+    return out
+
+
+@torch.no_grad()
+def block_errors(model_dir: str, ids: np.ndarray, q_blocks: list[torch.nn.Module], batch: int = 8) -> list[float]:
+    from transformers import AutoConfig
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
+
+    root, dev = Path(model_dir), torch.device("cuda")
+    config = AutoConfig.from_pretrained(root)
+    embed = _tensors(root, "model.embed_tokens.")["weight"].to(dev)
+    rotary = LlamaRotaryEmbedding(config).to(dev)
+    xs = [embed[torch.as_tensor(ids[i:i + batch], device=dev)] for i in range(0, len(ids), batch)]
+    errors = []
+    for index, q_block in enumerate(q_blocks):
+        fp = LlamaDecoderLayer(config, index).to(dev, torch.bfloat16)
+        fp.load_state_dict({k: v for k, v in _tensors(root, f"model.layers.{index}.").items()})
+        q = copy.deepcopy(q_block).to(dev)
+        sse = update = 0.0
+        outs = []
+        for x in xs:
+            pos = torch.arange(x.shape[1], device=dev).unsqueeze(0).expand(x.shape[0], -1)
+            kw = {"position_embeddings": rotary(x, pos), "position_ids": pos}
+            y_fp, y_q = _first(fp(x, **kw)).float(), _first(q(x, **kw)).float()
+            sse += (y_q - y_fp).square().sum().item()
+            update += (y_fp - x.float()).square().sum().item()
+            outs.append(y_fp.to(x.dtype))
+        xs = outs
+        errors.append(sse / update)
+        del fp, q
+    return errors
+
+
+def _first(y):
+    return y[0] if isinstance(y, tuple) else y
