@@ -29,7 +29,7 @@ class TrackingConfig:
     enabled: bool = True
     uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite under job.storage
     experiment: str = "orchestrator"
-    artifact_location: str | None = None  # for a new experiment; None: <job.storage>/mlartifacts
+    artifact_location: str | None = None  # for a new experiment; None: the server's, else <job.storage>/mlartifacts
     tags: dict[str, str] = field(default_factory=dict)
     redact_keys: list[str] = field(default_factory=list)  # extra regexes for secret key names
     redact_values: list[str] = field(default_factory=list)  # extra regexes for secret values
@@ -124,6 +124,12 @@ class RunHandle:
         self.client.set_terminated(self.run_id, status)
 
 
+def _default_artifact_location(uri: str, storage_root: Path) -> str | None:
+    """A tracking server stores artifacts where it is configured (e.g. --artifacts-destination s3://...);
+    a local store keeps them next to it."""
+    return None if uri.startswith(("http://", "https://")) else (storage_root / "mlartifacts").as_uri()
+
+
 def start_run(cfg: TrackingConfig, storage_root: Path, run_name: str, tags: dict[str, str]) -> RunHandle:
     from mlflow.tracking import MlflowClient
 
@@ -135,7 +141,7 @@ def start_run(cfg: TrackingConfig, storage_root: Path, run_name: str, tags: dict
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(cfg.experiment)
     if experiment is None:
-        location = cfg.artifact_location or (storage_root / "mlartifacts").as_uri()
+        location = cfg.artifact_location or _default_artifact_location(uri, storage_root)
         experiment_id = client.create_experiment(cfg.experiment, artifact_location=location)
     else:
         experiment_id = experiment.experiment_id

@@ -12,7 +12,8 @@ from core.tracking import RunHandle
 @dataclass
 class RunContext:
     run: RunHandle  # the MLflow run of this job
-    job_dir: Path  # <job.storage>/<job.name>: checkpoints, exports, scratch
+    job_dir: Path  # local working directory of the job (= job_uri for local storage): logs, summaries
+    job_uri: str  # <job.storage>/<job.name> (a local path or s3://...): checkpoints and exports, via core.storage
 
 
 class Job(Protocol):

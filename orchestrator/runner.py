@@ -54,9 +54,9 @@ def _unwrap_user_error(err: BaseException) -> UserError | None:
 
 def run_job(spec: Any, cfg: DictConfig, redactor: Redactor) -> dict[str, Any]:
     job = JOBS.get(spec.job.kind)()
-    storage_root = storage.resolve_local(spec.job.storage)
+    storage_root = storage.absolute(spec.job.storage)
     job_name = spec.job.name or f"{spec.job.kind}-{spec.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run = start_run(spec.tracking, storage_root, job_name, _tags(spec, job_name))
+    run = start_run(spec.tracking, storage.scratch_dir(storage_root), job_name, _tags(spec, job_name))
     if run.run_id:
         print(f"MLflow run id: {run.run_id}  (tracking: {run.uri})", flush=True)
     try:
@@ -64,7 +64,8 @@ def run_job(spec: Any, cfg: DictConfig, redactor: Redactor) -> dict[str, Any]:
         run.log_params(flatten({k: resolved[k] for k in ("job", *job.sections, "cluster")}))
         run.log_dict(resolved, "spec/resolved.json")
         run.log_text(OmegaConf.to_yaml(redactor.tree(resolved)), "spec/resolved.yaml")
-        ctx = RunContext(run=run, job_dir=storage_root / job_name)
+        job_uri = storage.join(storage_root, job_name)
+        ctx = RunContext(run=run, job_dir=storage.scratch_dir(job_uri), job_uri=job_uri)
         prepared = job.prepare(spec, ctx)
         with connect(spec.cluster):
             summary = job.run(spec, ctx, prepared)

@@ -57,3 +57,103 @@ def cli_in_process(capsys: pytest.CaptureFixture):
 @pytest.fixture
 def storage(tmp_path: Path) -> Path:
     return tmp_path / "runs"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen, what: str, timeout: float = 120) -> None:
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except urllib.error.HTTPError:
+            return  # it answered
+        except OSError:
+            assert proc.poll() is None and time.time() < deadline, f"{what} did not come up"
+            time.sleep(0.3)
+
+
+S3_SECRET = "plantedS3Secret-5d1e0b7c2a"  # the secret key every S3 test runs with: must leak nowhere
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 endpoint (moto in server mode, in memory) on 127.0.0.1 for the session; yields the
+    environment that points boto3 and MLflow at it (credentials are dummies: moto accepts any)."""
+    import signal
+
+    port = free_port()
+    cmd = [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url, proc, "moto_server")
+        yield {"AWS_ENDPOINT_URL": url, "MLFLOW_S3_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "AKIATESTPLANTED0KEY1",
+               "AWS_SECRET_ACCESS_KEY": S3_SECRET, "AWS_REGION": "us-east-1"}
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: dict, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh bucket for one test, with this process's environment (and download cache) pointed at it."""
+    import boto3
+
+    for key, value in s3_server.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("ORCHESTRATOR_CACHE", str(tmp_path / "cache"))
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-")
+    boto3.client("s3").create_bucket(Bucket=name)
+    return name
+
+
+def s3_client(env: dict[str, str]):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_REGION"],
+                        aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+
+
+def s3_keys(env: dict[str, str], bucket: str, prefix: str = "") -> list[str]:
+    pages = s3_client(env).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+
+
+def make_bucket(env: dict[str, str], name: str) -> str:
+    s3_client(env).create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def mlflow_s3_server(s3_server: dict, tmp_path_factory: pytest.TempPathFactory):
+    """`mlflow server` on 127.0.0.1: sqlite backend, artifacts proxied to s3://mlflow-artifacts/mlflow on the
+    moto endpoint (what `make mlflow-server MLFLOW_ARTIFACTS=s3://...` runs). Yields its URL."""
+    import signal
+
+    make_bucket(s3_server, "mlflow-artifacts")
+    db, port = tmp_path_factory.mktemp("mlflow-server") / "mlflow.db", free_port()
+    env = {**os.environ, **s3_server, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1", "--backend-store-uri", f"sqlite:///{db}",
+           "--artifacts-destination", "s3://mlflow-artifacts/mlflow"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/health", proc, "mlflow server")
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

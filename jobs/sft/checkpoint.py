@@ -1,11 +1,12 @@
-"""Checkpoints under <job_dir>/checkpoints/step_NNNNNN: DeepSpeed's sharded model + optimizer +
-scheduler state, plus the step (the batch plan is a pure function of it) and every rank's RNG.
-A checkpoint counts only once rank 0 has written COMPLETE after all ranks saved."""
+"""Checkpoints under <job>/checkpoints/step_NNNNNN (local or s3://, through core.storage): DeepSpeed's
+sharded model + optimizer + scheduler state, plus the step (the batch plan is a pure function of it) and
+every rank's RNG. Every rank writes into a staging directory and pushes its own files; after a barrier
+rank 0 commits, which writes the storage's COMPLETE marker last: a checkpoint counts only with it."""
 
 from __future__ import annotations
 
 import random
-import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -13,20 +14,18 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-COMPLETE = "COMPLETE"
+from core import storage
 
 
 def tag(step: int) -> str:
     return f"step_{step:06d}"
 
 
-def complete_checkpoints(root: Path) -> list[Path]:
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.glob("step_*") if (p / COMPLETE).is_file())
+def complete_checkpoints(root: str | Path) -> list[str]:
+    return storage.published_children(root, "step_")
 
 
-def latest(root: Path) -> Path | None:
+def latest(root: str | Path) -> str | None:
     found = complete_checkpoints(root)
     return found[-1] if found else None
 
@@ -46,21 +45,31 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def save(engine: Any, root: Path, step: int, rank: int, keep_last: int) -> Path:
-    name = tag(step)
-    engine.save_checkpoint(str(root), tag=name, client_state={"step": step}, save_latest=False)
-    torch.save(_rng_state(), root / name / f"rng_rank{rank}.pt")
+def _shared_token(rank: int) -> str:
+    """One staging token for all ranks of this save (rank 0 picks it)."""
+    box = [uuid.uuid4().hex[:12] if rank == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def save(engine: Any, root: str, step: int, rank: int, keep_last: int) -> str:
+    final, token = storage.join(root, tag(step)), _shared_token(rank)
+    staged = storage.staging_dir(final, token)
+    engine.save_checkpoint(str(staged.parent), tag=staged.name, client_state={"step": step}, save_latest=False)
+    torch.save(_rng_state(), staged / f"rng_rank{rank}.pt")
+    storage.push(staged, final, token)
     dist.barrier()
     if rank == 0:
-        (root / name / COMPLETE).write_text(str(step))
+        storage.commit(final, token)
         for old in complete_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
+            storage.remove(old)
     dist.barrier()
-    return root / name
+    return final
 
 
-def load(engine: Any, path: Path, rank: int) -> int:
+def load(engine: Any, uri: str, rank: int) -> int:
     """Restore engine state and this rank's RNG; return the step the checkpoint was taken at."""
+    path = storage.local_path(uri, field="trainer.checkpoint.resume")  # S3: a cached download
     _, client_state = engine.load_checkpoint(str(path.parent), tag=path.name)
     rng_file = path / f"rng_rank{rank}.pt"
     if rng_file.is_file():

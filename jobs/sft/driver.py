@@ -34,20 +34,18 @@ def _check_trainer(t: Any) -> None:
 
 
 def _resume_point(t: Any, ctx: RunContext) -> str | None:
-    ckpt_root = ctx.job_dir / "checkpoints"
+    ckpt_root = storage.join(ctx.job_uri, "checkpoints")
     mode = t.checkpoint.resume
     if mode == "auto":
-        found = checkpoint.latest(ckpt_root)
-        return str(found) if found else None
+        return checkpoint.latest(ckpt_root)
     if mode == "never":
         if checkpoint.latest(ckpt_root):
             raise ConfigError("trainer.checkpoint.resume",
                               f"never, but {ckpt_root} has checkpoints: use resume=auto or a new job.name")
         return None
-    candidate = storage.resolve_local(mode)
-    if not (candidate / checkpoint.COMPLETE).is_file():
+    if not storage.is_published(mode):
         raise ConfigError("trainer.checkpoint.resume", f"{mode}: not a complete checkpoint directory")
-    return str(candidate)
+    return storage.absolute(mode)
 
 
 def _bf16(t: Any, use_gpu: bool) -> bool:
@@ -87,8 +85,8 @@ class SFTJob:
         os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
         use_gpu = wants_gpu(t.use_gpu)
         resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if use_gpu else {})}
-        config = {"spec": spec, "run": ctx.run, "job_dir": str(ctx.job_dir), "rows": ray.put(prepared.data.rows),
-                  "bf16": _bf16(t, use_gpu), "resume_from": prepared.resume_from}
+        config = {"spec": spec, "run": ctx.run, "job_dir": str(ctx.job_dir), "job_uri": ctx.job_uri,
+                  "rows": ray.put(prepared.data.rows), "bf16": _bf16(t, use_gpu), "resume_from": prepared.resume_from}
         trainer = TorchTrainer(
             train_loop,
             train_loop_config=config,
@@ -99,5 +97,5 @@ class SFTJob:
         )
         trainer.fit()
         summary = json.loads((ctx.job_dir / "summary.json").read_text())
-        return {"job_dir": str(ctx.job_dir), "export": summary["export"], "final_step": summary["final_step"],
+        return {"job_dir": ctx.job_uri, "export": summary["export"], "final_step": summary["final_step"],
                 "final_loss": summary["losses"][-1]["loss"] if summary["losses"] else None}

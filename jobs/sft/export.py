@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from core import storage
+from core.tracking import RunHandle
 
 
 def gather_state_dict(engine: Any) -> dict[str, torch.Tensor] | None:
@@ -19,8 +19,8 @@ def gather_state_dict(engine: Any) -> dict[str, torch.Tensor] | None:
     return {k: v.detach().cpu().contiguous() for k, v in state.items()} if state else None
 
 
-def write_export(state: dict[str, torch.Tensor], hf_config: Any, tokenizer: Any, final: Path) -> Path:
-    """Rank 0: write into a staging dir, then publish it as `final` in one rename."""
+def write_export(state: dict[str, torch.Tensor], hf_config: Any, tokenizer: Any, final: str, run: RunHandle) -> str:
+    """Rank 0: write into a staging dir, log it to MLflow, then publish it as `final` atomically."""
     from transformers import AutoModelForCausalLM
 
     staged = storage.staging_dir(final)
@@ -28,4 +28,5 @@ def write_export(state: dict[str, torch.Tensor], hf_config: Any, tokenizer: Any,
         shell = AutoModelForCausalLM.from_config(hf_config)  # holds no memory: only save_pretrained's logic
     shell.save_pretrained(staged, state_dict=state, safe_serialization=True)
     tokenizer.save_pretrained(staged)
+    run.log_artifacts(staged, "export")
     return storage.publish_dir(staged, final)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from core import storage
 from core.models import MODELS
 from core.models.inspect import describe, embedding_params
 from core.tracking import RunHandle
@@ -163,12 +164,13 @@ def train_loop(config: dict[str, Any]) -> None:
     info = _log_model(run, model, env)
     engine, scheduler = build_engine(spec, model, ds_config, env.device)
 
-    ckpt_root = job_dir / "checkpoints"
+    ckpt_root = storage.join(config["job_uri"], "checkpoints")
     # this job's own latest checkpoint wins (a Ray Train restart after a failure); else the requested one
-    resume_from = checkpoint.latest(ckpt_root) or (Path(config["resume_from"]) if config["resume_from"] else None)
+    resume_from = checkpoint.latest(ckpt_root) or config["resume_from"]
     start = checkpoint.load(engine, resume_from, env.rank) if resume_from else 0
     if start and env.rank == 0:
-        log.info("resumed from %s at step %d", resume_from, start)
+        print(f"resumed from {resume_from} at step {start}", flush=True)  # workers' INFO logging is off
+        run.set_tags({"resumed_from": resume_from, "resumed_at_step": start})
 
     rows = ray.get(config["rows"])
     plan = BatchPlan(rows, t.micro_batch_size, t.grad_accum, env.world, env.rank, spec.data.seed,
@@ -197,14 +199,12 @@ def train_loop(config: dict[str, Any]) -> None:
         if (every and step % every == 0) or step == t.max_steps:
             checkpoint.save(engine, ckpt_root, step, env.rank, t.checkpoint.keep_last)
 
-    export_dir = None
+    export = None
     if t.checkpoint.export:
         state = gather_state_dict(engine)
         if env.rank == 0:
-            export_dir = write_export(state, hf_config, tokenizer, job_dir / "export")
-            run.log_artifacts(export_dir, "export")
+            export = write_export(state, hf_config, tokenizer, storage.join(config["job_uri"], "export"), run)
     if env.rank == 0:
-        summary = {"final_step": t.max_steps, "resumed_at": start, "losses": history,
-                   "export": str(export_dir) if export_dir else None}
+        summary = {"final_step": t.max_steps, "resumed_at": start, "losses": history, "export": export}
         (job_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     dist.barrier()

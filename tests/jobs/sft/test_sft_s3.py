@@ -1,0 +1,104 @@
+"""SFT with job.storage=s3://... on a real S3 endpoint (moto_server) and an MLflow server whose artifacts
+go to S3: checkpoints and the export land in the bucket (marker last), the export is downloadable by run
+id, a longer second run resumes from the S3 checkpoint with an uninterrupted run's losses, and the
+planted AWS secret key reaches neither MLflow nor the logs nor the bucket."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from core import storage
+from tests.conftest import FAST_SFT, S3_SECRET, make_bucket, run_cli, run_id_of, s3_client, s3_keys
+
+BUCKET = "sft-e2e"
+STEPS = 4
+# constant lr: a 2-step run's step-2 checkpoint is the state a 4-step run has at step 2
+ARGS = [*FAST_SFT, "trainer.checkpoint.every_n_steps=2", "trainer.checkpoint.keep_last=10",
+        "trainer.optim.schedule=constant"]
+LOSS_TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def s3(s3_server: dict, mlflow_s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    make_bucket(s3_server, BUCKET)
+    env = {**s3_server, "ORCHESTRATOR_CACHE": str(tmp_path_factory.mktemp("cache"))}
+    return {"env": env, "tracking": mlflow_s3_server}
+
+
+def _run(s3: dict, name: str, steps: int) -> subprocess.CompletedProcess:
+    result = run_cli([*ARGS, f"job.name={name}", f"trainer.max_steps={steps}", f"tracking.uri={s3['tracking']}"],
+                     f"s3://{BUCKET}/runs", env=s3["env"])  # type: ignore[arg-type]
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return result
+
+
+def _losses(tracking: str, run_id: str) -> dict[int, float]:
+    from mlflow.tracking import MlflowClient
+
+    return {m.step: m.value for m in MlflowClient(tracking).get_metric_history(run_id, "loss")}
+
+
+@pytest.fixture(scope="module")
+def full(s3: dict) -> dict:
+    result = _run(s3, "full", STEPS)
+    return {"run_id": run_id_of(result.stdout), "output": result.stdout + result.stderr}
+
+
+def test_checkpoints_and_export_land_in_the_bucket(full: dict, s3: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    from transformers import AutoModelForCausalLM
+
+    keys = s3_keys(s3["env"], BUCKET, "runs/full/")
+    for step in (2, 4):
+        assert f"runs/full/checkpoints/step_{step:06d}/COMPLETE" in keys
+        assert f"runs/full/checkpoints/step_{step:06d}/rng_rank1.pt" in keys  # rank 1 pushed its own files
+    for name in ("COMPLETE", "model.safetensors", "config.json", "tokenizer.json"):
+        assert f"runs/full/export/{name}" in keys, keys
+    assert not [k for k in keys if "/.tmp-" in k], "a temporary prefix was left behind"
+    assert f"export: s3://{BUCKET}/runs/full/export" in full["output"]
+    for key, value in s3["env"].items():
+        monkeypatch.setenv(key, value)
+    local = storage.local_path(f"s3://{BUCKET}/runs/full/export", field="model.path")
+    assert AutoModelForCausalLM.from_pretrained(local).config.num_hidden_layers == 3
+
+
+def test_export_is_in_mlflows_s3_store_and_downloadable_by_run_id(full: dict, s3: dict, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow
+
+    assert [k for k in s3_keys(s3["env"], "mlflow-artifacts") if k.endswith("/artifacts/export/model.safetensors")]
+    for key, value in s3["env"].items():
+        monkeypatch.setenv(key, value)
+    got = Path(mlflow.artifacts.download_artifacts(run_id=full["run_id"], artifact_path="export",
+                                                   tracking_uri=s3["tracking"], dst_path=str(tmp_path)))
+    published = storage.local_path(f"s3://{BUCKET}/runs/full/export", field="x")
+    assert (got / "model.safetensors").read_bytes() == (published / "model.safetensors").read_bytes()
+
+
+def test_resume_reads_the_checkpoint_back_from_s3(full: dict, s3: dict) -> None:
+    _run(s3, "resumed", 2)
+    result = _run(s3, "resumed", STEPS)
+    assert f"resumed from s3://{BUCKET}/runs/resumed/checkpoints/step_000002 at step 2" in result.stdout
+    losses, reference = _losses(s3["tracking"], run_id_of(result.stdout)), _losses(s3["tracking"], full["run_id"])
+    assert sorted(losses) == [3, 4]
+    for step, loss in losses.items():
+        assert abs(loss - reference[step]) < LOSS_TOLERANCE, (step, loss, reference[step])
+
+
+def test_the_aws_secret_key_leaks_nowhere(full: dict, s3: dict, tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(s3["tracking"])
+    run = client.get_run(full["run_id"])
+    local = Path(client.download_artifacts(full["run_id"], "", str(tmp_path)))
+    files = [f for f in local.rglob("*") if f.is_file()]
+    assert {"resolved.yaml", "model.safetensors"} <= {f.name for f in files}
+    blobs = {"params": str(run.data.params).encode(), "tags": str(run.data.tags).encode(),
+             "logs": full["output"].encode()}
+    blobs |= {f"artifact {f.relative_to(local)}": f.read_bytes() for f in files}
+    bucket = s3_client(s3["env"])
+    blobs |= {f"s3 {k}": bucket.get_object(Bucket=BUCKET, Key=k)["Body"].read()
+              for k in s3_keys(s3["env"], BUCKET, "runs/full/")}
+    assert not [name for name, blob in blobs.items() if S3_SECRET.encode() in blob]
