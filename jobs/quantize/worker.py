@@ -9,7 +9,6 @@ every block is calibrated on FP inputs, so blocks are independent and workers ca
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import time
 import uuid
@@ -67,23 +66,41 @@ class CalibWorker:
             self.pos = 0
         return sum(x.shape[0] for x in self.inputs)
 
+    def _on_device(self, index: int) -> torch.nn.Module:
+        """Block `index` moved to the device; its CPU tensors are kept aside (`_release` puts them back),
+        so nothing is copied back to the CPU unless the quantized weights are needed there."""
+        block = self.lw.blocks[index]
+        self._cpu_tensors = {k: t.data for k, t in _tensors(block)}
+        return block.to(self.device)
+
+    def _release(self, block: torch.nn.Module, keep_weights: bool) -> None:
+        """Back to the CPU tensors, after copying the device values into them when `keep_weights`."""
+        for name, t in _tensors(block):
+            cpu = self._cpu_tensors[name]
+            if keep_weights and cpu is not t.data:
+                cpu.copy_(t.data)
+            t.data = cpu
+        self._cpu_tensors = {}
+
     @torch.no_grad()
     def advance_fp(self, index: int) -> None:
         """Run the FP blocks [pos, index) to get block `index`'s FP inputs (blocks mode)."""
         for i in range(self.pos, index):
-            block = self.lw.blocks[i].to(self.device)
+            block = self._on_device(i)
             self.inputs = [self.lw.run_block(block, x) for x in self.inputs]
-            self.lw.blocks[i] = block.to("cpu")
+            self._release(block, keep_weights=False)
         self.pos = max(self.pos, index)
 
+    @torch.no_grad()
     def begin_block(self, index: int) -> None:
         if self.propagate_fp:
             self.advance_fp(index)
         if index != self.pos:
             raise RuntimeError(f"worker {self.rank} holds the inputs of block {self.pos}, not {index}")
         self.index = index
-        self.block = self.lw.blocks[index].to(self.device)
-        self.fp_block = copy.deepcopy(self.block)  # for the block's output error after quantization
+        self.block = self._on_device(index)
+        # the FP outputs, for the block's output error after quantization (and blocks mode's next inputs)
+        self.fp_outputs = [self.lw.run_block(self.block, x) for x in self.inputs]
         self.algo = ALGORITHMS.get(self.spec.quant.algorithm)(dict(self.spec.quant.options))
         self.algo.prepare(self.block, self.fmt, self.lw.run_block)
 
@@ -98,8 +115,7 @@ class CalibWorker:
         result = self.algo.apply(self.block, stats)
         sse = update = 0.0
         outputs = []
-        for x in self.inputs:
-            y_ref = self.lw.run_block(self.fp_block, x)
+        for x, y_ref in zip(self.inputs, self.fp_outputs, strict=True):
             y = self.lw.run_block(self.block, x)
             sse += (y.float() - y_ref.float()).square().sum().item()
             update += (y_ref.float() - x.float()).square().sum().item()
@@ -110,15 +126,17 @@ class CalibWorker:
             staged = storage.staging_dir(final, token)
             checkpoint.save_inputs(staged, self.rank, outputs)
             storage.push(staged, final, token)
-        self.lw.blocks[self.index] = self.block.to("cpu")
-        del self.fp_block
+        del self.fp_outputs
         out: dict[str, Any] = {"digest": result_digest(result), "sse": sse, "update": update,
                                "count": sum(y.numel() for y in outputs)}
         if self.device.type == "cuda":  # since this worker started: the block, its stats and activations
             out["gpu_peak_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         if self.rank == 0 or self.propagate_fp:
             out["result"] = _to_cpu(result)
-            out["state"] = {k: v.cpu() for k, v in self.block.state_dict().items()}
+            quantized = {f"{name}.weight" for name in result.layers}  # stored as integers instead
+            out["state"] = {k: v.cpu() for k, v in self.block.state_dict().items() if k not in quantized}
+        # sequential: later blocks run on top of this one, so its CPU copy takes the quantized weights
+        self._release(self.block, keep_weights=not self.propagate_fp)
         return out
 
     def calibrate(self, index: int, root: str) -> dict[str, float]:
@@ -133,6 +151,10 @@ class CalibWorker:
         token = uuid.uuid4().hex[:12]
         out = self.apply(stats, root, token)
         return finish_block(root, index, [out], token, time.perf_counter() - began, not self.propagate_fp)
+
+
+def _tensors(block: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    return [*block.named_parameters(), *block.named_buffers()]
 
 
 def _to_cpu(result: Any) -> Any:

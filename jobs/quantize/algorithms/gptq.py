@@ -87,8 +87,10 @@ def gptq_quantize(
         zero = W.new_zeros(rows, cols // size)
         blocksize = size  # one lazy batch per group: its params come from the weights updated so far
     perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(cols, device=W.device)
-    W, H = W[:, perm], H[perm][:, perm]
+    if act_order:
+        W, H = W[:, perm], H[perm][:, perm]
     hinv = _inverse_hessian_cholesky(H, percdamp)
+    del H
     group_of = perm // size
     run_batch = get_op("gptq_block")
     Q = torch.zeros(rows, cols, dtype=torch.int8, device=W.device)
@@ -103,18 +105,22 @@ def gptq_quantize(
             cols_scale, cols_zero = s.expand(-1, i2 - i1), z.expand(-1, i2 - i1)
         Q[:, i1:i2], err = run_batch(W[:, i1:i2], hinv[i1:i2, i1:i2], cols_scale, cols_zero, fmt.weight_bits)
         W[:, i2:] -= err @ hinv[i1:i2, i2:]  # lazy batch: the rest of the row gets this batch's error
-    return Q[:, torch.argsort(perm)], scale, zero
+    return (Q[:, torch.argsort(perm)] if act_order else Q), scale, zero
 
 
 def _inverse_hessian_cholesky(H: torch.Tensor, percdamp: float) -> torch.Tensor:
-    """Upper Cholesky factor of (H + damp I)^-1; damping grows 10x per retry if H is too ill-posed."""
+    """Upper Cholesky factor of (H + damp I)^-1, damping H in place; damping grows 10x per retry if H is
+    too ill-posed."""
     damp = percdamp * torch.diag(H).mean()
-    eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+    added = torch.zeros((), dtype=H.dtype, device=H.device)
     for _ in range(6):
-        L, info = torch.linalg.cholesky_ex(H + damp * eye)
+        H.diagonal().add_(damp - added)  # in place (H is the caller's copy): no n x n temporaries
+        added = damp
+        L, info = torch.linalg.cholesky_ex(H)
         if info.item() == 0:
             U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
             if info.item() == 0:
                 return U
+        del L
         damp = damp * 10
     raise RuntimeError("gptq: the Hessian is not positive definite even with 10^5 x damping")
