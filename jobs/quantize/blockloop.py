@@ -70,7 +70,7 @@ def _record(index: int, metrics: dict[str, float], ctx: RunContext, progress: An
              metrics["block_seconds"])
 
 
-def run_blocks(workers: list, indices: Iterable[int], n_passes: int, root: Path, ctx: RunContext,
+def run_blocks(workers: list, indices: Iterable[int], n_passes: int, root: str, ctx: RunContext,
                progress: Any) -> list[dict[str, float]]:
     """Data parallel over several workers: per block, stats are reduced here and every worker applies."""
     import ray
@@ -91,7 +91,7 @@ def run_blocks(workers: list, indices: Iterable[int], n_passes: int, root: Path,
     return history
 
 
-def run_alone(workers: list, assignments: list[list[int]], root: Path, ctx: RunContext,
+def run_alone(workers: list, assignments: list[list[int]], root: str, ctx: RunContext,
               progress: Any) -> list[dict[str, float]]:
     """Each worker calibrates its own blocks by itself (one worker, or blocks mode); all calls are queued
     at once (an actor runs its calls in order) and recorded as they finish."""
@@ -110,20 +110,17 @@ def run_alone(workers: list, assignments: list[list[int]], root: Path, ctx: RunC
     return [done[i] for i in sorted(done)]
 
 
-def export(spec: Any, fmt: Any, root: Path, ctx: RunContext, dtype: str) -> Path:
-    import json
-
+def export(spec: Any, fmt: Any, root: str, ctx: RunContext, dtype: str) -> str:
     from core.models import MODELS
     from jobs.quantize.export import write_export
     from jobs.quantize.worker import build_fp_model
 
     model = build_fp_model(spec, dtype)
     tokenizer = MODELS.get(spec.model.name).tokenizer(spec.model)
-    blocks = [json.loads((checkpoint.block_dir(root, i) / "metrics.json").read_text())
-              for i in sorted(checkpoint.finished_set(root))]
+    blocks = [checkpoint.block_metrics(root, i) for i in sorted(checkpoint.finished_set(root))]
     info = {"algorithm": spec.quant.algorithm, "format": fmt.name, "symmetric": fmt.symmetric,
             "options": dict(spec.quant.options), "calib": dict(vars(spec.calib)), "blocks": blocks}
-    out = write_export(model, tokenizer, root, fmt, list(spec.quant.ignore), ctx.job_dir / "export", info)
-    ctx.run.log_artifacts(out, "export")
+    out = write_export(model, tokenizer, root, fmt, list(spec.quant.ignore), storage.join(ctx.job_uri, "export"),
+                       info, ctx.run)
     log.info("export: %s", out)
     return out

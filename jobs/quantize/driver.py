@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from core import storage
 from core.cluster import wants_gpu
 from core.data.calib import token_blocks
 from core.errors import ConfigError
@@ -97,8 +98,9 @@ class QuantizeJob:
                               f"{n_batches} calibration batches")
         manifest = {"spec_hash": checkpoint.spec_hash(spec), "model_hash": checkpoint.model_hash(hf_config),
                     "num_blocks": num_blocks}
-        checkpoint.check_manifest(ctx.job_dir / "blocks", manifest, spec.quant.resume)
-        finished = checkpoint.finished_set(ctx.job_dir / "blocks")
+        root = storage.join(ctx.job_uri, "blocks")
+        checkpoint.check_manifest(root, manifest, spec.quant.resume)
+        finished = checkpoint.finished_set(root)
         if spec.job.parent_run:
             ctx.run.set_tags({"job.parent_run": spec.job.parent_run})
         ctx.run.log_params({"calib.tokens": int(ids.size), "quant.num_blocks": num_blocks})
@@ -118,7 +120,7 @@ class QuantizeJob:
         log.info("calibrating in %s on %s", dtype, "GPU" if use_gpu else "CPU")
         actor = ray.remote(num_cpus=q.cpus_per_worker, num_gpus=1 if use_gpu else 0)(CalibWorker)
         ids = np.stack(p.batches)
-        root = ctx.job_dir / "blocks"
+        root = storage.join(ctx.job_uri, "blocks")
         progress = tqdm(total=p.num_blocks, initial=len(p.finished), desc="quantize", unit="block")
         started = time.perf_counter()
         if q.parallel == "blocks":
@@ -144,7 +146,7 @@ class QuantizeJob:
                 history = run_blocks(workers, todo, ALGORITHMS.get(q.algorithm).n_passes, root, ctx, progress)
         for w in workers:
             ray.kill(w)
-        summary: dict[str, Any] = {"job_dir": str(ctx.job_dir), "blocks": p.num_blocks,
+        summary: dict[str, Any] = {"job_dir": ctx.job_uri, "blocks": p.num_blocks,
                                    "resumed_at": len(p.finished)}
         if history:
             summary["last_block_rel_err"] = round(history[-1]["block_rel_err"], 6)
@@ -154,5 +156,5 @@ class QuantizeJob:
             if "gpu_peak_gib" in history[0]:
                 summary["gpu_peak_gib"] = round(max(h["gpu_peak_gib"] for h in history), 2)
         if q.export:
-            summary["export"] = str(export(spec, p.fmt, root, ctx, dtype))
+            summary["export"] = export(spec, p.fmt, root, ctx, dtype)
         return summary

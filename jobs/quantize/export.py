@@ -1,6 +1,6 @@
 """Write a quantized model in the compressed-tensors "pack-quantized" layout, from block checkpoints only
 (so a resumed job writes the same bytes as an uninterrupted one). Written into a staging dir, then
-published atomically as <job_dir>/export:
+published atomically as <job>/export (local or s3://, core.storage; with its COMPLETE marker):
 
   model.safetensors   per quantized Linear <name>: weight_packed int32 [out, ceil(in / (32 // bits))],
                       weight_scale f32 [out, n_groups], weight_shape int64 [2], and (asymmetric only)
@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import save_file
 
 from core import storage
+from core.tracking import RunHandle
 from jobs.quantize import checkpoint
 from jobs.quantize.layerwise import Layerwise
 from kernels.quant import QuantFormat, get_op
@@ -54,8 +55,9 @@ def packed_tensors(prefix: str, layer: dict[str, torch.Tensor], fmt: QuantFormat
     return out
 
 
-def write_export(model: Any, tokenizer: Any, blocks_root: Path, fmt: QuantFormat, ignore: list[str],
-                 final: Path, info: dict[str, Any]) -> Path:
+def write_export(model: Any, tokenizer: Any, blocks_root: str | Path, fmt: QuantFormat, ignore: list[str],
+                 final: str, info: dict[str, Any], run: RunHandle) -> str:
+    """Write into a staging dir, log it to MLflow, then publish it as `final` atomically (local or s3://)."""
     lw = Layerwise(model)
     state = {k: v for k, v in model.state_dict().items()}
     if getattr(model.config, "tie_word_embeddings", False):
@@ -79,4 +81,5 @@ def write_export(model: Any, tokenizer: Any, blocks_root: Path, fmt: QuantFormat
     if smoothing:
         save_file(dict(sorted(smoothing.items())), staged / "smoothing_scales.safetensors")
     (staged / "quant_info.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
+    run.log_artifacts(staged, "export")
     return storage.publish_dir(staged, final)

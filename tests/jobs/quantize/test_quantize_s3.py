@@ -1,0 +1,109 @@
+"""job=quantize with job.storage=s3://... on a real S3 endpoint (moto_server) and an MLflow server whose
+artifacts go to S3: block checkpoints, manifest and the export land in the bucket (marker last), the
+export is downloadable by run id and reloads, and a job killed mid-way resumes from the S3 blocks to
+the uninterrupted run's bytes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from core import storage
+from jobs.quantize import checkpoint
+from jobs.quantize.load import load_quantized
+from tests.conftest import REPO, make_bucket, run_cli, run_id_of, s3_keys
+from tests.jobs.conftest import QUANT_ALGOS, TINY_QUANT
+
+BUCKET = "quant-e2e"
+ROOT = f"s3://{BUCKET}/runs"
+GPTQ_2W = [*QUANT_ALGOS["gptq"], "quant.num_workers=2"]  # data parallel: workers push their inputs files
+
+
+@pytest.fixture(scope="module")
+def s3(s3_server: dict, mlflow_s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    make_bucket(s3_server, BUCKET)
+    env = {**s3_server, "ORCHESTRATOR_CACHE": str(tmp_path_factory.mktemp("cache"))}
+    args = [*TINY_QUANT, *GPTQ_2W, f"tracking.uri={mlflow_s3_server}"]
+    return {"env": env, "tracking": mlflow_s3_server, "args": args}
+
+
+@pytest.fixture
+def s3_env(s3: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in s3["env"].items():
+        monkeypatch.setenv(key, value)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(s3: dict) -> str:
+    result = run_cli([*s3["args"], "job.name=gptq-2w"], ROOT, env=s3["env"])  # type: ignore[arg-type]
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return run_id_of(result.stdout)
+
+
+def _kill_by_pid_under(tmp: str) -> None:
+    """Ray's gcs_server/raylet leave the process group: end this run's (its unique temp dir) by pid."""
+    import psutil
+
+    for p in psutil.process_iter(["cmdline"]):
+        if any(tmp in part for part in p.info["cmdline"] or []):
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+
+
+def _export_files(uri: str) -> dict[str, bytes]:
+    local = storage.local_path(uri, field="export")
+    return {p.name: p.read_bytes() for p in sorted(local.iterdir()) if p.name not in ("quant_info.json",
+                                                                                     storage.MARKER)}
+
+
+def test_blocks_and_export_land_in_the_bucket(uninterrupted: str, s3: dict, s3_env: None) -> None:
+    keys = s3_keys(s3["env"], BUCKET, "runs/gptq-2w/")
+    assert "runs/gptq-2w/blocks/manifest.json" in keys
+    for index in range(4):
+        assert f"runs/gptq-2w/blocks/block_{index:03d}/COMPLETE" in keys
+    for name in ("COMPLETE", "model.safetensors", "config.json", "quant_info.json"):
+        assert f"runs/gptq-2w/export/{name}" in keys
+    assert not [k for k in keys if "/.tmp-" in k], "a temporary prefix was left behind"
+    assert checkpoint.finished_blocks(f"{ROOT}/gptq-2w/blocks") == 4
+    model = load_quantized(storage.local_path(f"{ROOT}/gptq-2w/export", field="model.path"))
+    assert model.config.num_hidden_layers == 4
+
+
+def test_export_is_in_mlflows_s3_store_and_downloadable_by_run_id(uninterrupted: str, s3: dict, s3_env: None,
+                                                                   tmp_path: Path) -> None:
+    import mlflow
+
+    assert [k for k in s3_keys(s3["env"], "mlflow-artifacts") if k.endswith("/artifacts/export/quant_info.json")]
+    got = Path(mlflow.artifacts.download_artifacts(run_id=uninterrupted, artifact_path="export",
+                                                   tracking_uri=s3["tracking"], dst_path=str(tmp_path)))
+    published = _export_files(f"{ROOT}/gptq-2w/export")
+    assert (got / "model.safetensors").read_bytes() == published["model.safetensors"]
+    assert load_quantized(got).config.num_hidden_layers == 4
+
+
+def test_killed_job_resumes_from_the_s3_blocks(uninterrupted: str, s3: dict, s3_env: None) -> None:
+    name, tmp = "gptq-killed", f"/tmp/orch-qs3-{os.getpid()}"
+    cmd = [sys.executable, "-m", "orchestrator", *s3["args"], f"job.name={name}", f"job.storage={ROOT}",
+           f"cluster.tmp_dir={tmp}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **s3["env"]}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while not storage.is_published(checkpoint.block_dir(f"{ROOT}/{name}/blocks", 1)):
+        assert proc.poll() is None, proc.stdout.read()[-4000:]
+        assert time.time() < deadline
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver, its embedded Ray and the calibration actors
+    proc.wait()
+    _kill_by_pid_under(tmp)
+    assert not storage.is_published(f"{ROOT}/{name}/export"), "killed too late: the job had finished"
+    result = run_cli([*s3["args"], f"job.name={name}"], ROOT, env=s3["env"])  # type: ignore[arg-type]
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert "resumed_at: 2" in result.stdout or "resumed_at: 3" in result.stdout, result.stdout[-2000:]
+    assert _export_files(f"{ROOT}/{name}/export") == _export_files(f"{ROOT}/gptq-2w/export")
