@@ -32,6 +32,9 @@ def block_errors(model_dir: str, ids: np.ndarray, q_blocks: list[torch.nn.Module
 
     root, dev = Path(model_dir), torch.device("cuda")
     config = AutoConfig.from_pretrained(root)
+    # a standalone layer has no attention implementation set; eager without a mask would run non-causal
+    # attention, while the quantized blocks (from a loaded model) run sdpa's causal path
+    config._attn_implementation = "sdpa"
     embed = _tensors(root, "model.embed_tokens.")["weight"].to(dev)
     rotary = LlamaRotaryEmbedding(config).to(dev)
     xs = [embed[torch.as_tensor(ids[i:i + batch], device=dev)] for i in range(0, len(ids), batch)]
