@@ -40,6 +40,9 @@ def main() -> None:
     ids = np.load(args.ids)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16)
     data = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": np.ones_like(ids).tolist()})
+    # the measure's own check: the unquantized blocks must come out at ~0 (same layer, same attention path)
+    self_check = block_errors(args.model, ids, [model.model.layers[i] for i in range(args.eval_blocks)])
+    torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     began = time.perf_counter()
     oneshot(model=model, dataset=data, recipe=recipe(args.algo), num_calibration_samples=len(ids),
@@ -49,7 +52,8 @@ def main() -> None:
     layers = model.model.layers
     errors = block_errors(args.model, ids, [layers[i] for i in range(args.eval_blocks)])
     print("PEER_RESULT " + json.dumps({"algo": args.algo, "wall": wall, "blocks": len(layers), "peak_gib": peak,
-                                       "block_rel_err": errors}), flush=True)
+                                       "block_rel_err": errors, "fp_self_check": self_check}),
+          flush=True)
 
 
 if __name__ == "__main__":
