@@ -70,13 +70,14 @@ def _run(cmd: list[str], log: Path) -> str:
 
 
 def ours(algo: str, gpus: int, parallel: str, model: Path, calib: Path, work: Path, args) -> dict:
-    name = f"ours-{algo}-g{gpus}-{parallel}"
+    name = f"ours-{algo}-g{gpus}-{parallel}" + ("-" + "-".join(e.rsplit(".", 1)[-1].replace("=", "") for e in
+                                                          args.extra.split()) if args.extra else "")
     cmd = [sys.executable, "-m", "orchestrator", "job=quantize", "model=hf", f"model.path={model}",
            f"quant={algo}", "quant.format=w4g128", f"quant.num_workers={gpus}", f"quant.parallel={parallel}",
            f"quant.batch_size={args.batch_size}", "quant.export=false", "quant.cpus_per_worker=4",
            f"calib.path={calib}", f"calib.num_samples={args.samples}", f"calib.seq_len={args.seq_len}",
            f"job.storage={work}", f"job.name={name}", f"tracking.uri=file://{work}/mlruns",
-           "cluster.include_dashboard=false"]
+           "cluster.include_dashboard=false", *args.extra.split()]
     out = _run(cmd, work / f"{name}.log")
     summary = dict(re.findall(r"^(\w+): (\S+)$", out, flags=re.M))
     blocks = work / name / "blocks"
@@ -126,6 +127,7 @@ def main() -> None:
     parser.add_argument("--eval-blocks", type=int, default=4)
     parser.add_argument("--work", default="/tmp/bench-quant")
     parser.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"))
+    parser.add_argument("--extra", default="", help="extra overrides for ours, space-separated")
     parser.add_argument("--commit", default=None, help="when the tree has no .git (device copies)")
     args = parser.parse_args()
     work = Path(args.work)
