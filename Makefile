@@ -33,11 +33,14 @@ mlflow-ui: setup
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/runs/mlflow.db --host 127.0.0.1 --port 5000
 
 # An MLflow tracking server (sqlite backend; artifacts proxied to MLFLOW_ARTIFACTS, e.g. s3://bucket/mlflow
-# with AWS_* / MLFLOW_S3_ENDPOINT_URL in the environment); jobs use it with tracking.uri=http://127.0.0.1:5000
+# with AWS_* (and AWS_ENDPOINT_URL or MLFLOW_S3_ENDPOINT_URL off AWS) in the environment); jobs use it with
+# tracking.uri=http://127.0.0.1:$(MLFLOW_PORT)
 MLFLOW_ARTIFACTS ?= $(CURDIR)/runs/server-artifacts
+MLFLOW_PORT ?= 5000
 mlflow-server: setup
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server --host 127.0.0.1 --port 5000 --workers 1 \
-	  --backend-store-uri sqlite:///$(CURDIR)/runs/mlflow-server.db --artifacts-destination $(MLFLOW_ARTIFACTS)
+	mkdir -p $(CURDIR)/runs
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) \
+	  --workers 1 --backend-store-uri sqlite:///$(CURDIR)/runs/mlflow-server.db --artifacts-destination $(MLFLOW_ARTIFACTS)
 
 # GPU machine: run with the image's python (torch/transformers there); see benchmarks/README.md
 BENCH_PY ?= python3

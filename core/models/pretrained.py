@@ -1,4 +1,4 @@
-"""`model=hf`: a local directory in Hugging Face format (resolved through core.storage)."""
+"""`model=hf`: a Hugging Face format directory, local or s3:// (a cached download, through core.storage)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 class PretrainedDir:
     def _local(self, cfg: ModelConfig) -> Path:
         if not cfg.path:
-            raise ConfigError("model.path", "required for model=hf (a local Hugging Face model directory)")
+            raise ConfigError("model.path", "required for model=hf (a Hugging Face model directory, local or s3://)")
         return storage.local_path(cfg.path, field="model.path")
 
     def validate(self, cfg: ModelConfig) -> None:

@@ -43,7 +43,8 @@ class EvaluateJob:
         tokenizer = source.tokenizer(spec.model)
         models = [("model", spec.model.name, spec.model.path, dict(spec.model.overrides))]
         if e.compare_to:
-            other = str(storage.local_path(e.compare_to, field="eval.compare_to"))
+            storage.local_path(e.compare_to, field="eval.compare_to")  # exists (S3: fetched into the cache)
+            other = storage.absolute(e.compare_to)  # workers read it themselves, wherever they run
             hf = MODELS.get("hf")
             other_cfg = type(spec.model)(name="hf", path=other)
             hf.validate(other_cfg)

@@ -1,7 +1,7 @@
 """job=quantize with job.storage=s3://... on a real S3 endpoint (moto_server) and an MLflow server whose
 artifacts go to S3: block checkpoints, manifest and the export land in the bucket (marker last), the
 export is downloadable by run id and reloads, and a job killed mid-way resumes from the S3 blocks to
-the uninterrupted run's bytes."""
+the uninterrupted run's bytes. Calibration text and (for the resumed job) the model are read from S3."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import pytest
 from core import storage
 from jobs.quantize import checkpoint
 from jobs.quantize.load import load_quantized
-from tests.conftest import REPO, make_bucket, run_cli, run_id_of, s3_keys
+from tests.conftest import REPO, make_bucket, run_cli, run_id_of, s3_client, s3_keys
 from tests.jobs.conftest import QUANT_ALGOS, TINY_QUANT
 
 BUCKET = "quant-e2e"
@@ -27,10 +27,15 @@ GPTQ_2W = [*QUANT_ALGOS["gptq"], "quant.num_workers=2"]  # data parallel: worker
 
 
 @pytest.fixture(scope="module")
-def s3(s3_server: dict, mlflow_s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def s3(s3_server: dict, mlflow_s3_server: str, tmp_path_factory: pytest.TempPathFactory, fp_dir: Path) -> dict:
+    """Inputs uploaded by another tool (plain objects, no marker): the calibration text and the FP model."""
     make_bucket(s3_server, BUCKET)
+    client = s3_client(s3_server)
+    client.upload_file(str(REPO / "data" / "text" / "train.txt"), BUCKET, "data/train.txt")
+    for path in fp_dir.iterdir():
+        client.upload_file(str(path), BUCKET, f"models/fp/{path.name}")
     env = {**s3_server, "ORCHESTRATOR_CACHE": str(tmp_path_factory.mktemp("cache"))}
-    args = [*TINY_QUANT, *GPTQ_2W, f"tracking.uri={mlflow_s3_server}"]
+    args = [*TINY_QUANT, *GPTQ_2W, f"calib.path=s3://{BUCKET}/data/train.txt", f"tracking.uri={mlflow_s3_server}"]
     return {"env": env, "tracking": mlflow_s3_server, "args": args}
 
 
@@ -89,9 +94,10 @@ def test_export_is_in_mlflows_s3_store_and_downloadable_by_run_id(uninterrupted:
 
 
 def test_killed_job_resumes_from_the_s3_blocks(uninterrupted: str, s3: dict, s3_env: None) -> None:
+    """This job loads the FP model from S3 (the same weights the uninterrupted one built from its config)."""
     name, tmp = "gptq-killed", f"/tmp/orch-qs3-{os.getpid()}"
-    cmd = [sys.executable, "-m", "orchestrator", *s3["args"], f"job.name={name}", f"job.storage={ROOT}",
-           f"cluster.tmp_dir={tmp}"]
+    args = [*s3["args"], "model=hf", f"model.path=s3://{BUCKET}/models/fp", f"job.name={name}"]
+    cmd = [sys.executable, "-m", "orchestrator", *args, f"job.storage={ROOT}", f"cluster.tmp_dir={tmp}"]
     proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **s3["env"]}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     deadline = time.time() + 300
@@ -103,7 +109,10 @@ def test_killed_job_resumes_from_the_s3_blocks(uninterrupted: str, s3: dict, s3_
     proc.wait()
     _kill_by_pid_under(tmp)
     assert not storage.is_published(f"{ROOT}/{name}/export"), "killed too late: the job had finished"
-    result = run_cli([*s3["args"], f"job.name={name}"], ROOT, env=s3["env"])  # type: ignore[arg-type]
+    result = run_cli(args, ROOT, env=s3["env"])  # type: ignore[arg-type]
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "resumed_at: 2" in result.stdout or "resumed_at: 3" in result.stdout, result.stdout[-2000:]
-    assert _export_files(f"{ROOT}/{name}/export") == _export_files(f"{ROOT}/gptq-2w/export")
+    resumed, reference = _export_files(f"{ROOT}/{name}/export"), _export_files(f"{ROOT}/gptq-2w/export")
+    assert resumed.keys() == reference.keys()
+    # config/tokenizer_config name their source (model.path): the weights must be the same bytes
+    assert resumed["model.safetensors"] == reference["model.safetensors"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from core import storage
-from tests.conftest import FAST_SFT, S3_SECRET, make_bucket, run_cli, run_id_of, s3_client, s3_keys
+from tests.conftest import FAST_SFT, REPO, S3_SECRET, make_bucket, run_cli, run_id_of, s3_client, s3_keys
 
 BUCKET = "sft-e2e"
 STEPS = 4
@@ -19,18 +19,22 @@ STEPS = 4
 ARGS = [*FAST_SFT, "trainer.checkpoint.every_n_steps=2", "trainer.checkpoint.keep_last=10",
         "trainer.optim.schedule=constant"]
 LOSS_TOLERANCE = 1e-5
+DATA = ("arithmetic.jsonl", "facts.jsonl")  # conf/data/openai_sft.yaml's datasets, in order
+S3_DATA = [f"data.datasets.{i}.path=s3://{BUCKET}/data/{name}" for i, name in enumerate(DATA)]
 
 
 @pytest.fixture(scope="module")
 def s3(s3_server: dict, mlflow_s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> dict:
     make_bucket(s3_server, BUCKET)
+    for name in DATA:  # the demo data, uploaded by another tool (no marker): plain objects
+        s3_client(s3_server).upload_file(str(REPO / "data" / "demo" / name), BUCKET, f"data/{name}")
     env = {**s3_server, "ORCHESTRATOR_CACHE": str(tmp_path_factory.mktemp("cache"))}
     return {"env": env, "tracking": mlflow_s3_server}
 
 
-def _run(s3: dict, name: str, steps: int) -> subprocess.CompletedProcess:
-    result = run_cli([*ARGS, f"job.name={name}", f"trainer.max_steps={steps}", f"tracking.uri={s3['tracking']}"],
-                     f"s3://{BUCKET}/runs", env=s3["env"])  # type: ignore[arg-type]
+def _run(s3: dict, name: str, steps: int, *extra: str) -> subprocess.CompletedProcess:
+    result = run_cli([*ARGS, f"job.name={name}", f"trainer.max_steps={steps}", f"tracking.uri={s3['tracking']}",
+                      *extra], f"s3://{BUCKET}/runs", env=s3["env"])  # type: ignore[arg-type]
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return result
 
@@ -78,8 +82,9 @@ def test_export_is_in_mlflows_s3_store_and_downloadable_by_run_id(full: dict, s3
 
 
 def test_resume_reads_the_checkpoint_back_from_s3(full: dict, s3: dict) -> None:
-    _run(s3, "resumed", 2)
-    result = _run(s3, "resumed", STEPS)
+    """Data from S3 too: same tokens, so the same losses as `full` (local data)."""
+    _run(s3, "resumed", 2, *S3_DATA)
+    result = _run(s3, "resumed", STEPS, *S3_DATA)
     assert f"resumed from s3://{BUCKET}/runs/resumed/checkpoints/step_000002 at step 2" in result.stdout
     losses, reference = _losses(s3["tracking"], run_id_of(result.stdout)), _losses(s3["tracking"], full["run_id"])
     assert sorted(losses) == [3, 4]
@@ -102,3 +107,31 @@ def test_the_aws_secret_key_leaks_nowhere(full: dict, s3: dict, tmp_path: Path) 
     blobs |= {f"s3 {k}": bucket.get_object(Bucket=BUCKET, Key=k)["Body"].read()
               for k in s3_keys(s3["env"], BUCKET, "runs/full/")}
     assert not [name for name, blob in blobs.items() if S3_SECRET.encode() in blob]
+
+
+def test_resume_point_from_s3(s3_bucket: str) -> None:
+    """resume=auto takes the newest step with its marker; an explicit s3:// checkpoint must have one."""
+    from types import SimpleNamespace
+
+    from core.errors import ConfigError
+    from jobs.sft.driver import _resume_point
+
+    job = f"s3://{s3_bucket}/runs/job"
+    for step in (2, 4):
+        final = f"{job}/checkpoints/step_{step:06d}"
+        staged = storage.staging_dir(final)
+        (staged / "rng_rank0.pt").write_text("x")
+        storage.push(staged, final, storage.token_of(staged))
+        if step == 2:  # step 4 stays uploaded but never committed, as if rank 0 died before the marker
+            storage.commit(final, storage.token_of(staged))
+    ctx = SimpleNamespace(job_uri=job)
+
+    def resume(mode: str) -> str | None:
+        return _resume_point(SimpleNamespace(checkpoint=SimpleNamespace(resume=mode)), ctx)
+
+    assert resume("auto") == f"{job}/checkpoints/step_000002"
+    assert resume(f"{job}/checkpoints/step_000002/") == f"{job}/checkpoints/step_000002"
+    with pytest.raises(ConfigError, match="step_000004: not a complete checkpoint"):
+        resume(f"{job}/checkpoints/step_000004")
+    with pytest.raises(ConfigError, match="has checkpoints"):
+        resume("never")
