@@ -96,6 +96,9 @@ class SFTJob:
                                  failure_config=FailureConfig(max_failures=t.max_failures)),
         )
         trainer.fit()
-        summary = json.loads((ctx.job_dir / "summary.json").read_text())
+        text = storage.read_text(storage.join(ctx.job_uri, "summary.json"))
+        if text is None:
+            raise RuntimeError(f"{ctx.job_uri}: training ended without rank 0's summary.json")
+        summary = json.loads(text)
         return {"job_dir": ctx.job_uri, "export": summary["export"], "final_step": summary["final_step"],
                 "final_loss": summary["losses"][-1]["loss"] if summary["losses"] else None}

@@ -206,5 +206,6 @@ def train_loop(config: dict[str, Any]) -> None:
             export = write_export(state, hf_config, tokenizer, storage.join(config["job_uri"], "export"), run)
     if env.rank == 0:
         summary = {"final_step": t.max_steps, "resumed_at": start, "losses": history, "export": export}
-        (job_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        # in the job's storage: rank 0 may run on another node than the driver
+        storage.write_text(storage.join(config["job_uri"], "summary.json"), json.dumps(summary, indent=2))
     dist.barrier()
