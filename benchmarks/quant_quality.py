@@ -1,5 +1,6 @@
 """Quantization quality on CPU: train qwen3_tiny with the project's SFT job on the shipped text corpus,
-then quantize it (RTN, AWQ, GPTQ at w3g128 and w4g128) and compare held-out perplexity.
+then quantize it (RTN, AWQ, GPTQ at w3g128 and w4g128) and compare held-out perplexity. Training,
+calibration and evaluation all read the sentences in the same chat format.
 
     python -m benchmarks.quant_quality [--steps 300] [--work /tmp/quant-quality]
 
@@ -26,11 +27,12 @@ def _cli(args: list[str], work: Path) -> str:
     return proc.stdout
 
 
-def _chat_corpus(work: Path) -> Path:
-    """The text corpus as chat samples whose assistant turn is the sentence (SFT trains on it)."""
-    out = work / "train_chat.jsonl"
+def _chat_corpus(work: Path, split: str) -> Path:
+    """A text split as chat samples whose assistant turn is the sentence: SFT trains on the train split,
+    calibration and evaluation read the same format (the model's distribution, not bare text)."""
+    out = work / f"{split}_chat.jsonl"
     with open(out, "w") as fh:
-        for line in (REPO / "data/text/train.txt").read_text().splitlines():
+        for line in (REPO / f"data/text/{split}.txt").read_text().splitlines():
             if line.strip():
                 fh.write(json.dumps([{"role": "user", "content": "Say a sentence."},
                                      {"role": "assistant", "content": line}]) + "\n")
@@ -50,23 +52,26 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    data = _chat_corpus(work)
+    data, heldout = _chat_corpus(work, "train"), _chat_corpus(work, "heldout")
+    evaluate = ["job=evaluate", "model=hf", f"eval.path={heldout}", "eval.format=chat_jsonl"]
     _cli(["job=sft", f"data.datasets=[{{path: {data}}}]", "data.max_length=256", "data.pack_max_length=512",
           f"trainer.max_steps={args.steps}", "trainer.micro_batch_size=4", "trainer.optim.lr=2e-3",
           "trainer.optim.warmup_steps=10", "job.name=fp"], work)
     fp = work / "fp" / "export"
-    rows = [("fp16/fp32", "-", _perplexity(_cli(["job=evaluate", "model=hf", f"model.path={fp}"], work)))]
+    rows = [("FP (fp32)", "-", _perplexity(_cli([*evaluate, f"model.path={fp}"], work)))]
     for fmt in ("w4g128", "w3g128"):
         for algo in ("rtn", "awq", "gptq"):
             name = f"{algo}-{fmt}"
             _cli(["job=quantize", "model=hf", f"model.path={fp}", f"quant={algo}", f"quant.format={fmt}",
-                  "calib.num_samples=64", "calib.seq_len=256", "quant.num_workers=1", f"job.name={name}"], work)
-            ppl = _perplexity(_cli(["job=evaluate", "model=hf", f"model.path={work / name / 'export'}"], work))
+                  f"calib.path={data}", "calib.format=chat_jsonl", "calib.num_samples=64", "calib.seq_len=256",
+                  "quant.num_workers=1", f"job.name={name}"], work)
+            ppl = _perplexity(_cli([*evaluate, f"model.path={work / name / 'export'}"], work))
             rows.append((algo, fmt, ppl))
             print(f"{algo} {fmt}: {ppl:.4f}", flush=True)
-    print("\n| method | format | held-out perplexity |\n|---|---|---|")
+    fp_ppl = rows[0][2]
+    print("\n| method | format | held-out perplexity | vs FP |\n|---|---|---|---|")
     for method, fmt, ppl in rows:
-        print(f"| {method} | {fmt} | {ppl:.4f} |")
+        print(f"| {method} | {fmt} | {ppl:.4f} | {ppl - fp_ppl:+.4f} |")
 
 
 if __name__ == "__main__":

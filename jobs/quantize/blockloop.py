@@ -43,15 +43,14 @@ def block_metrics(outs: list[dict], result: Any, seconds: float) -> dict[str, fl
     return metrics
 
 
-def finish_block(root: str | Path, index: int, outs: list[dict], token: str, seconds: float,
-                 with_inputs: bool) -> dict[str, float]:
-    """Checkpoint a calibrated block (driver or worker side) and publish it; returns its metrics.
-    parallel=data: the inputs the workers pushed under `token` are committed first, and the previous
-    block's removed after: a resume only needs the last."""
+def finish_block(root: str | Path, index: int, outs: list[dict], token: str, metrics: dict[str, float],
+                 with_inputs: bool) -> None:
+    """Checkpoint a calibrated block (driver or worker side) and publish it. parallel=data: the inputs
+    the workers pushed under `token` are committed first, and the previous block's removed after: a
+    resume only needs the last."""
     if with_inputs:
         storage.commit(checkpoint.inputs_dir(root, index), token)
     result = outs[0]["result"]
-    metrics = block_metrics(outs, result, seconds)
     final = checkpoint.block_dir(root, index)
     staged = storage.staging_dir(final)
     checkpoint.save_block(staged, result, outs[0]["state"],
@@ -59,7 +58,6 @@ def finish_block(root: str | Path, index: int, outs: list[dict], token: str, sec
     storage.publish_dir(staged, final)
     if with_inputs and index > 0:
         storage.remove(checkpoint.inputs_dir(root, index - 1))
-    return metrics
 
 
 def _record(index: int, metrics: dict[str, float], ctx: RunContext, progress: Any) -> None:
@@ -84,7 +82,8 @@ def run_blocks(workers: list, indices: Iterable[int], n_passes: int, root: str, 
         outs = ray.get([w.apply.remote(stats, str(root), token) for w in workers])
         if len({o["digest"] for o in outs}) != 1:  # apply must be deterministic given the reduced stats
             raise RuntimeError(f"block {index}: workers quantized differently (digests {[o['digest'] for o in outs]})")
-        metrics = finish_block(root, index, outs, token, time.perf_counter() - began, with_inputs=True)
+        metrics = block_metrics(outs, outs[0]["result"], time.perf_counter() - began)
+        finish_block(root, index, outs, token, metrics, with_inputs=True)
         _record(index, metrics, ctx, progress)
         history.append(metrics)
     progress.close()
@@ -106,6 +105,7 @@ def run_alone(workers: list, assignments: list[list[int]], root: str, ctx: RunCo
         index = pending[ready[0]]
         done[index] = ray.get(ready[0])
         _record(index, done[index], ctx, progress)
+    ray.get([w.flush.remote() for w in workers])  # the last checkpoints are written before anything reads them
     progress.close()
     return [done[i] for i in sorted(done)]
 

@@ -130,7 +130,8 @@ class QuantizeJob:
                        for rank in range(n)]
             ray.get([w.start.remote(str(root)) for w in workers])
             began = time.perf_counter()
-            history = run_alone(workers, [list(a) for a in np.array_split(todo, n)], root, ctx, progress)
+            assignments = [[int(i) for i in part] for part in np.array_split(todo, n)]  # contiguous runs
+            history = run_alone(workers, assignments, root, ctx, progress)
         else:
             done = checkpoint.finished_blocks(root)
             shards = _split(ids, q.batch_size, q.num_workers)

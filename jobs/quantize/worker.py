@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -55,6 +56,8 @@ class CalibWorker:
         self.propagate_fp = spec.quant.parallel == "blocks"
         self.inputs: list[torch.Tensor] = []
         self.pos = 0
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
+        self._writing: Future | None = None
 
     def start(self, root: str, pos: int = 0) -> int:
         """Inputs of block `pos`: embeddings, or those saved after block pos - 1 (parallel=data resume)."""
@@ -108,10 +111,10 @@ class CalibWorker:
         return self.algo.observe_shard(self.block, self.inputs, pass_idx=pass_idx, prior=prior).to("cpu")
 
     @torch.no_grad()
-    def apply(self, stats: Stats, root: str, token: str) -> dict[str, Any]:
+    def apply(self, stats: Stats, root: str, token: str, alone: bool = False) -> dict[str, Any]:
         """Quantize (same deterministic result on every worker), propagate the batches, push the inputs
         a resume needs under `token` (quantized propagation only: FP inputs are recomputed from the
-        embeddings); the caller commits them."""
+        embeddings); the caller commits them. `alone`: no other worker to agree with (no digest)."""
         result = self.algo.apply(self.block, stats)
         sse = update = 0.0
         outputs = []
@@ -127,8 +130,9 @@ class CalibWorker:
             checkpoint.save_inputs(staged, self.rank, outputs)
             storage.push(staged, final, token)
         del self.fp_outputs
-        out: dict[str, Any] = {"digest": result_digest(result), "sse": sse, "update": update,
-                               "count": sum(y.numel() for y in outputs)}
+        out: dict[str, Any] = {"sse": sse, "update": update, "count": sum(y.numel() for y in outputs)}
+        if not alone:
+            out["digest"] = result_digest(result)
         if self.device.type == "cuda":  # since this worker started: the block, its stats and activations
             out["gpu_peak_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         if self.rank == 0 or self.propagate_fp:
@@ -140,8 +144,10 @@ class CalibWorker:
         return out
 
     def calibrate(self, index: int, root: str) -> dict[str, float]:
-        """One block by this worker alone (stats never leave it), checkpointed here; returns its metrics."""
-        from jobs.quantize.blockloop import finish_block
+        """One block by this worker alone (stats never leave it); returns its metrics. The checkpoint is
+        written by a background thread while the next block computes (`flush` waits for it); one write
+        is pending at most, and a failed write surfaces at the next call."""
+        from jobs.quantize.blockloop import block_metrics, finish_block
 
         began = time.perf_counter()
         self.begin_block(index)
@@ -149,8 +155,17 @@ class CalibWorker:
         for p in range(self.algo.n_passes):
             stats = stats.merged(self.algo.observe_shard(self.block, self.inputs, pass_idx=p, prior=stats))
         token = uuid.uuid4().hex[:12]
-        out = self.apply(stats, root, token)
-        return finish_block(root, index, [out], token, time.perf_counter() - began, not self.propagate_fp)
+        out = self.apply(stats, root, token, alone=True)
+        self.flush()
+        metrics = block_metrics([out], out["result"], time.perf_counter() - began)
+        self._writing = self._writer.submit(finish_block, root, index, [out], token, metrics, not self.propagate_fp)
+        return metrics
+
+    def flush(self) -> None:
+        """Wait for the pending checkpoint write (re-raising its error)."""
+        if self._writing is not None:
+            self._writing.result()
+            self._writing = None
 
 
 def _tensors(block: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
