@@ -11,6 +11,7 @@ from core.models.config import ModelConfig
 from core.tracking import TrackingConfig
 from jobs.evaluate.config import EvalConfig
 from jobs.quantize.config import CalibConfig, QuantConfig
+from jobs.sensitivity.config import SearchConfig
 from jobs.sft.config import TrainerConfig
 
 
@@ -31,6 +32,7 @@ class RunSpec:
     quant: QuantConfig = field(default_factory=QuantConfig)
     calib: CalibConfig = field(default_factory=CalibConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 

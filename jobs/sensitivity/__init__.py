@@ -1,0 +1,1 @@
+"""job=sensitivity: per-layer quantization sensitivity and a mixed-precision search under a bits budget."""

@@ -1,0 +1,18 @@
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SearchConfig:
+    """job=sensitivity: score candidate formats per handle, then pick one per handle under a bits budget."""
+
+    candidates: list[str] = field(default_factory=lambda: ["w4g128", "w8", "fp16"])  # fp16/bf16: not quantized
+    effective_bits: float = 4.5  # budget: total weight bits (scales/zeros included) / weight elements
+    handles: str = "linear"  # linear: each block Linear | shared_input: Linears reading one input (q/k/v, gate/up)
+    ignore: list[str] = field(default_factory=lambda: ["lm_head"])  # left out of scoring and search (listed)
+    num_workers: int = 1  # data-parallel scoring actors; scores are sums over tokens, reduced in float64
+    use_gpu: str = "auto"  # auto | true | false
+    cpus_per_worker: float = 1.0
+    threads_per_worker: int = 1
+    batch_size: int = 4  # calibration samples per forward/backward
+    dtype: str = "auto"  # auto: bfloat16 on GPU, float32 on CPU
+    seed: int = 0  # torch seed before building a random-init model (every process the same weights)

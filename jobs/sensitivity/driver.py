@@ -1,0 +1,141 @@
+"""Sensitivity driver: validates candidates, handles and the budget before Ray starts (sizes are known
+from the architecture alone), fans gradient scoring out over data-parallel Ray tasks, reduces the score
+sums, runs the exact search and writes the report (jobs/sensitivity/report.py) to MLflow."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from core.cluster import wants_gpu
+from core.data.calib import token_blocks
+from core.errors import ConfigError
+from core.models import MODELS
+from jobs.base import RunContext
+
+log = logging.getLogger("jobs.sensitivity")
+HANDLE_MODES = ("linear", "shared_input")
+
+
+@dataclass
+class Prepared:
+    ids: np.ndarray  # [samples, seq_len]
+    groups: dict[str, list[str]]  # handle -> its Linears (full names)
+    shapes: dict[str, tuple[int, int]]  # Linear -> (in_features, out_features)
+    excluded: dict[str, str]  # module -> why it is not scored
+
+
+def _check(s: Any) -> None:
+    from jobs.sensitivity.scoring import candidate_format
+
+    for name in ("num_workers", "batch_size", "threads_per_worker"):
+        if getattr(s, name) < 1:
+            raise ConfigError(f"search.{name}", f"must be >= 1 (got {getattr(s, name)})")
+    if s.handles not in HANDLE_MODES:
+        raise ConfigError("search.handles", f"must be one of {', '.join(HANDLE_MODES)} (got {s.handles!r})")
+    if len(s.candidates) < 2 or len(set(s.candidates)) != len(s.candidates):
+        raise ConfigError("search.candidates", f"need at least 2 distinct formats (got {list(s.candidates)})")
+    for cand in s.candidates:
+        candidate_format(cand)
+
+
+def _ignored(name: str, patterns: list[str]) -> bool:
+    return any(re.fullmatch(p[3:], name) if p.startswith("re:") else name == p or name.startswith(p + ".")
+               for p in patterns)
+
+
+def _handles(spec: Any) -> tuple[dict[str, list[str]], dict[str, tuple[int, int]], dict[str, str]]:
+    """Handles over the decoder blocks' Linears, their shapes, and every other Linear with the reason."""
+    import torch
+    from torch import nn
+    from transformers import AutoModelForCausalLM
+
+    from jobs.quantize.algorithms.mappings import input_groups
+    from jobs.quantize.layerwise import Layerwise
+
+    source = MODELS.get(spec.model.name)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(source.hf_config(spec.model),
+                                                 trust_remote_code=spec.model.trust_remote_code)
+    lw = Layerwise(model)
+    groups: dict[str, list[str]] = {}
+    for i, block in enumerate(lw.blocks):
+        prefix = lw.block_prefix(i)
+        names = [n for n, m in block.named_modules() if isinstance(m, nn.Linear)]
+        sets = input_groups(block, names) if spec.search.handles == "shared_input" else [(n,) for n in names]
+        for members in sets:
+            full = [prefix + n for n in members if not _ignored(prefix + n, list(spec.search.ignore))]
+            if full:
+                groups["+".join([full[0], *(m.rsplit(".", 1)[1] for m in full[1:])])] = full
+    shapes = {n: (m.in_features, m.out_features) for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    scored = {n for members in groups.values() for n in members}
+    excluded = {n: ("search.ignore" if _ignored(n, list(spec.search.ignore)) else "outside the decoder blocks")
+                for n in shapes if n not in scored}
+    return groups, {n: shapes[n] for n in scored}, excluded
+
+
+def _search_handles(groups: dict[str, list[str]], shapes: dict[str, tuple[int, int]],
+                    scores: dict[str, dict[str, float]]) -> list:
+    from jobs.sensitivity.search import make_handle
+
+    return [make_handle(h, [shapes[m] for m in members], scores[h]) for h, members in groups.items()]
+
+
+class SensitivityJob:
+    sections = ("model", "search", "calib")
+
+    def prepare(self, spec: Any, ctx: RunContext) -> Prepared:
+        from jobs.sensitivity.search import search
+
+        s, c = spec.search, spec.calib
+        _check(s)
+        source = MODELS.get(spec.model.name)
+        source.validate(spec.model)
+        groups, shapes, excluded = _handles(spec)
+        zero = {h: {cand: 0.0 for cand in s.candidates} for h in groups}
+        search(_search_handles(groups, shapes, zero), s.effective_bits)  # an infeasible budget fails here
+        ids = token_blocks(c.path, c.format, source.tokenizer(spec.model), c.num_samples, c.seq_len, c.seed,
+                           c.text_field)
+        if s.num_workers > -(-len(ids) // s.batch_size):
+            raise ConfigError("search.num_workers", f"{s.num_workers} workers but only "
+                              f"{-(-len(ids) // s.batch_size)} calibration batches")
+        log.info("sensitivity: %d handles over %d Linears, %d excluded (%s); %d x %d tokens", len(groups),
+                 len(shapes), len(excluded), ", ".join(sorted(excluded)) or "none", *ids.shape)
+        return Prepared(ids, groups, shapes, excluded)
+
+    def run(self, spec: Any, ctx: RunContext, prepared: Prepared) -> dict[str, Any]:
+        import ray
+
+        from jobs.sensitivity.report import write_report
+        from jobs.sensitivity.scoring import group_scores, reduce_scores
+        from jobs.sensitivity.search import search
+        from jobs.sensitivity.worker import score_shard
+
+        s, p = spec.search, prepared
+        use_gpu = wants_gpu(s.use_gpu)
+        dtype = s.dtype if s.dtype != "auto" else ("bfloat16" if use_gpu else "float32")
+        batches = [p.ids[i:i + s.batch_size] for i in range(0, len(p.ids), s.batch_size)]
+        shards = [[batches[k] for k in part] for part in np.array_split(np.arange(len(batches)), s.num_workers)]
+        task = ray.remote(num_cpus=s.cpus_per_worker, num_gpus=1 if use_gpu else 0)(score_shard)
+        names = sorted(p.shapes)
+        parts = ray.get([task.remote(spec, shard, names, use_gpu, dtype) for shard in shards])
+        scores = group_scores(reduce_scores(parts), p.groups)
+        result = search(_search_handles(p.groups, p.shapes, scores), s.effective_bits)
+        header = {"scheme": list(s.candidates), "model": spec.model.path or spec.model.name,
+                  "calibration": {"dataset": spec.calib.path, "samples": int(len(p.ids)),
+                                  "max_samples": spec.calib.num_samples, "seq_len": spec.calib.seq_len,
+                                  "batch_size": s.batch_size, "batches": len(batches)},
+                  "budget": s.effective_bits, "excluded": p.excluded}
+        out_dir = ctx.job_dir / "report"
+        paths = write_report(out_dir, result, _search_handles(p.groups, p.shapes, scores), header)
+        ctx.run.log_artifacts(out_dir, "sensitivity")
+        metrics = {"effective_bits": result.effective_bits, "total_score": result.total_score}
+        ctx.run.log_metrics(metrics, step=0)
+        log.info("search: %.4f effective bits (budget %g), total score %.4g; report %s", result.effective_bits,
+                 s.effective_bits, result.total_score, out_dir)
+        return {"effective_bits": round(result.effective_bits, 6), "total_score": result.total_score,
+                "handles": len(p.groups), "report": str(out_dir), "files": len(paths)}
