@@ -110,7 +110,7 @@ def run_alone(workers: list, assignments: list[list[int]], root: str, ctx: RunCo
     return [done[i] for i in sorted(done)]
 
 
-def export(spec: Any, fmt: Any, root: str, ctx: RunContext, dtype: str) -> str:
+def export(spec: Any, fmt: Any, root: str, ctx: RunContext, dtype: str, formats: dict[str, str]) -> str:
     from core.models import MODELS
     from jobs.quantize.export import write_export
     from jobs.quantize.worker import build_fp_model
@@ -120,7 +120,12 @@ def export(spec: Any, fmt: Any, root: str, ctx: RunContext, dtype: str) -> str:
     blocks = [checkpoint.block_metrics(root, i) for i in sorted(checkpoint.finished_set(root))]
     info = {"algorithm": spec.quant.algorithm, "format": fmt.name, "symmetric": fmt.symmetric,
             "options": dict(spec.quant.options), "calib": dict(vars(spec.calib)), "blocks": blocks}
+    from jobs.sensitivity.scoring import candidate_format
+
+    per_module = {name: candidate_format(f) for name, f in formats.items()}
+    if formats:
+        info["recipe"] = {"source": spec.quant.recipe, "formats": formats}
     out = write_export(model, tokenizer, root, fmt, list(spec.quant.ignore), storage.join(ctx.job_uri, "export"),
-                       info, ctx.run)
+                       info, ctx.run, per_module)
     log.info("export: %s", out)
     return out

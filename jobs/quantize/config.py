@@ -34,3 +34,6 @@ class QuantConfig:
     seed: int = 0  # torch seed before building a random-init model (qwen3_tiny): every process same weights
     resume: str = "auto"  # auto: continue from <job_dir>/blocks | never: refuse existing block checkpoints
     export: bool = True
+    # mixed precision (conf/quant/mixed.yaml): a sensitivity report (its dir or report.json, local or s3://)
+    # or the sensitivity job's MLflow run id; each block Linear gets the format chosen there
+    recipe: str | None = None

@@ -30,9 +30,13 @@ PARALLEL = ("data", "blocks")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
+MIXED_ALGORITHMS = ("rtn", "gptq", "awq")  # per-Linear weight-only formats (SmoothQuant is W8A8 throughout)
+
+
 @dataclass
 class Prepared:
     fmt: QuantFormat
+    formats: dict[str, str]  # mixed precision: full Linear name -> format name (fp16/bf16: left FP)
     batches: list[np.ndarray]  # calibration token ids, [batch_size, seq_len] each
     num_blocks: int
     finished: set[int]  # blocks finished by an earlier attempt of this job
@@ -54,7 +58,26 @@ def _check_quant(q: Any) -> QuantFormat:
     return parse_format(q.format, q.symmetric)
 
 
-def _check_model(spec: Any, fmt: QuantFormat) -> tuple[Any, int]:
+def _recipe(q: Any, tracking_uri: str) -> dict[str, str]:
+    """The per-Linear formats of `quant.recipe`, checked (empty without a recipe)."""
+    if not q.recipe:
+        return {}
+    from jobs.sensitivity.recipe import load_recipe
+    from jobs.sensitivity.scoring import candidate_format
+
+    if q.algorithm not in MIXED_ALGORITHMS:
+        raise ConfigError("quant.algorithm", f"a recipe needs one of {', '.join(MIXED_ALGORITHMS)} "
+                          f"(got {q.algorithm!r})")
+    formats = load_recipe(q.recipe, tracking_uri)
+    for name, fmt in formats.items():
+        parsed = candidate_format(fmt)
+        if parsed is not None and parsed.act_bits:
+            raise ConfigError("quant.recipe", f"{name}: {fmt} quantizes activations; mixed precision takes "
+                              "weight-only formats and fp16")
+    return formats
+
+
+def _check_model(spec: Any, fmt: QuantFormat, formats: dict[str, str]) -> tuple[Any, int]:
     """Group sizes against every block Linear, on a meta-device model (no weights, no memory)."""
     import torch
 
@@ -67,9 +90,16 @@ def _check_model(spec: Any, fmt: QuantFormat) -> tuple[Any, int]:
 
     with torch.device("meta"):  # the architecture alone: from_config, never from_pretrained, on meta
         model = AutoModelForCausalLM.from_config(hf_config, trust_remote_code=spec.model.trust_remote_code)
+    from jobs.sensitivity.scoring import candidate_format
+
     linears = block_linears_in_features(model)
+    unknown = sorted(set(formats) - set(linears))
+    if unknown:
+        raise ConfigError("quant.recipe", f"names Linears this model does not have: {', '.join(unknown[:3])}")
     for name, in_features in linears.items():
-        check_group_size(fmt, name, in_features)
+        own = candidate_format(formats[name]) if name in formats else fmt
+        if own is not None:
+            check_group_size(own, name, in_features)
         if is_ignored(name, list(spec.quant.ignore)):
             raise ConfigError("quant.ignore", f"{name} is inside a decoder block; ignoring block Linears is not "
                               "supported yet (only modules outside the blocks, e.g. lm_head)")
@@ -88,7 +118,8 @@ class QuantizeJob:
 
     def prepare(self, spec: Any, ctx: RunContext) -> Prepared:
         fmt = _check_quant(spec.quant)
-        hf_config, num_blocks = _check_model(spec, fmt)
+        formats = _recipe(spec.quant, ctx.run.uri)
+        hf_config, num_blocks = _check_model(spec, fmt, formats)
         c = spec.calib
         tokenizer = MODELS.get(spec.model.name).tokenizer(spec.model)
         ids = token_blocks(c.path, c.format, tokenizer, c.num_samples, c.seq_len, c.seed, c.text_field)
@@ -106,7 +137,7 @@ class QuantizeJob:
         ctx.run.log_params({"calib.tokens": int(ids.size), "quant.num_blocks": num_blocks})
         log.info("calibration: %d x %d tokens; %d blocks, %d already done; parallel=%s", *ids.shape, num_blocks,
                  len(finished), spec.quant.parallel)
-        return Prepared(fmt, list(ids), num_blocks, finished)
+        return Prepared(fmt, formats, list(ids), num_blocks, finished)
 
     def run(self, spec: Any, ctx: RunContext, prepared: Prepared) -> dict[str, Any]:
         import ray
@@ -126,7 +157,7 @@ class QuantizeJob:
         if q.parallel == "blocks":
             todo = [i for i in range(p.num_blocks) if i not in p.finished]
             n = max(1, min(q.num_workers, len(todo)))
-            workers = [actor.remote(spec, rank, _split(ids, q.batch_size, 1)[0], use_gpu, dtype)
+            workers = [actor.remote(spec, rank, _split(ids, q.batch_size, 1)[0], use_gpu, dtype, p.formats)
                        for rank in range(n)]
             ray.get([w.start.remote(str(root)) for w in workers])
             began = time.perf_counter()
@@ -135,7 +166,8 @@ class QuantizeJob:
         else:
             done = checkpoint.finished_blocks(root)
             shards = _split(ids, q.batch_size, q.num_workers)
-            workers = [actor.remote(spec, rank, shard, use_gpu, dtype) for rank, shard in enumerate(shards)]
+            workers = [actor.remote(spec, rank, shard, use_gpu, dtype, p.formats)
+                       for rank, shard in enumerate(shards)]
             ray.get([w.start.remote(str(root), done) for w in workers])
             began = time.perf_counter()
             if done:
@@ -157,5 +189,5 @@ class QuantizeJob:
             if "gpu_peak_gib" in history[0]:
                 summary["gpu_peak_gib"] = round(max(h["gpu_peak_gib"] for h in history), 2)
         if q.export:
-            summary["export"] = export(spec, p.fmt, root, ctx, dtype)
+            summary["export"] = export(spec, p.fmt, root, ctx, dtype, p.formats)
         return summary

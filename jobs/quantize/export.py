@@ -30,7 +30,7 @@ from jobs.quantize.layerwise import Layerwise
 from kernels.quant import QuantFormat, get_op
 
 
-def quantization_config(fmt: QuantFormat, ignore: list[str]) -> dict[str, Any]:
+def _scheme(fmt: QuantFormat) -> dict[str, Any]:
     weights = {"num_bits": fmt.weight_bits, "type": "int", "symmetric": fmt.symmetric,
                "strategy": "group" if fmt.group_size else "channel", "group_size": fmt.group_size,
                "dynamic": False, "actorder": None, "observer": "minmax"}
@@ -38,10 +38,23 @@ def quantization_config(fmt: QuantFormat, ignore: list[str]) -> dict[str, Any]:
     if fmt.act_bits:
         acts = {"num_bits": fmt.act_bits, "type": "int", "symmetric": True, "strategy": "token",
                 "dynamic": True, "observer": None}
+    return {"weights": weights, "input_activations": acts, "output_activations": None}
+
+
+def quantization_config(fmt: QuantFormat, ignore: list[str],
+                        per_module: dict[str, QuantFormat | None] | None = None) -> dict[str, Any]:
+    """One config group targeting every Linear; with mixed precision (`per_module`: full name -> format,
+    None = left FP) one group per format targeting its modules by name, FP modules added to ignore."""
+    groups = {"group_0": {"targets": ["Linear"], **_scheme(fmt)}}
+    if per_module:
+        by_format: dict[QuantFormat, list[str]] = {}
+        for name, f in sorted(per_module.items()):
+            if f is not None:
+                by_format.setdefault(f, []).append(name)
+        groups = {f"group_{i}": {"targets": names, **_scheme(f)} for i, (f, names) in enumerate(by_format.items())}
+        ignore = [*ignore, *sorted(n for n, f in per_module.items() if f is None)]
     return {"quant_method": "compressed-tensors", "format": "pack-quantized", "quantization_status": "compressed",
-            "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights, "input_activations": acts,
-                                          "output_activations": None}},
-            "ignore": list(ignore), "kv_cache_scheme": None}
+            "config_groups": groups, "ignore": list(ignore), "kv_cache_scheme": None}
 
 
 def packed_tensors(prefix: str, layer: dict[str, torch.Tensor], fmt: QuantFormat) -> dict[str, torch.Tensor]:
@@ -56,8 +69,11 @@ def packed_tensors(prefix: str, layer: dict[str, torch.Tensor], fmt: QuantFormat
 
 
 def write_export(model: Any, tokenizer: Any, blocks_root: str | Path, fmt: QuantFormat, ignore: list[str],
-                 final: str, info: dict[str, Any], run: RunHandle) -> str:
-    """Write into a staging dir, log it to MLflow, then publish it as `final` atomically (local or s3://)."""
+                 final: str, info: dict[str, Any], run: RunHandle,
+                 per_module: dict[str, QuantFormat | None] | None = None) -> str:
+    """Write into a staging dir, log it to MLflow, then publish it as `final` atomically (local or s3://).
+    `per_module`: mixed precision, full Linear name -> its format (None: left FP)."""
+    per_module = per_module or {}
     lw = Layerwise(model)
     state = {k: v for k, v in model.state_dict().items()}
     if getattr(model.config, "tie_word_embeddings", False):
@@ -68,14 +84,14 @@ def write_export(model: Any, tokenizer: Any, blocks_root: str | Path, fmt: Quant
         saved = checkpoint.load_block(checkpoint.block_dir(blocks_root, index))
         for name, layer in saved["layers"].items():
             del state[f"{prefix}{name}.weight"]
-            state.update(packed_tensors(f"{prefix}{name}", layer, fmt))
+            state.update(packed_tensors(f"{prefix}{name}", layer, per_module.get(f"{prefix}{name}") or fmt))
         state.update({f"{prefix}{k}": v for k, v in saved["other"].items()})
         smoothing.update({f"{prefix}{k}": v for k, v in saved["smooth"].items()})
     staged = storage.staging_dir(final)
     save_file({k: v.contiguous() for k, v in sorted(state.items())}, staged / "model.safetensors",
               metadata={"format": "pt"})
     config = json.loads(model.config.to_json_string(use_diff=False))
-    config["quantization_config"] = quantization_config(fmt, ignore)
+    config["quantization_config"] = quantization_config(fmt, ignore, per_module)
     (staged / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     tokenizer.save_pretrained(staged)
     if smoothing:

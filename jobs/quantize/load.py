@@ -34,15 +34,28 @@ def is_ignored(name: str, patterns: list[str]) -> bool:
     return False
 
 
-def dequantized_state(tensors: dict[str, torch.Tensor], weights: dict[str, Any]) -> dict[str, torch.Tensor]:
+def scheme_of(qc: dict[str, Any], module: str) -> dict[str, Any]:
+    """The config group that targets `module`: by name (mixed precision), else the "Linear" group."""
+    groups = list(qc["config_groups"].values())
+    for group in groups:
+        if module in group["targets"]:
+            return group
+    for group in groups:
+        if "Linear" in group["targets"]:
+            return group
+    raise ValueError(f"no quantization config group targets {module}")
+
+
+def dequantized_state(tensors: dict[str, torch.Tensor], qc: dict[str, Any]) -> dict[str, torch.Tensor]:
     """Replace every <name>.weight_packed/_scale/_shape/_zero_point group by <name>.weight (float32)."""
-    bits, group_size = weights["num_bits"], weights.get("group_size")
     unpack, dequantize = get_op("unpack_int"), get_op("dequantize")
     out = {k: v for k, v in tensors.items() if not k.rpartition(".")[2].startswith("weight_")}
     for key in tensors:
         if not key.endswith(".weight_packed"):
             continue
         prefix = key[: -len(".weight_packed")]
+        weights = scheme_of(qc, prefix)["weights"]
+        bits, group_size = weights["num_bits"], weights.get("group_size")
         rows, cols = tensors[f"{prefix}.weight_shape"].tolist()
         q = unpack(tensors[key], bits, cols, dim=1)
         scale = tensors[f"{prefix}.weight_scale"].float()
@@ -63,17 +76,17 @@ def load_quantized(path: str | Path, dtype: torch.dtype = torch.float32, attn_im
         del config.quantization_config  # the weights below are already dequantized: a plain model
     config._attn_implementation = attn_implementation
     model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
-    group = qc["config_groups"]["group_0"]
     tensors = load_file(Path(path) / "model.safetensors")
     quantized = [k[: -len(".weight_packed")] for k in tensors if k.endswith(".weight_packed")]
-    state = dequantized_state(tensors, group["weights"])
+    state = dequantized_state(tensors, qc)
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
     if unexpected or set(missing) - tied:
         raise ValueError(f"{path}: weights do not match the config (missing {sorted(set(missing) - tied)[:5]}, "
                          f"unexpected {unexpected[:5]})")
     model.tie_weights()
-    acts = group.get("input_activations")
-    if acts:  # W8A8: the deployed kernels quantize each token's input to int8
-        install_act_quant(model, quantized, acts["num_bits"])
+    for name in quantized:  # W8A8: the deployed kernels quantize each token's input to int8
+        acts = scheme_of(qc, name).get("input_activations")
+        if acts:
+            install_act_quant(model, [name], acts["num_bits"])
     return model

@@ -24,6 +24,7 @@ from jobs.quantize import checkpoint
 from jobs.quantize.algorithms import ALGORITHMS
 from jobs.quantize.algorithms.stats import Stats
 from jobs.quantize.layerwise import Layerwise
+from jobs.sensitivity.scoring import candidate_format
 from kernels.quant import parse_format
 
 
@@ -47,13 +48,15 @@ def result_digest(result: Any) -> str:
 
 
 class CalibWorker:
-    def __init__(self, spec: Any, rank: int, batches: list[np.ndarray], use_gpu: bool, dtype: str) -> None:
+    def __init__(self, spec: Any, rank: int, batches: list[np.ndarray], use_gpu: bool, dtype: str,
+                 formats: dict[str, str] | None = None) -> None:
         torch.set_num_threads(spec.quant.threads_per_worker)
         self.spec, self.rank, self.ids = spec, rank, batches
         self.device = torch.device("cuda" if use_gpu else "cpu")
         self.fmt = parse_format(spec.quant.format, spec.quant.symmetric)
         self.lw = Layerwise(build_fp_model(spec, dtype))
         self.propagate_fp = spec.quant.parallel == "blocks"
+        self.formats = formats or {}  # mixed precision: full Linear name -> format name
         self.inputs: list[torch.Tensor] = []
         self.pos = 0
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
@@ -105,7 +108,9 @@ class CalibWorker:
         # the FP outputs, for the block's output error after quantization (and blocks mode's next inputs)
         self.fp_outputs = [self.lw.run_block(self.block, x) for x in self.inputs]
         self.algo = ALGORITHMS.get(self.spec.quant.algorithm)(dict(self.spec.quant.options))
-        self.algo.prepare(self.block, self.fmt, self.lw.run_block)
+        prefix = self.lw.block_prefix(index)
+        own = {n[len(prefix):]: candidate_format(f) for n, f in self.formats.items() if n.startswith(prefix)}
+        self.algo.prepare(self.block, self.fmt, self.lw.run_block, own)
 
     def observe(self, pass_idx: int, prior: Stats) -> Stats:
         return self.algo.observe_shard(self.block, self.inputs, pass_idx=pass_idx, prior=prior).to("cpu")

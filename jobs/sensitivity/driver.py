@@ -56,6 +56,7 @@ def _handles(spec: Any) -> tuple[dict[str, list[str]], dict[str, tuple[int, int]
 
     from jobs.quantize.algorithms.mappings import input_groups
     from jobs.quantize.layerwise import Layerwise
+    from jobs.sensitivity.recipe import handle_name
 
     source = MODELS.get(spec.model.name)
     with torch.device("meta"):
@@ -70,7 +71,7 @@ def _handles(spec: Any) -> tuple[dict[str, list[str]], dict[str, tuple[int, int]
         for members in sets:
             full = [prefix + n for n in members if not _ignored(prefix + n, list(spec.search.ignore))]
             if full:
-                groups["+".join([full[0], *(m.rsplit(".", 1)[1] for m in full[1:])])] = full
+                groups[handle_name(full)] = full
     shapes = {n: (m.in_features, m.out_features) for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     scored = {n for members in groups.values() for n in members}
     excluded = {n: ("search.ignore" if _ignored(n, list(spec.search.ignore)) else "outside the decoder blocks")

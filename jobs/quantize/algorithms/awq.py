@@ -15,7 +15,7 @@ d_g^T G_gg d_g with G_gg the group's diagonal block of x^T x (scaled by 1/s afte
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import takewhile
 from typing import Any
@@ -27,7 +27,6 @@ from core.errors import ConfigError
 from jobs.quantize.algorithms.base import AlgorithmConfig, BlockResult, QuantAlgorithm, RunBlock
 from jobs.quantize.algorithms.mappings import (
     ResolvedMapping,
-    find_linears,
     fold_scales,
     require_family,
     resolve_mappings,
@@ -61,8 +60,9 @@ class AWQ(QuantAlgorithm):
     n_passes = 2
     needs_gram = True
 
-    def prepare(self, block: nn.Module, fmt: QuantFormat, run_block: RunBlock | None = None) -> None:
-        super().prepare(block, fmt, run_block)
+    def prepare(self, block: nn.Module, fmt: QuantFormat, run_block: RunBlock | None = None,
+                formats: Mapping[str, QuantFormat | None] | None = None) -> None:
+        super().prepare(block, fmt, run_block, formats)
         self.family = require_family(block, self.name)
 
     def input_stats(self, key: str, x: torch.Tensor, stats: Stats) -> None:
@@ -84,11 +84,13 @@ class AWQ(QuantAlgorithm):
             scope = block.get_submodule(scope_name(m.linear_names))
             captured = [self._capture(block, scope, x) for x in xs]
             originals = [lin.weight.detach().clone() for lin in m.linears]
+            formats = [self.fmt_of(name) for name in m.linear_names]
             losses = torch.zeros(self.cfg.n_grid, dtype=torch.float64, device=originals[0].device)
             try:
                 for k, s in enumerate(self._candidates(prior, m.key)):
-                    for lin, w in zip(m.linears, originals, strict=True):
-                        lin.weight.copy_((fake_quant(w.float() * s, self.fmt) / s).to(w.dtype))
+                    for lin, w, fmt in zip(m.linears, originals, formats, strict=True):
+                        scaled = w.float() * s  # an FP consumer (mixed precision) keeps its function exactly
+                        lin.weight.copy_(((fake_quant(scaled, fmt) if fmt else scaled) / s).to(w.dtype))
                     for (args, kwargs, y_ref), mask in zip(captured, masks, strict=True):
                         losses[k] += _sse(_first(scope(*args, **kwargs)), y_ref, mask)
             finally:
@@ -116,15 +118,15 @@ class AWQ(QuantAlgorithm):
     def quantize(self, block: nn.Module, stats: Stats, result: BlockResult) -> None:
         input_scale = self._fold_best_scales(block, stats, result)
         quantize_weight = get_op("quantize_weight")
-        for name, lin in find_linears(block).items():
-            gram = self.gram(stats, name)
+        for name, lin in self.targets(block).items():
+            gram, fmt = self.gram(stats, name), self.fmt_of(name)
             s = input_scale.get(self.group_key[name])
             if s is not None:  # inputs are now x / s
                 gram = gram / (s[:, None] * s[None, :]).to(gram.dtype)
             clip = 1.0
             if self.cfg.clip and not any(part in name for part in self.cfg.clip_skip):
-                clip = search_clip(lin.weight, gram, self.fmt, self.cfg.clip_grid, self.cfg.max_shrink)
-            q, scale, zero = quantize_weight(lin.weight, self.fmt, clip)
+                clip = search_clip(lin.weight, gram, fmt, self.cfg.clip_grid, self.cfg.max_shrink)
+            q, scale, zero = quantize_weight(lin.weight, fmt, clip)
             self.commit(block, name, q, scale, zero, result, gram)
 
     def _fold_best_scales(self, block: nn.Module, stats: Stats, result: BlockResult) -> dict[str, torch.Tensor]:

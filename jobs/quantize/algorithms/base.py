@@ -85,12 +85,16 @@ class QuantAlgorithm:
     def __init__(self, cfg: AlgorithmConfig | Mapping[str, Any] | None = None) -> None:
         self.cfg = build_config(self.Config, cfg, f"quant.{self.name}")
 
-    def prepare(self, block: nn.Module, fmt: QuantFormat, run_block: RunBlock | None = None) -> None:
-        """Validate the block for `fmt` (group sizes) and resolve its wiring; resets per-block state."""
+    def prepare(self, block: nn.Module, fmt: QuantFormat, run_block: RunBlock | None = None,
+                formats: Mapping[str, QuantFormat | None] | None = None) -> None:
+        """Validate the block for its formats (group sizes) and resolve its wiring; resets per-block state.
+        `formats` (mixed precision): Linear name (relative to the block) -> its format, None = left FP;
+        Linears it does not name use `fmt`."""
         self.fmt, self.run_block = fmt, run_block
+        self.formats = dict(formats or {})
         linears = find_linears(block)
-        for name, lin in linears.items():
-            check_group_size(fmt, name, lin.in_features)
+        for name, lin in self.targets(block).items():
+            check_group_size(self.fmt_of(name), name, lin.in_features)
         self.groups = input_groups(block, list(linears))
         self.group_key = {name: g[0] for g in self.groups for name in g}
 
@@ -172,6 +176,13 @@ class QuantAlgorithm:
     ) -> None:
         raise NotImplementedError
 
+    def fmt_of(self, name: str) -> QuantFormat | None:
+        return self.formats.get(name, self.fmt)
+
+    def targets(self, block: nn.Module) -> dict[str, nn.Linear]:
+        """The block's Linears to quantize (mixed precision leaves some FP)."""
+        return {n: lin for n, lin in find_linears(block).items() if self.fmt_of(n) is not None}
+
     def gram(self, stats: Stats, name: str) -> torch.Tensor | None:
         key = f"gram/{self.group_key[name]}"
         return stats[key] if key in stats else None
@@ -188,11 +199,11 @@ class QuantAlgorithm:
         result: BlockResult, gram: torch.Tensor | None,
     ) -> None:
         """Write dequantized weights in place, record the integers and the layer's error metrics."""
-        lin = block.get_submodule(name)
-        deq = get_op("dequantize")(q, scale, zero, self.fmt.group_size)
+        lin, fmt = block.get_submodule(name), self.fmt_of(name)
+        deq = get_op("dequantize")(q, scale, zero, fmt.group_size)
         result.metrics[name] = layer_metrics(lin.weight, deq, gram)
         lin.weight.copy_(deq.to(lin.weight.dtype))
-        result.layers[name] = LayerQuant(q, scale.float(), zero.to(torch.int8), self.fmt)
+        result.layers[name] = LayerQuant(q, scale.float(), zero.to(torch.int8), fmt)
 
     def _observe_inputs(self, block: nn.Module, x: torch.Tensor, stats: Stats, mask: torch.Tensor | None) -> None:
         def record(key: str, inp: torch.Tensor) -> None:

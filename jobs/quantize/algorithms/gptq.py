@@ -15,7 +15,6 @@ from torch import nn
 
 from core.errors import ConfigError
 from jobs.quantize.algorithms.base import AlgorithmConfig, BlockResult, QuantAlgorithm
-from jobs.quantize.algorithms.mappings import find_linears
 from jobs.quantize.algorithms.stats import Stats
 from kernels.quant import QuantFormat, get_op
 
@@ -43,7 +42,7 @@ class GPTQ(QuantAlgorithm):
     needs_gram = True
 
     def quantize(self, block: nn.Module, stats: Stats, result: BlockResult) -> None:
-        linears = find_linears(block)
+        linears = self.targets(block)
         for group in self.groups:
             gram, tokens = self.gram(stats, group[0]), stats.values.get(f"tokens/{group[0]}")
             if gram is None or tokens is None or tokens.item() == 0:
@@ -52,14 +51,21 @@ class GPTQ(QuantAlgorithm):
             # the data was sharded (sums that differ in the last float64 bits round to the same float32)
             hessian = (2 * gram / tokens.to(gram.dtype)).float()
             # Linears sharing an input share H, and GPTQ treats rows independently: one solve for all
-            # (q/k/v, gate/up) is the same math with a third of the column loops
-            weights = [linears[name].weight for name in group]
-            cfg = self.cfg
-            q, scale, zero = gptq_quantize(torch.cat(weights), hessian, self.fmt, cfg.percdamp, cfg.blocksize,
-                                           cfg.act_order)
-            rows = [w.shape[0] for w in weights]
-            for name, qi, si, zi in zip(group, q.split(rows), scale.split(rows), zero.split(rows), strict=True):
-                self.commit(block, name, qi, si.float(), zi.float(), result, gram)
+            # of one format (q/k/v, gate/up) is the same math with a third of the column loops
+            by_format: dict[QuantFormat, list[str]] = {}
+            for name in group:
+                if name in linears:
+                    by_format.setdefault(self.fmt_of(name), []).append(name)
+            for fmt, names in by_format.items():
+                self._solve(block, names, [linears[n].weight for n in names], hessian, fmt, gram, result)
+
+    def _solve(self, block: nn.Module, names: list[str], weights: list[torch.Tensor], hessian: torch.Tensor,
+               fmt: QuantFormat, gram: torch.Tensor, result: BlockResult) -> None:
+        cfg = self.cfg
+        q, scale, zero = gptq_quantize(torch.cat(weights), hessian, fmt, cfg.percdamp, cfg.blocksize, cfg.act_order)
+        rows = [w.shape[0] for w in weights]
+        for name, qi, si, zi in zip(names, q.split(rows), scale.split(rows), zero.split(rows), strict=True):
+            self.commit(block, name, qi, si.float(), zi.float(), result, gram)
 
 
 def gptq_quantize(

@@ -6,7 +6,6 @@ from __future__ import annotations
 from torch import nn
 
 from jobs.quantize.algorithms.base import BlockResult, QuantAlgorithm
-from jobs.quantize.algorithms.mappings import find_linears
 from jobs.quantize.algorithms.stats import Stats
 from kernels.quant import get_op
 
@@ -16,6 +15,6 @@ class RTN(QuantAlgorithm):
 
     def quantize(self, block: nn.Module, stats: Stats, result: BlockResult) -> None:
         quantize_weight = get_op("quantize_weight")
-        for name, lin in find_linears(block).items():
-            q, scale, zero = quantize_weight(lin.weight, self.fmt)
+        for name, lin in self.targets(block).items():
+            q, scale, zero = quantize_weight(lin.weight, self.fmt_of(name))
             self.commit(block, name, q, scale, zero, result, self.gram(stats, name))

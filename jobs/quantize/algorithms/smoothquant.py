@@ -7,6 +7,7 @@ Stats: per shared input, max over tokens of |x| (reduced by max), plus x^T x for
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -14,7 +15,7 @@ from torch import nn
 
 from core.errors import ConfigError
 from jobs.quantize.algorithms.base import AlgorithmConfig, BlockResult, QuantAlgorithm, RunBlock
-from jobs.quantize.algorithms.mappings import find_linears, fold_scales, require_family, resolve_mappings
+from jobs.quantize.algorithms.mappings import fold_scales, require_family, resolve_mappings
 from jobs.quantize.algorithms.stats import Stats
 from kernels.quant import QuantFormat, get_op
 
@@ -35,11 +36,12 @@ class SmoothQuant(QuantAlgorithm):
     name = "smoothquant"
     Config = SmoothQuantConfig
 
-    def prepare(self, block: nn.Module, fmt: QuantFormat, run_block: RunBlock | None = None) -> None:
+    def prepare(self, block: nn.Module, fmt: QuantFormat, run_block: RunBlock | None = None,
+                formats: Mapping[str, QuantFormat | None] | None = None) -> None:
         if fmt.act_bits is None:
             raise ConfigError("quant.format", f"smoothquant needs an activation-quantized format "
                               f"(w8a8, w4a8, w4a8g128, ...), got {fmt.name!r}")
-        super().prepare(block, fmt, run_block)
+        super().prepare(block, fmt, run_block, formats)
         self.family = require_family(block, self.name)
 
     def input_stats(self, key: str, x: torch.Tensor, stats: Stats) -> None:
@@ -58,7 +60,7 @@ class SmoothQuant(QuantAlgorithm):
             result.smoothing[m.prev_name] = s
             input_scale[m.key] = s
         quantize_weight = get_op("quantize_weight")
-        for name, lin in find_linears(block).items():
+        for name, lin in self.targets(block).items():
             gram = self.gram(stats, name)
             s = input_scale.get(self.group_key[name])
             if gram is not None and s is not None:
