@@ -11,18 +11,16 @@ of the first blocks on FP inputs (benchmarks/quant_error.py). Rows go to --resul
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
 import random
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.common import add_common_args, record, run_logged
+
 LLAMA3_8B = {"hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32,
              "num_key_value_heads": 8, "vocab_size": 128256, "max_position_embeddings": 8192,
              "rope_theta": 500000.0, "tie_word_embeddings": False}
@@ -60,15 +58,6 @@ def write_calib(work: Path, samples: int, seq_len: int, model_dir: Path) -> tupl
     return text, work / "ids.npy"
 
 
-def _run(cmd: list[str], log: Path) -> str:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_ALLOW_FILE_STORE": "true"}
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
-    log.write_text(proc.stdout + proc.stderr)
-    if proc.returncode != 0:
-        print(f"FAILED ({proc.returncode}): {' '.join(cmd)}\n{(proc.stdout + proc.stderr)[-3000:]}", flush=True)
-    return proc.stdout
-
-
 def ours(algo: str, gpus: int, parallel: str, model: Path, calib: Path, work: Path, args) -> dict:
     name = f"ours-{algo}-g{gpus}-{parallel}" + ("-" + "-".join(e.rsplit(".", 1)[-1].replace("=", "") for e in
                                                           args.extra.split()) if args.extra else "")
@@ -78,7 +67,7 @@ def ours(algo: str, gpus: int, parallel: str, model: Path, calib: Path, work: Pa
            f"calib.path={calib}", f"calib.num_samples={args.samples}", f"calib.seq_len={args.seq_len}",
            f"job.storage={work}", f"job.name={name}", f"tracking.uri=file://{work}/mlruns",
            "cluster.include_dashboard=false", *args.extra.split()]
-    out = _run(cmd, work / f"{name}.log")
+    out = run_logged(cmd, work / f"{name}.log")
     summary = dict(re.findall(r"^(\w+): (\S+)$", out, flags=re.M))
     blocks = work / name / "blocks"
     errors = [json.loads((blocks / f"block_{i:03d}" / "metrics.json").read_text())["metrics"]["block_rel_err"]
@@ -93,7 +82,7 @@ def peer(algo: str, model: Path, ids: Path, work: Path, args) -> dict:
     name = f"peer-{algo}-g1"
     cmd = [sys.executable, "-m", "benchmarks.peer_quant", "--algo", algo, "--model", str(model), "--ids", str(ids),
            "--eval-blocks", str(args.eval_blocks)]
-    found = re.search(r"^PEER_RESULT (.*)$", _run(cmd, work / f"{name}.log"), flags=re.M)
+    found = re.search(r"^PEER_RESULT (.*)$", run_logged(cmd, work / f"{name}.log"), flags=re.M)
     result = json.loads(found.group(1)) if found else {"wall": float("nan"), "blocks": 0, "peak_gib": float("nan"),
                                                        "block_rel_err": []}
     return {"name": name, "gpus": 1, "load": float("nan"), **result, "algo": algo}
@@ -125,10 +114,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--eval-blocks", type=int, default=4)
-    parser.add_argument("--work", default="/tmp/bench-quant")
-    parser.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"))
-    parser.add_argument("--extra", default="", help="extra overrides for ours, space-separated")
-    parser.add_argument("--commit", default=None, help="when the tree has no .git (device copies)")
+    add_common_args(parser, "/tmp/bench-quant")
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -142,19 +128,8 @@ def main() -> None:
         if algo in args.peer.split(","):
             rows.append(peer(algo, model, ids, work, args))
             print(table(rows[-1:]), flush=True)
-    import torch
-
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    commit = args.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                                           text=True).stdout
-    header = (f"\n### Quantize, Llama-3-8B shape ({args.layers} blocks), {args.samples} x {args.seq_len} tokens, "
-              f"w4g128, parallel={args.parallel}: {device}, {datetime.date.today()}, "
-              f"commit {commit.strip() or 'unknown'}\n\n")
-    text = header + table(rows) + "\n"
-    print(text, flush=True)
-    with open(args.results, "a") as fh:
-        fh.write(text)
-
+    record(args.results, f"Quantize, Llama-3-8B shape ({args.layers} blocks), {args.samples} x {args.seq_len} tokens, "
+           f"w4g128, parallel={args.parallel}", table(rows), args.commit)
 
 if __name__ == "__main__":
     main()

@@ -45,29 +45,46 @@ def _perplexity(output: str) -> float:
     return float(match.group(1))
 
 
+def _quantize(name: str, overrides: list[str], fp: Path, data: Path, evaluate: list[str], work: Path) -> float:
+    if not (work / name / "export" / "config.json").is_file():
+        _cli(["job=quantize", "model=hf", f"model.path={fp}", *overrides, f"calib.path={data}",
+              "calib.format=chat_jsonl", "calib.num_samples=64", "calib.seq_len=256", "quant.num_workers=1",
+              f"job.name={name}"], work)
+    return _perplexity(_cli([*evaluate, f"model.path={work / name / 'export'}"], work))
+
+
+def _mixed(budget: float, fp: Path, data: Path, evaluate: list[str], work: Path) -> float:
+    """Sensitivity search (w3g128 / w4g128 / w8 per Linear) at `budget` bits, then GPTQ in those formats."""
+    _cli(["job=sensitivity", "model=hf", f"model.path={fp}", f"calib.path={data}", "calib.format=chat_jsonl",
+          "calib.num_samples=64", "calib.seq_len=256", "search.candidates=[w3g128,w4g128,w8]",
+          f"search.effective_bits={budget}", "job.name=sens"], work)
+    return _quantize("gptq-mixed", ["quant=mixed", f"quant.recipe={work / 'sens' / 'report'}"], fp, data, evaluate,
+                     work)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--work", default="/tmp/quant-quality")
+    parser.add_argument("--formats", default="w4g128,w3g128", help="uniform rows ('' for none)")
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     data, heldout = _chat_corpus(work, "train"), _chat_corpus(work, "heldout")
     evaluate = ["job=evaluate", "model=hf", f"eval.path={heldout}", "eval.format=chat_jsonl"]
-    _cli(["job=sft", f"data.datasets=[{{path: {data}}}]", "data.max_length=256", "data.pack_max_length=512",
-          f"trainer.max_steps={args.steps}", "trainer.micro_batch_size=4", "trainer.optim.lr=2e-3",
-          "trainer.optim.warmup_steps=10", "job.name=fp"], work)
     fp = work / "fp" / "export"
+    if not (fp / "config.json").is_file():  # a rerun reuses the trained model and finished quantizations
+        _cli(["job=sft", f"data.datasets=[{{path: {data}}}]", "data.max_length=256", "data.pack_max_length=512",
+              f"trainer.max_steps={args.steps}", "trainer.micro_batch_size=4", "trainer.optim.lr=2e-3",
+              "trainer.optim.warmup_steps=10", "job.name=fp"], work)
     rows = [("FP (fp32)", "-", _perplexity(_cli([*evaluate, f"model.path={fp}"], work)))]
-    for fmt in ("w4g128", "w3g128"):
+    for fmt in filter(None, args.formats.split(",")):
         for algo in ("rtn", "awq", "gptq"):
-            name = f"{algo}-{fmt}"
-            _cli(["job=quantize", "model=hf", f"model.path={fp}", f"quant={algo}", f"quant.format={fmt}",
-                  f"calib.path={data}", "calib.format=chat_jsonl", "calib.num_samples=64", "calib.seq_len=256",
-                  "quant.num_workers=1", f"job.name={name}"], work)
-            ppl = _perplexity(_cli([*evaluate, f"model.path={work / name / 'export'}"], work))
-            rows.append((algo, fmt, ppl))
-            print(f"{algo} {fmt}: {ppl:.4f}", flush=True)
+            rows.append((algo, fmt, _quantize(f"{algo}-{fmt}", [f"quant={algo}", f"quant.format={fmt}"], fp, data,
+                                              evaluate, work)))
+            print(f"{algo} {fmt}: {rows[-1][2]:.4f}", flush=True)
+    # mixed at the size of uniform w4g128: 4 bits + a 16-bit scale per 128 weights
+    rows.append(("gptq mixed (w3g128/w4g128/w8 per Linear)", "4.125 bits", _mixed(4.125, fp, data, evaluate, work)))
     fp_ppl = rows[0][2]
     print("\n| method | format | held-out perplexity | vs FP |\n|---|---|---|---|")
     for method, fmt, ppl in rows:

@@ -8,27 +8,15 @@ Prints a table and writes its rows (device, date, commit) to --results (appended
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import subprocess
 import sys
 import zlib
 from pathlib import Path
 
+from benchmarks.common import add_common_args, record, run_logged
 from benchmarks.steplines import parse_steps, steady
 from benchmarks.synthetic import write_chat_jsonl
 
-REPO = Path(__file__).resolve().parents[1]
 SEQ = 4096
-
-
-def _run(cmd: list[str], log: Path) -> str:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_ALLOW_FILE_STORE": "true"}
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
-    log.write_text(proc.stdout + proc.stderr)
-    if proc.returncode != 0:
-        print(f"FAILED ({proc.returncode}): {' '.join(cmd)}\n{(proc.stdout + proc.stderr)[-3000:]}", flush=True)
-    return proc.stdout + proc.stderr
 
 
 def ours(gpus: int, mbs: int, ckpt: bool, attn: str, steps: int, data: Path, work: Path, extra: list[str]) -> dict:
@@ -41,7 +29,7 @@ def ours(gpus: int, mbs: int, ckpt: bool, attn: str, steps: int, data: Path, wor
            "trainer.zero.param_persistence_threshold=1000000", "trainer.optim.lr=1e-4", "trainer.max_failures=0",
            f"job.storage={work}", f"job.name={name}", f"tracking.uri=file://{work}/mlruns",
            "cluster.include_dashboard=false", *extra]  # the GPU image's slim Ray has no dashboard deps
-    steps_seen = parse_steps(_run(cmd, work / f"{name}.log"))
+    steps_seen = parse_steps(run_logged(cmd, work / f"{name}.log"))
     return _row(name, gpus, mbs, ckpt, attn, steps_seen, "max_alloc")
 
 
@@ -49,7 +37,7 @@ def peer(gpus: int, mbs: int, ckpt: bool, steps: int, work: Path) -> dict:
     name = f"peer-g{gpus}-mb{mbs}-ac{int(ckpt)}"
     cmd = [sys.executable, "-m", "benchmarks.peer_sft", "--gpus", str(gpus), "--micro-batch", str(mbs),
            "--checkpointing", str(int(ckpt)), "--steps", str(steps)]
-    steps_seen = parse_steps(_run(cmd, work / f"{name}.log"))
+    steps_seen = parse_steps(run_logged(cmd, work / f"{name}.log"))
     return _row(name, gpus, mbs, ckpt, "sdpa", steps_seen, "max_alloc")
 
 
@@ -76,10 +64,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--ours", default="4:0:sdpa,2:0:sdpa,4:1:sdpa", help="mbs:ckpt:attn,...")
     parser.add_argument("--peer", default="4:1,2:0", help="mbs:ckpt,...")
-    parser.add_argument("--work", default="/tmp/bench-sft")
-    parser.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"))
-    parser.add_argument("--extra", default="", help="extra overrides for ours, space-separated")
-    parser.add_argument("--commit", default=None, help="when the tree has no .git (device copies)")
+    add_common_args(parser, "/tmp/bench-sft")
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -94,18 +79,7 @@ def main() -> None:
             rows.append(ours(gpus, int(mbs), ckpt == "1", attn, args.steps, data, work, args.extra.split()))
             print(table(rows[-1:], float("nan")), flush=True)
     peer_best = max((r["tgs"] for r in rows if r["name"].startswith("peer") and r["gpus"] == 1), default=float("nan"))
-    import torch
-
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    commit = args.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                                           text=True).stdout
-    header = (f"\n### SFT, Qwen3-1.7B shape, seq {SEQ}, ZeRO-3 bf16: {device}, "
-              f"{datetime.date.today()}, commit {commit.strip() or 'unknown'}\n\n")
-    text = header + table(rows, peer_best) + "\n"
-    print(text, flush=True)
-    with open(args.results, "a") as fh:
-        fh.write(text)
-
+    record(args.results, f"SFT, Qwen3-1.7B shape, seq {SEQ}, ZeRO-3 bf16", table(rows, peer_best), args.commit)
 
 if __name__ == "__main__":
     main()
