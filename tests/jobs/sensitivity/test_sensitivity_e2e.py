@@ -1,4 +1,5 @@
-"""job=sensitivity end to end on CPU: real Ray tasks, real MLflow; 1 vs 2 workers; bad budgets fail early."""
+"""job=sensitivity end to end on CPU (real Ray tasks, 2 workers, real MLflow), then quant=mixed applying its
+choices from the run's MLflow id. Worker-count independence of the scores: test_scoring.py (shard sums)."""
 
 from __future__ import annotations
 
@@ -6,63 +7,71 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
+from jobs.quantize.load import load_quantized
+from jobs.sensitivity.recipe import load_recipe
 from jobs.sensitivity.report import recompute_effective_bits
 from tests.conftest import mlflow_run, run_cli, run_id_of
+from tests.jobs.conftest import TINY_QUANT
 
-TINY = ["job=sensitivity", "+model.overrides.num_hidden_layers=2", "+model.overrides.hidden_size=256",
-        "+model.overrides.intermediate_size=512", "calib.num_samples=8", "calib.seq_len=64", "search.batch_size=2",
-        "search.candidates=[w4g128,w8,fp16]", "search.effective_bits=6", "cluster.include_dashboard=false"]
+MODEL = TINY_QUANT[1:4]  # the quantize tests' model (4 blocks, hidden 256): fp_dir holds its FP weights
+# 9 bits: w8 everywhere costs 8.06 (a 16-bit scale per row), the rest buys fp16 for the most sensitive
+SENS = ["job=sensitivity", *MODEL, "calib.num_samples=8", "calib.seq_len=64", "search.batch_size=2",
+        "search.num_workers=2", "search.candidates=[w4g128,w8,fp16]", "search.effective_bits=9",
+        "cluster.include_dashboard=false"]
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    storage = tmp_path_factory.mktemp("sensitivity") / "runs"
-    results = {}
-    for name, extra in (("one", []), ("two", ["search.num_workers=2"])):
-        result = run_cli([*TINY, *extra, f"job.name={name}"], storage)
-        assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-        results[name] = result
-    return storage, results
+def sens(quant_storage: Path) -> dict:
+    result = run_cli([*SENS, "job.name=sens"], quant_storage)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return {"run_id": run_id_of(result.stdout), "report": quant_storage / "sens" / "report"}
 
 
-def _manifest(storage: Path, name: str) -> dict:
-    return json.loads((storage / name / "report" / "report.json").read_text())
-
-
-def test_report_adds_up_and_is_tracked(runs) -> None:
-    storage, results = runs
-    report = storage / "one" / "report"
-    manifest = _manifest(storage, "one")
+def test_report_adds_up_and_is_tracked(sens: dict, quant_storage: Path) -> None:
+    manifest = json.loads((sens["report"] / "report.json").read_text())
     headline = manifest["search"]["effective_bits"]
-    assert headline <= 6.0
-    for file in ("report.json", "report.csv"):
-        assert recompute_effective_bits(report / file) == pytest.approx(headline, abs=1e-9), file
-    run = mlflow_run(storage, run_id_of(results["one"].stdout))
+    assert headline <= 9.0 and manifest["search"]["exact"]
+    assert len(manifest["handles"]) == 28  # 7 Linears x 4 blocks; lm_head excluded and listed
+    assert "lm_head" in manifest["header"]["excluded"]
+    for file in ("report.json", "report.csv", "report.md"):
+        assert recompute_effective_bits(sens["report"] / file) == pytest.approx(headline, abs=1e-9), file
+    run = mlflow_run(quant_storage, sens["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.metrics["effective_bits"] == pytest.approx(headline, abs=1e-9)
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{storage / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{quant_storage / 'mlflow.db'}")
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "sensitivity")}
     assert {"sensitivity/report.md", "sensitivity/report.json", "sensitivity/report.csv"} <= logged, logged
     assert any(p.endswith(".png") for p in logged), logged
 
 
-def test_two_workers_give_the_same_scores(runs) -> None:
-    storage, _ = runs
-    one, two = _manifest(storage, "one"), _manifest(storage, "two")
-    assert one["choices"] == two["choices"]
-    assert len(one["handles"]) == 14  # 7 Linears x 2 blocks, lm_head excluded (listed in the header)
-    assert "lm_head" in one["header"]["excluded"]
-    for h1, h2 in zip(one["handles"], two["handles"], strict=True):
-        for cand, entry in h1["candidates"].items():
-            # float64 sums of identical per-batch terms, added in another order
-            assert h2["candidates"][cand]["score"] == pytest.approx(entry["score"], rel=1e-9), (h1["name"], cand)
+def test_mixed_precision_from_the_sensitivity_run(sens: dict, quant_storage: Path, fp_dir: Path) -> None:
+    chosen = load_recipe(str(sens["report"]))
+    assert "fp16" in chosen.values() and len(set(chosen.values())) >= 2, chosen
+    result = run_cli([*TINY_QUANT, "quant=mixed", f"quant.recipe={sens['run_id']}", "job.name=mixed"], quant_storage)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    export = quant_storage / "mixed" / "export"
+    qc = json.loads((export / "config.json").read_text())["quantization_config"]
+    targets = {name: g["weights"] for g in qc["config_groups"].values() for name in g["targets"]}
+    tensors, fp = load_file(export / "model.safetensors"), load_file(fp_dir / "model.safetensors")
+    for name, fmt in chosen.items():
+        if fmt == "fp16":  # left unquantized: the FP weights, listed in ignore
+            assert name in qc["ignore"] and f"{name}.weight_packed" not in tensors
+            assert torch.equal(tensors[f"{name}.weight"], fp[f"{name}.weight"]), name
+        else:
+            bits, group = (4, 128) if fmt == "w4g128" else (8, None)
+            assert (targets[name]["num_bits"], targets[name]["group_size"]) == (bits, group), name
+            assert f"{name}.weight_packed" in tensors, name
+    with torch.no_grad():
+        assert torch.isfinite(load_quantized(export)(torch.arange(16).unsqueeze(0)).logits).all()
 
 
 def test_infeasible_budget_fails_before_ray(storage: Path, cli_in_process) -> None:
-    result = cli_in_process([*TINY, "search.effective_bits=3", "job.name=tight"], storage)
+    result = cli_in_process([*SENS, "search.effective_bits=3", "job.name=tight"], storage)
     assert result.returncode == 2
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith("error: config error: search.effective_bits: budget 3 bits cannot be met"), line

@@ -28,7 +28,7 @@ def storage(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def reference(storage: Path) -> dict:
-    result = run_cli([*ARGS, "job.name=reference"], storage)
+    result = run_cli([*ARGS, "job.name=reference", "cluster.include_dashboard=true"], storage)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     summary = json.loads((storage / "reference" / "summary.json").read_text())
     return {"run_id": run_id_of(result.stdout), "stdout": result.stdout,
