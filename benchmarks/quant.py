@@ -43,7 +43,7 @@ def build_model(out: Path, layers: int) -> Path:
     return out
 
 
-def write_calib(work: Path, samples: int, seq_len: int, model_dir: Path) -> tuple[Path, Path]:
+def write_calib(work: Path, samples: int, seq_len: int) -> tuple[Path, Path]:
     """Random words (bytes are tokens: 2x the tokens needed) and the exact token ids our job will pick."""
     from core.data.calib import token_blocks
     from core.models.byte_tokenizer import byte_tokenizer
@@ -119,7 +119,7 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     model = build_model(work / f"llama3-8b-shape-{args.layers}l", args.layers)
-    calib, ids = write_calib(work, args.samples, args.seq_len, model)
+    calib, ids = write_calib(work, args.samples, args.seq_len)
     rows = []
     for algo in filter(None, args.algos.split(",")):
         for gpus in [int(g) for g in args.gpus.split(",")]:

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
+from jobs.quantize.algorithms.metrics import block_output_error
+
 
 def _tensors(model_dir: Path, prefix: str) -> dict[str, torch.Tensor]:
     index = model_dir / "model.safetensors.index.json"
@@ -30,7 +32,7 @@ def block_errors(model_dir: str, ids: np.ndarray, q_blocks: list[torch.nn.Module
     from transformers import AutoConfig
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
 
-    root, dev = Path(model_dir), torch.device("cuda")
+    root, dev = Path(model_dir), torch.device("cuda" if torch.cuda.is_available() else "cpu")
     config = AutoConfig.from_pretrained(root)
     # a standalone layer has no attention implementation set; eager without a mask would run non-causal
     # attention, while the quantized blocks (from a loaded model) run sdpa's causal path
@@ -38,25 +40,16 @@ def block_errors(model_dir: str, ids: np.ndarray, q_blocks: list[torch.nn.Module
     embed = _tensors(root, "model.embed_tokens.")["weight"].to(dev)
     rotary = LlamaRotaryEmbedding(config).to(dev)
     xs = [embed[torch.as_tensor(ids[i:i + batch], device=dev)] for i in range(0, len(ids), batch)]
+    def run(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(x.shape[1], device=dev).unsqueeze(0).expand(x.shape[0], -1)
+        y = block(x, position_embeddings=rotary(x, pos), position_ids=pos)
+        return y[0] if isinstance(y, tuple) else y
+
     errors = []
     for index, q_block in enumerate(q_blocks):
         fp = LlamaDecoderLayer(config, index).to(dev, torch.bfloat16)
         fp.load_state_dict({k: v for k, v in _tensors(root, f"model.layers.{index}.").items()})
-        q = copy.deepcopy(q_block).to(dev)
-        sse = update = 0.0
-        outs = []
-        for x in xs:
-            pos = torch.arange(x.shape[1], device=dev).unsqueeze(0).expand(x.shape[0], -1)
-            kw = {"position_embeddings": rotary(x, pos), "position_ids": pos}
-            y_fp, y_q = _first(fp(x, **kw)).float(), _first(q(x, **kw)).float()
-            sse += (y_q - y_fp).square().sum().item()
-            update += (y_fp - x.float()).square().sum().item()
-            outs.append(y_fp.to(x.dtype))
-        xs = outs
-        errors.append(sse / update)
-        del fp, q
+        errors.append(block_output_error(fp, copy.deepcopy(q_block).to(dev), run, xs)["rel_err"])
+        xs = [run(fp, x) for x in xs]  # the next block's FP inputs
+        del fp
     return errors
-
-
-def _first(y):
-    return y[0] if isinstance(y, tuple) else y

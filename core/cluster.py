@@ -41,6 +41,12 @@ def wants_gpu(setting: str) -> bool:
     return setting == "true" or (setting == "auto" and ray.cluster_resources().get("GPU", 0) >= 1)
 
 
+def compute_dtype(setting: str, use_gpu: bool) -> str:
+    """A job's auto | <torch dtype name> setting: auto is bfloat16 on GPUs (all targeted ones have it) and
+    float32 on CPUs (where bf16 math is slow)."""
+    return setting if setting != "auto" else ("bfloat16" if use_gpu else "float32")
+
+
 def ray_job_submission_id() -> str | None:
     """The `ray job submit` id when running as a Ray Jobs entrypoint (Ray passes it in the job config)."""
     try:

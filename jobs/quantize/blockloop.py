@@ -14,6 +14,7 @@ from core import storage
 from jobs.base import RunContext
 from jobs.quantize import checkpoint
 from jobs.quantize.algorithms.stats import Stats, reduce_stats
+from kernels.quant import parse_target
 
 log = logging.getLogger("jobs.quantize")
 
@@ -120,9 +121,7 @@ def export(spec: Any, fmt: Any, root: str, ctx: RunContext, dtype: str, formats:
     blocks = [checkpoint.block_metrics(root, i) for i in sorted(checkpoint.finished_set(root))]
     info = {"algorithm": spec.quant.algorithm, "format": fmt.name, "symmetric": fmt.symmetric,
             "options": dict(spec.quant.options), "calib": dict(vars(spec.calib)), "blocks": blocks}
-    from jobs.sensitivity.scoring import candidate_format
-
-    per_module = {name: candidate_format(f) for name, f in formats.items()}
+    per_module = {name: parse_target(f) for name, f in formats.items()}
     if formats:
         info["recipe"] = {"source": spec.quant.recipe, "formats": formats}
     out = write_export(model, tokenizer, root, fmt, list(spec.quant.ignore), storage.join(ctx.job_uri, "export"),

@@ -12,7 +12,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from core import storage
-from core.cluster import wants_gpu
+from core.cluster import compute_dtype, wants_gpu
 from core.data.calib import token_blocks
 from core.errors import ConfigError
 from core.models import MODELS
@@ -21,15 +21,13 @@ from jobs.quantize import checkpoint
 from jobs.quantize.algorithms import ALGORITHMS
 from jobs.quantize.algorithms.base import build_config
 from jobs.quantize.load import is_ignored
-from kernels.quant import QuantFormat, check_group_size, parse_format
+from kernels.quant import QuantFormat, check_group_size, parse_format, parse_target
 
 log = logging.getLogger("jobs.quantize")
 
 
 PARALLEL = ("data", "blocks")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-
-
 MIXED_ALGORITHMS = ("rtn", "gptq", "awq")  # per-Linear weight-only formats (SmoothQuant is W8A8 throughout)
 
 
@@ -63,14 +61,13 @@ def _recipe(q: Any, tracking_uri: str) -> dict[str, str]:
     if not q.recipe:
         return {}
     from jobs.sensitivity.recipe import load_recipe
-    from jobs.sensitivity.scoring import candidate_format
 
     if q.algorithm not in MIXED_ALGORITHMS:
         raise ConfigError("quant.algorithm", f"a recipe needs one of {', '.join(MIXED_ALGORITHMS)} "
                           f"(got {q.algorithm!r})")
     formats = load_recipe(q.recipe, tracking_uri)
     for name, fmt in formats.items():
-        parsed = candidate_format(fmt)
+        parsed = parse_target(fmt)
         if parsed is not None and parsed.act_bits:
             raise ConfigError("quant.recipe", f"{name}: {fmt} quantizes activations; mixed precision takes "
                               "weight-only formats and fp16")
@@ -90,14 +87,12 @@ def _check_model(spec: Any, fmt: QuantFormat, formats: dict[str, str]) -> tuple[
 
     with torch.device("meta"):  # the architecture alone: from_config, never from_pretrained, on meta
         model = AutoModelForCausalLM.from_config(hf_config, trust_remote_code=spec.model.trust_remote_code)
-    from jobs.sensitivity.scoring import candidate_format
-
     linears = block_linears_in_features(model)
     unknown = sorted(set(formats) - set(linears))
     if unknown:
         raise ConfigError("quant.recipe", f"names Linears this model does not have: {', '.join(unknown[:3])}")
     for name, in_features in linears.items():
-        own = candidate_format(formats[name]) if name in formats else fmt
+        own = parse_target(formats[name]) if name in formats else fmt
         if own is not None:
             check_group_size(own, name, in_features)
         if is_ignored(name, list(spec.quant.ignore)):
@@ -147,7 +142,7 @@ class QuantizeJob:
 
         q, p = spec.quant, prepared
         use_gpu = wants_gpu(q.use_gpu)  # needs Ray: resolved here, not in prepare
-        dtype = q.dtype if q.dtype != "auto" else ("bfloat16" if use_gpu else "float32")
+        dtype = compute_dtype(q.dtype, use_gpu)
         log.info("calibrating in %s on %s", dtype, "GPU" if use_gpu else "CPU")
         actor = ray.remote(num_cpus=q.cpus_per_worker, num_gpus=1 if use_gpu else 0)(CalibWorker)
         ids = np.stack(p.batches)

@@ -24,8 +24,7 @@ from jobs.quantize import checkpoint
 from jobs.quantize.algorithms import ALGORITHMS
 from jobs.quantize.algorithms.stats import Stats
 from jobs.quantize.layerwise import Layerwise
-from jobs.sensitivity.scoring import candidate_format
-from kernels.quant import parse_format
+from kernels.quant import parse_format, parse_target
 
 
 def build_fp_model(spec: Any, dtype: str = "float32") -> Any:
@@ -109,7 +108,7 @@ class CalibWorker:
         self.fp_outputs = [self.lw.run_block(self.block, x) for x in self.inputs]
         self.algo = ALGORITHMS.get(self.spec.quant.algorithm)(dict(self.spec.quant.options))
         prefix = self.lw.block_prefix(index)
-        own = {n[len(prefix):]: candidate_format(f) for n, f in self.formats.items() if n.startswith(prefix)}
+        own = {n[len(prefix):]: parse_target(f) for n, f in self.formats.items() if n.startswith(prefix)}
         self.algo.prepare(self.block, self.fmt, self.lw.run_block, own)
 
     def observe(self, pass_idx: int, prior: Stats) -> Stats:

@@ -11,11 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from core.cluster import wants_gpu
+from core.cluster import compute_dtype, wants_gpu
 from core.data.calib import token_blocks
 from core.errors import ConfigError
 from core.models import MODELS
 from jobs.base import RunContext
+from kernels.quant import parse_target
 
 log = logging.getLogger("jobs.sensitivity")
 HANDLE_MODES = ("linear", "shared_input")
@@ -30,8 +31,6 @@ class Prepared:
 
 
 def _check(s: Any) -> None:
-    from jobs.sensitivity.scoring import candidate_format
-
     for name in ("num_workers", "batch_size", "threads_per_worker"):
         if getattr(s, name) < 1:
             raise ConfigError(f"search.{name}", f"must be >= 1 (got {getattr(s, name)})")
@@ -40,7 +39,7 @@ def _check(s: Any) -> None:
     if len(s.candidates) < 2 or len(set(s.candidates)) != len(s.candidates):
         raise ConfigError("search.candidates", f"need at least 2 distinct formats (got {list(s.candidates)})")
     for cand in s.candidates:
-        candidate_format(cand)
+        parse_target(cand)
 
 
 def _ignored(name: str, patterns: list[str]) -> bool:
@@ -118,21 +117,22 @@ class SensitivityJob:
 
         s, p = spec.search, prepared
         use_gpu = wants_gpu(s.use_gpu)
-        dtype = s.dtype if s.dtype != "auto" else ("bfloat16" if use_gpu else "float32")
+        dtype = compute_dtype(s.dtype, use_gpu)
         batches = [p.ids[i:i + s.batch_size] for i in range(0, len(p.ids), s.batch_size)]
         shards = [[batches[k] for k in part] for part in np.array_split(np.arange(len(batches)), s.num_workers)]
         task = ray.remote(num_cpus=s.cpus_per_worker, num_gpus=1 if use_gpu else 0)(score_shard)
         names = sorted(p.shapes)
         parts = ray.get([task.remote(spec, shard, names, use_gpu, dtype) for shard in shards])
         scores = group_scores(reduce_scores(parts), p.groups)
-        result = search(_search_handles(p.groups, p.shapes, scores), s.effective_bits)
+        handles = _search_handles(p.groups, p.shapes, scores)
+        result = search(handles, s.effective_bits)
         header = {"scheme": list(s.candidates), "model": spec.model.path or spec.model.name,
                   "calibration": {"dataset": spec.calib.path, "samples": int(len(p.ids)),
                                   "max_samples": spec.calib.num_samples, "seq_len": spec.calib.seq_len,
                                   "batch_size": s.batch_size, "batches": len(batches)},
                   "budget": s.effective_bits, "excluded": p.excluded}
         out_dir = ctx.job_dir / "report"
-        paths = write_report(out_dir, result, _search_handles(p.groups, p.shapes, scores), header)
+        paths = write_report(out_dir, result, handles, header)
         ctx.run.log_artifacts(out_dir, "sensitivity")
         metrics = {"effective_bits": result.effective_bits, "total_score": result.total_score}
         ctx.run.log_metrics(metrics, step=0)

@@ -16,14 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kernels.quant import QuantFormat, get_op, parse_format
-
-UNQUANTIZED = ("fp16", "bf16")
-
-
-def candidate_format(name: str) -> QuantFormat | None:
-    """None for a 16-bit candidate (left unquantized), else the parsed format (ConfigError if unknown)."""
-    return None if name in UNQUANTIZED else parse_format(name)
+from kernels.quant import get_op, parse_target
 
 
 class LinearScorer:
@@ -31,7 +24,7 @@ class LinearScorer:
 
     def __init__(self, linears: dict[str, nn.Linear], candidates: list[str]) -> None:
         self.linears, self.candidates = linears, candidates
-        self.formats = {c: candidate_format(c) for c in candidates}
+        self.formats = {c: parse_target(c) for c in candidates}
         self.scores = {name: {c: 0.0 for c in candidates} for name in linears}
         self._deltas: dict[tuple[str, str], torch.Tensor] = {}
 

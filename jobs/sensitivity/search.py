@@ -27,10 +27,9 @@ from fractions import Fraction
 import numpy as np
 
 from core.errors import ConfigError
-from kernels.quant import QuantFormat, check_group_size, parse_format
+from kernels.quant import QuantFormat, check_group_size, parse_target
 
 FIELD = "search.effective_bits"
-UNQUANTIZED = ("fp16", "bf16")
 SCALE_BITS = 16
 COST_FORMULA = ("bits = elements*weight_bits + rows*groups*16 (scales) + rows*groups*weight_bits (zeros, "
                 "asymmetric only), groups = in_features/group_size or 1 per channel; fp16/bf16 = elements*16; "
@@ -71,9 +70,9 @@ def format_bits(fmt: str | QuantFormat, in_features: int, out_features: int, *, 
                 module: str = "linear") -> int:
     """Total storage bits of one Linear in `fmt` (formula in the module docstring)."""
     elements = in_features * out_features
-    if isinstance(fmt, str) and fmt.strip().lower() in UNQUANTIZED:
+    q = fmt if isinstance(fmt, QuantFormat) else parse_target(fmt, symmetric)
+    if q is None:
         return 16 * elements
-    q = fmt if isinstance(fmt, QuantFormat) else parse_format(fmt, symmetric)
     check_group_size(q, module, in_features)  # partial groups are not a layout the kernels have
     groups = out_features * (in_features // q.group_size if q.group_size else 1)
     zero_bits = 0 if q.symmetric else q.weight_bits

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from functools import cache
 
 from kernels.quant import reference
-from kernels.quant.formats import QuantFormat, check_group_size, parse_format
+from kernels.quant.formats import UNQUANTIZED, QuantFormat, check_group_size, parse_format, parse_target
 
 OPS = ("compute_qparams", "quantize", "dequantize", "quantize_weight", "fake_quant",
        "fake_quant_per_token", "pack_int", "unpack_int", "gptq_block")
@@ -53,4 +53,5 @@ def _triton_module():
         return None
 
 
-__all__ = ["OPS", "QuantFormat", "check_group_size", "get_op", "parse_format", "reference"]
+__all__ = ["OPS", "UNQUANTIZED", "QuantFormat", "check_group_size", "get_op", "parse_format", "parse_target",
+           "reference"]

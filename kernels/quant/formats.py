@@ -71,6 +71,14 @@ def parse_format(spec: str, symmetric: bool = True) -> QuantFormat:
     return QuantFormat(int(bits), int(group) if group else None, int(act) if act else None, symmetric)
 
 
+UNQUANTIZED = ("fp16", "bf16")  # a per-module target that leaves the weights in 16 bits
+
+
+def parse_target(spec: str, symmetric: bool = True) -> QuantFormat | None:
+    """A per-module target (mixed precision): None for fp16/bf16 (not quantized), else `parse_format`."""
+    return None if str(spec).strip().lower() in UNQUANTIZED else parse_format(spec, symmetric)
+
+
 def check_group_size(fmt: QuantFormat, module: str, in_features: int) -> None:
     """Groups must tile a row exactly: kernels and the packed layout have no partial groups."""
     if fmt.group_size is not None and in_features % fmt.group_size:

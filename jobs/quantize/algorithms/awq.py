@@ -69,12 +69,6 @@ class AWQ(QuantAlgorithm):
         super().input_stats(key, x, stats)
         stats.add(f"absx/{key}", x.float().abs().sum(0).double())
 
-    def observe_pass(
-        self, block: nn.Module, x: torch.Tensor, stats: Stats, pass_idx: int, prior: Stats,
-        mask: torch.Tensor | None,
-    ) -> None:
-        self.observe_pass_shard(block, [x], stats, pass_idx, prior, [mask])
-
     def observe_pass_shard(
         self, block: nn.Module, xs: Sequence[torch.Tensor], stats: Stats, pass_idx: int, prior: Stats,
         masks: Sequence[torch.Tensor | None],

@@ -110,15 +110,7 @@ class QuantAlgorithm:
     ) -> Stats:
         """Accumulate this batch into `stats` (new if None) and return it. `prior`: reduced stats of the
         earlier passes (needed from pass 1 on). `mask` [B, T] bool drops padding tokens."""
-        if not 0 <= pass_idx < self.n_passes:
-            raise ValueError(f"{self.name} has {self.n_passes} observe pass(es), got pass_idx={pass_idx}")
-        stats = Stats() if stats is None else stats
-        with torch.no_grad():
-            if pass_idx == 0:
-                self._observe_inputs(block, x, stats, mask)
-            else:
-                self.observe_pass(block, x, stats, pass_idx, (prior or Stats()).to(_device(block)), mask)
-        return stats
+        return self.observe_shard(block, [x], stats, pass_idx=pass_idx, prior=prior, masks=[mask])
 
     def observe_shard(
         self,
@@ -130,17 +122,19 @@ class QuantAlgorithm:
         prior: Stats | None = None,
         masks: Sequence[torch.Tensor | None] | None = None,
     ) -> Stats:
-        """`observe` over a worker's whole shard (list of batches). Algorithms whose passes are cheaper
-        with all batches at hand (AWQ's grid search: quantize each candidate once, not once per batch)
-        override `observe_pass_shard`."""
+        """`observe` over a worker's whole shard (list of batches). Algorithms whose later passes are
+        cheaper with all batches at hand (AWQ's grid search: quantize each candidate once, not once per
+        batch) override `observe_pass_shard`."""
+        if not 0 <= pass_idx < self.n_passes:
+            raise ValueError(f"{self.name} has {self.n_passes} observe pass(es), got pass_idx={pass_idx}")
         stats = Stats() if stats is None else stats
         masks = list(masks) if masks is not None else [None] * len(xs)
-        if pass_idx > 0 and type(self).observe_pass_shard is not QuantAlgorithm.observe_pass_shard:
-            with torch.no_grad():
+        with torch.no_grad():
+            if pass_idx == 0:
+                for x, mask in zip(xs, masks, strict=True):
+                    self._observe_inputs(block, x, stats, mask)
+            else:
                 self.observe_pass_shard(block, xs, stats, pass_idx, (prior or Stats()).to(_device(block)), masks)
-            return stats
-        for x, mask in zip(xs, masks, strict=True):
-            self.observe(block, x, stats, pass_idx=pass_idx, prior=prior, mask=mask)
         return stats
 
     @torch.no_grad()
@@ -174,7 +168,9 @@ class QuantAlgorithm:
         self, block: nn.Module, xs: Sequence[torch.Tensor], stats: Stats, pass_idx: int, prior: Stats,
         masks: Sequence[torch.Tensor | None],
     ) -> None:
-        raise NotImplementedError
+        """A later pass over the whole shard; batch by batch unless the algorithm does better."""
+        for x, mask in zip(xs, masks, strict=True):
+            self.observe_pass(block, x, stats, pass_idx, prior, mask)
 
     def fmt_of(self, name: str) -> QuantFormat | None:
         return self.formats.get(name, self.fmt)
