@@ -14,3 +14,6 @@ class ModelConfig:
     attn_implementation: str = "sdpa"
     trust_remote_code: bool = False  # off unless the user opts in: remote code runs on every worker
     zero_init: str = "auto"  # auto | on | off: build/load the model under deepspeed.zero.Init
+    # parameters that do not train: groups (vision, projector, language, embeddings, lm_head), re:<regex>,
+    # !<entry> to exclude; syntax and tied-embedding rule in core/models/freeze.py
+    freeze: list[str] = field(default_factory=list)

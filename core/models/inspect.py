@@ -15,14 +15,21 @@ def full_shape(param: Any) -> list[int]:
 
 
 def describe(model: Any) -> dict[str, Any]:
+    from core.models.groups import group_counts, module_groups  # groups imports numel from here
+
     params = list(model.named_parameters())
     trainable = [(n, p) for n, p in params if p.requires_grad]
+    groups = module_groups(model)
+    group_of = groups.group_of()
     return {
         "class": type(model).__name__,
         "total_params": sum(numel(p) for _, p in params),
         "trainable_params": sum(numel(p) for _, p in trainable),
         "trainable_names": [n for n, _ in trainable],
-        "parameters": [{"name": n, "shape": full_shape(p), "trainable": p.requires_grad} for n, p in params],
+        "groups": group_counts(model, groups),
+        "tied": groups.tied,
+        "parameters": [{"name": n, "shape": full_shape(p), "group": group_of[n], "trainable": p.requires_grad}
+                       for n, p in params],
         "tree": str(model),
     }
 

@@ -1,4 +1,8 @@
-"""`model=hf`: a Hugging Face format directory, local or s3:// (a cached download, through core.storage)."""
+"""`model=hf`: a Hugging Face format directory, local or s3:// (a cached download, through core.storage).
+
+The model class follows the config (core/models/auto.py): a VLM directory (LLaVA, LLaVA-NeXT, Qwen-VL)
+loads with AutoModelForImageTextToText and its processor with AutoProcessor; a text model with
+AutoModelForCausalLM."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
     from core.models.config import ModelConfig
+    from core.models.vlm import ImageTextProcessor
 
 
 class PretrainedDir:
@@ -38,10 +43,25 @@ class PretrainedDir:
 
         return AutoTokenizer.from_pretrained(self._local(cfg), trust_remote_code=cfg.trust_remote_code)
 
-    def build(self, cfg: ModelConfig, hf_config: PretrainedConfig, dtype: torch.dtype) -> PreTrainedModel:
-        from transformers import AutoModelForCausalLM
+    def processor(self, cfg: ModelConfig) -> ImageTextProcessor | None:
+        from transformers import AutoProcessor
 
-        return AutoModelForCausalLM.from_pretrained(
+        from core.models.auto import is_image_text
+        from core.models.vlm import ImageTextProcessor
+
+        if not is_image_text(self.hf_config(cfg)):
+            return None
+        local = self._local(cfg)
+        hf = AutoProcessor.from_pretrained(local, trust_remote_code=cfg.trust_remote_code)
+        if not hasattr(hf, "image_processor") or not getattr(hf, "image_token", None):
+            raise ConfigError("model.path", f"{cfg.path}: a vision-language model without an image processor "
+                              "(no processor_config.json / preprocessor_config.json with an image token)")
+        return ImageTextProcessor(hf)
+
+    def build(self, cfg: ModelConfig, hf_config: PretrainedConfig, dtype: torch.dtype) -> PreTrainedModel:
+        from core.models.auto import auto_class
+
+        return auto_class(hf_config).from_pretrained(
             self._local(cfg),
             config=hf_config,
             dtype=dtype,

@@ -14,11 +14,13 @@ if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
     from core.models.config import ModelConfig
+    from core.models.vlm import ImageTextProcessor
 
 
 @dataclass(frozen=True)
 class ConfigBuiltModel:
     make_config: Callable[[dict], PretrainedConfig]
+    make_processor: Callable[[PreTrainedTokenizerBase], Any] | None = None  # VLMs: tokenizer -> HF processor
 
     def validate(self, cfg: ModelConfig) -> None:
         if cfg.path:
@@ -34,11 +36,15 @@ class ConfigBuiltModel:
     def tokenizer(self, cfg: ModelConfig) -> PreTrainedTokenizerBase:
         return byte_tokenizer()
 
-    def build(self, cfg: ModelConfig, hf_config: PretrainedConfig, dtype: torch.dtype) -> PreTrainedModel:
-        from transformers import AutoModelForCausalLM
+    def processor(self, cfg: ModelConfig) -> ImageTextProcessor | None:
+        from core.models.vlm import ImageTextProcessor
 
-        hf_config._attn_implementation = cfg.attn_implementation
-        return AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
+        return ImageTextProcessor(self.make_processor(self.tokenizer(cfg))) if self.make_processor else None
+
+    def build(self, cfg: ModelConfig, hf_config: PretrainedConfig, dtype: torch.dtype) -> PreTrainedModel:
+        from core.models.auto import from_config
+
+        return from_config(hf_config, dtype=dtype, attn_implementation=cfg.attn_implementation)
 
 
 def qwen3(**shape: Any) -> Callable[[dict], PretrainedConfig]:

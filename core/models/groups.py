@@ -1,0 +1,126 @@
+"""Module groups of a model: vision, projector, language, embeddings, lm_head.
+
+One registry, `LAYOUTS`, keyed by the transformers model class: each entry names the module paths of
+the vision tower, the projector and the language model. The embeddings and the lm_head are found for
+every family through transformers' own `get_input_embeddings()` / `get_output_embeddings()`; within
+the rest the longest matching module path decides (Qwen-VL's merger sits inside `model.visual`).
+A model whose class has no entry is a causal LM (everything but embeddings/lm_head is `language`),
+unless its config is image-text: then its groups are unknown and its parameters land in `other`.
+
+The groups partition the parameters: each parameter (as `named_parameters()` lists it, shared
+tensors once) is in exactly one group, so the group counts add up to the model's total.
+
+Tied weights (qwen3_tiny, llava_tiny: lm_head.weight is embed_tokens.weight): the one tensor is
+counted under `embeddings`; `tied` records {"lm_head": "embeddings"} and `shared["lm_head"]` names the
+tensor, so freezing either group freezes it (core/models/freeze.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.models.inspect import numel
+from core.registry import Registry
+
+GROUPS = ("vision", "projector", "language", "embeddings", "lm_head")
+OTHER = "other"  # parameters no group claims (a family without a layout); empty for registered families
+
+
+@dataclass(frozen=True)
+class GroupLayout:
+    vision: tuple[str, ...] = ()
+    projector: tuple[str, ...] = ()
+    language: tuple[str, ...] = ()
+
+    def paths(self) -> list[tuple[str, str]]:
+        """(module path, group), longest path first."""
+        pairs = [(p, g) for g in ("vision", "projector", "language") for p in getattr(self, g)]
+        return sorted(pairs, key=lambda pair: -len(pair[0]))
+
+
+CAUSAL_LM = GroupLayout(language=("",))  # "" is the root: every parameter not otherwise claimed
+LLAVA = GroupLayout(vision=("model.vision_tower",), projector=("model.multi_modal_projector",),
+                    language=("model.language_model",))
+# LLaVA-NeXT / OneVision: the learned row separator of the anyres feature grid belongs to the projector side
+LLAVA_NEXT = GroupLayout(vision=LLAVA.vision, projector=(*LLAVA.projector, "model.image_newline"),
+                         language=LLAVA.language)
+# Qwen-VL: the patch merger (and Qwen3-VL's deepstack mergers) is the projector, inside model.visual
+QWEN_VL = GroupLayout(vision=("model.visual",), projector=("model.visual.merger", "model.visual.deepstack_merger_list"),
+                      language=("model.language_model",))
+
+LAYOUTS: Registry[GroupLayout] = Registry("module group layout", "model")
+LAYOUTS.register("LlavaForConditionalGeneration", LLAVA)
+LAYOUTS.register("LlavaNextForConditionalGeneration", LLAVA_NEXT)
+LAYOUTS.register("LlavaOnevisionForConditionalGeneration", LLAVA_NEXT)
+for _cls in ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration",
+             "Qwen3VLForConditionalGeneration", "Qwen3VLMoeForConditionalGeneration"):
+    LAYOUTS.register(_cls, QWEN_VL)
+
+
+def layout_of(model: Any) -> GroupLayout | None:
+    """The class's layout; a text-only model's is CAUSAL_LM; None for an image-text model without one."""
+    from core.models.auto import is_image_text
+
+    name = type(model).__name__
+    if name in LAYOUTS:
+        return LAYOUTS.get(name)
+    return None if is_image_text(model.config) else CAUSAL_LM
+
+
+@dataclass
+class ModuleGroups:
+    model_class: str
+    known: bool  # False: an image-text class without a layout (only embeddings/lm_head are found)
+    names: dict[str, list[str]]  # group -> parameter names; groups in GROUPS order, then OTHER if any
+    tied: dict[str, str] = field(default_factory=dict)  # {"lm_head": "embeddings"} when they share a tensor
+    shared: dict[str, list[str]] = field(default_factory=dict)  # group -> tensors it shares, counted elsewhere
+
+    def group_of(self) -> dict[str, str]:
+        return {name: group for group, names in self.names.items() for name in names}
+
+    def members(self, group: str) -> list[str]:
+        """Every tensor the group uses: its own and the ones it shares (tied lm_head: embed_tokens.weight)."""
+        return self.names.get(group, []) + self.shared.get(group, [])
+
+
+def _param_ids(module: Any) -> set[int]:
+    return {id(p) for p in module.parameters()} if module is not None else set()
+
+
+def _under(name: str, path: str) -> bool:
+    return path == "" or name == path or name.startswith(path + ".")
+
+
+def module_groups(model: Any) -> ModuleGroups:
+    layout = layout_of(model)
+    paths = layout.paths() if layout else []
+    embeddings = _param_ids(model.get_input_embeddings())
+    lm_head = _param_ids(model.get_output_embeddings())
+    names: dict[str, list[str]] = {g: [] for g in GROUPS}
+    tied: dict[str, str] = {}
+    shared: dict[str, list[str]] = {}
+    for name, param in model.named_parameters():
+        if id(param) in embeddings:
+            group = "embeddings"
+            if id(param) in lm_head:
+                tied["lm_head"] = "embeddings"
+                shared.setdefault("lm_head", []).append(name)
+        elif id(param) in lm_head:
+            group = "lm_head"
+        else:
+            group = next((g for path, g in paths if _under(name, path)), OTHER)
+        names.setdefault(group, []).append(name)
+    return ModuleGroups(type(model).__name__, layout is not None, names, tied, shared)
+
+
+def group_counts(model: Any, groups: ModuleGroups | None = None) -> dict[str, dict[str, int]]:
+    """group -> {"params": full count (ZeRO-3 aware), "trainable": of those, requiring grad, "tensors": n}."""
+    groups = groups or module_groups(model)
+    params = dict(model.named_parameters())
+    out = {}
+    for group, names in groups.names.items():
+        out[group] = {"params": sum(numel(params[n]) for n in names),
+                      "trainable": sum(numel(params[n]) for n in names if params[n].requires_grad),
+                      "tensors": len(names)}
+    return out
