@@ -18,6 +18,7 @@ class RunContext:
 
 class Job(Protocol):
     sections: tuple[str, ...]  # spec sections this kind reads (logged as params)
+    # a kind may set `needs_cluster = False` (job=inspect): run() then gets no Ray connection
 
     def prepare(self, spec: Any, ctx: RunContext) -> Any:
         """Validate inputs and build what the workers need, before Ray starts."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,7 @@ def run_job(spec: Any, cfg: DictConfig, redactor: Redactor) -> dict[str, Any]:
         job_uri = storage.join(storage_root, job_name)
         ctx = RunContext(run=run, job_dir=storage.scratch_dir(job_uri), job_uri=job_uri)
         prepared = job.prepare(spec, ctx)
-        with connect(spec.cluster):
+        with connect(spec.cluster) if getattr(job, "needs_cluster", True) else nullcontext():
             summary = job.run(spec, ctx, prepared)
     except BaseException as err:
         user_error = _unwrap_user_error(err)

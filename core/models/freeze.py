@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.errors import ConfigError
+from core.models.auto import meta_model
 from core.models.groups import GROUPS, ModuleGroups, module_groups
 from core.models.inspect import numel
 
@@ -109,6 +110,12 @@ def resolve(model: Any, entries: list[str]) -> tuple[set[str], ModuleGroups]:
     if frozen and len(frozen) == len(canonical):
         raise ConfigError(FIELD, f"{', '.join(entries)} freezes every parameter: nothing left to train")
     return frozen, groups
+
+
+def check_freeze(source: Any, cfg: Any) -> None:
+    """Every model.freeze error, before Ray starts: resolved against a meta-device copy of the model."""
+    if cfg.freeze:
+        resolve(meta_model(source, cfg), list(cfg.freeze))
 
 
 def apply_freeze(model: Any, entries: list[str]) -> FreezeReport | None:

@@ -13,6 +13,7 @@ from core.cluster import wants_gpu
 from core.data.sft import SFTData, build_sft_data
 from core.errors import ConfigError
 from core.models import MODELS
+from core.models.freeze import check_freeze
 from jobs.base import RunContext
 from jobs.sft import checkpoint
 from jobs.sft.schedule import lr_multiplier
@@ -68,6 +69,7 @@ class SFTJob:
         _check_trainer(spec.trainer)
         source = MODELS.get(spec.model.name)
         source.validate(spec.model)
+        check_freeze(source, spec.model)
         data = build_sft_data(spec.data, source.tokenizer(spec.model))
         log.info("data: %s", json.dumps(data.stats))
         ctx.run.log_params({f"data.stats.{k}": v for k, v in data.stats.items()})

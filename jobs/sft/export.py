@@ -21,11 +21,11 @@ def gather_state_dict(engine: Any) -> dict[str, torch.Tensor] | None:
 
 def write_export(state: dict[str, torch.Tensor], hf_config: Any, tokenizer: Any, final: str, run: RunHandle) -> str:
     """Rank 0: write into a staging dir, log it to MLflow, then publish it as `final` atomically."""
-    from transformers import AutoModelForCausalLM
+    from core.models.auto import from_config
 
     staged = storage.staging_dir(final)
     with torch.device("meta"):
-        shell = AutoModelForCausalLM.from_config(hf_config)  # holds no memory: only save_pretrained's logic
+        shell = from_config(hf_config)  # holds no memory: only save_pretrained's logic
     shell.save_pretrained(staged, state_dict=state, safe_serialization=True)
     tokenizer.save_pretrained(staged)
     run.log_artifacts(staged, "export")

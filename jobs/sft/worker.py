@@ -18,6 +18,7 @@ import torch.distributed as dist
 
 from core import storage
 from core.models import MODELS
+from core.models.freeze import apply_freeze
 from core.models.inspect import describe, embedding_params
 from core.tracking import RunHandle
 from jobs.sft import checkpoint
@@ -73,6 +74,7 @@ def build_model(spec: Any, ds_config: dict, dtype: torch.dtype) -> tuple[Any, An
         del ds_marker  # must not outlive construction (rank-0-only model builds would hang)
     else:
         model = source.build(spec.model, hf_config, dtype)
+    apply_freeze(model, list(spec.model.freeze))  # before the optimizer: it gets trainable parameters only
     if spec.trainer.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False

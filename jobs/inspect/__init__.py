@@ -1,0 +1,1 @@
+"""job=inspect: what a model is made of (tree, parameter table, counts, module groups), without weights."""
