@@ -30,7 +30,7 @@ from core.models.inspect import numel
 
 FIELD = "model.freeze"
 EXCLUDE, REGEX = "!", "re:"
-SYNTAX = f"groups {', '.join(GROUPS)}; re:<regex>; !<entry> to exclude"
+SYNTAX = f"groups: {', '.join(GROUPS)}; re:<regex>; !<entry> to exclude"
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def parse_rules(entries: list[str]) -> list[Rule]:
         elif body in GROUPS:
             rules.append(Rule(entry, exclude, group=body))
         else:
-            raise ConfigError(FIELD, f"unknown group {body!r} in {entry!r} ({SYNTAX})")
+            raise ConfigError(FIELD, f"unknown group {body!r} ({SYNTAX})")
     if rules and all(r.exclude for r in rules):
         raise ConfigError(FIELD, f"only exclusions ({', '.join(entries)}): nothing to freeze")
     return rules

@@ -51,11 +51,14 @@ class PretrainedDir:
 
         if not is_image_text(self.hf_config(cfg)):
             return None
-        local = self._local(cfg)
-        hf = AutoProcessor.from_pretrained(local, trust_remote_code=cfg.trust_remote_code)
-        if not hasattr(hf, "image_processor") or not getattr(hf, "image_token", None):
-            raise ConfigError("model.path", f"{cfg.path}: a vision-language model without an image processor "
+        missing = ConfigError("model.path", f"{cfg.path}: a vision-language model without an image processor "
                               "(no processor_config.json / preprocessor_config.json with an image token)")
+        try:
+            hf = AutoProcessor.from_pretrained(self._local(cfg), trust_remote_code=cfg.trust_remote_code)
+        except OSError:
+            raise missing from None
+        if not hasattr(hf, "image_processor") or not getattr(hf, "image_token", None):
+            raise missing
         return ImageTextProcessor(hf)
 
     def build(self, cfg: ModelConfig, hf_config: PretrainedConfig, dtype: torch.dtype) -> PreTrainedModel:
