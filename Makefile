@@ -50,5 +50,9 @@ bench-sft:
 bench-quant:
 	$(BENCH_PY) -m benchmarks.quant $(ARGS)
 
+.PHONY: bench-sensitivity
+bench-sensitivity:
+	$(BENCH_PY) -m benchmarks.sensitivity $(ARGS)
+
 clean:
 	rm -rf runs .cache .pytest_cache

@@ -5,21 +5,34 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import signal
 import subprocess
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_logged(cmd: list[str], log: Path) -> str:
+def run_logged(cmd: list[str], log: Path, timeout: float | None = None) -> str:
     """stdout + stderr of `cmd` (run from the repo), also written to `log`; a failure is printed, not raised:
-    one failed configuration leaves the others' rows."""
+    one failed configuration leaves the others' rows. Past `timeout` seconds its whole process group is
+    killed (Ray daemons included) and the output so far comes back, ending with a TIMED OUT line."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_ALLOW_FILE_STORE": "true"}
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
-    log.write_text(proc.stdout + proc.stderr)
+    alone = timeout is not None  # its own process group, to kill it whole
+    with subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                          start_new_session=alone) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()  # what was read before the timeout is kept
+            err += f"\nTIMED OUT after {timeout:.0f} s\n"
+        except BaseException:  # interrupted (SIGTERM/SIGINT handlers): do not leave it running
+            os.killpg(proc.pid, signal.SIGKILL) if alone else proc.kill()
+            raise
+    log.write_text(out + err)
     if proc.returncode != 0:
-        print(f"FAILED ({proc.returncode}): {' '.join(cmd)}\n{(proc.stdout + proc.stderr)[-3000:]}", flush=True)
-    return proc.stdout + proc.stderr
+        print(f"FAILED ({proc.returncode}): {' '.join(cmd)}\n{(out + err)[-3000:]}", flush=True)
+    return out + err
 
 
 def add_common_args(parser: argparse.ArgumentParser, work: str) -> None:

@@ -26,8 +26,9 @@ LLAMA3_8B = {"hidden_size": 4096, "intermediate_size": 14336, "num_attention_hea
              "rope_theta": 500000.0, "tie_word_embeddings": False}
 
 
-def build_model(out: Path, layers: int) -> Path:
-    """Random-init bf16 weights, built on the GPU (fast init), saved with the byte tokenizer."""
+def build_model(out: Path, layers: int, shape: dict | None = None) -> Path:
+    """Random-init bf16 weights of `shape` (default LLAMA3_8B), built on the GPU (fast init), saved with the
+    byte tokenizer."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
@@ -35,7 +36,7 @@ def build_model(out: Path, layers: int) -> Path:
 
     if (out / "config.json").is_file():
         return out
-    config = LlamaConfig(num_hidden_layers=layers, **LLAMA3_8B)
+    config = LlamaConfig(num_hidden_layers=layers, **(shape or LLAMA3_8B))
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.save_pretrained(out)

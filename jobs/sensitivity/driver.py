@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,6 +86,15 @@ def _search_handles(groups: dict[str, list[str]], shapes: dict[str, tuple[int, i
     return [make_handle(h, [shapes[m] for m in members], scores[h]) for h, members in groups.items()]
 
 
+def _timing(parts: list[dict[str, Any]], scan_seconds: float) -> dict[str, float]:
+    """Slowest worker's model load and scoring, the tasks' wall time, the largest per-worker GPU peak."""
+    out = {"load_seconds": max(p["load_seconds"] for p in parts),
+           "score_seconds": max(p["score_seconds"] for p in parts), "scan_seconds": scan_seconds}
+    if all("gpu_peak_gib" in p for p in parts):
+        out["gpu_peak_gib"] = max(p["gpu_peak_gib"] for p in parts)
+    return out
+
+
 class SensitivityJob:
     sections = ("model", "search", "calib")
 
@@ -122,8 +132,10 @@ class SensitivityJob:
         shards = [[batches[k] for k in part] for part in np.array_split(np.arange(len(batches)), s.num_workers)]
         task = ray.remote(num_cpus=s.cpus_per_worker, num_gpus=1 if use_gpu else 0)(score_shard)
         names = sorted(p.shapes)
+        began = time.perf_counter()
         parts = ray.get([task.remote(spec, shard, names, use_gpu, dtype) for shard in shards])
-        scores = group_scores(reduce_scores(parts), p.groups)
+        timing = _timing(parts, time.perf_counter() - began)
+        scores = group_scores(reduce_scores([part["scores"] for part in parts]), p.groups)
         handles = _search_handles(p.groups, p.shapes, scores)
         result = search(handles, s.effective_bits)
         header = {"scheme": list(s.candidates), "model": spec.model.path or spec.model.name,
@@ -134,9 +146,13 @@ class SensitivityJob:
         out_dir = ctx.job_dir / "report"
         paths = write_report(out_dir, result, handles, header)
         ctx.run.log_artifacts(out_dir, "sensitivity")
-        metrics = {"effective_bits": result.effective_bits, "total_score": result.total_score}
+        metrics = {"effective_bits": result.effective_bits, "total_score": result.total_score, **timing}
+        metrics.update({f"worker{k}_gpu_peak_gib": part["gpu_peak_gib"] for k, part in enumerate(parts)
+                        if "gpu_peak_gib" in part})
         ctx.run.log_metrics(metrics, step=0)
         log.info("search: %.4f effective bits (budget %g), total score %.4g; report %s", result.effective_bits,
                  s.effective_bits, result.total_score, out_dir)
+        peaks = ",".join(f"{part['gpu_peak_gib']:.2f}" for part in parts if "gpu_peak_gib" in part)
         return {"effective_bits": round(result.effective_bits, 6), "total_score": result.total_score,
-                "handles": len(p.groups), "report": str(out_dir), "files": len(paths)}
+                "handles": len(p.groups), "report": str(out_dir), "files": len(paths),
+                **{k: round(v, 2) for k, v in timing.items()}, **({"gpu_peak_gib_per_worker": peaks} if peaks else {})}

@@ -2,10 +2,19 @@
 with inputs X, outputs Y and loss gradient G = dL/dY, quantizing it to format f changes Y by
 dY = Q_a(X) Q_f(W)^T - X W^T, and the loss by about sum_tokens (G . dY)^2 (second order, Fisher).
 
-One forward + backward per batch gives every Linear's X and G at once: the weights are frozen, the
-embedding output requires grad, and a hook on each Linear's output scores all candidates as its
-gradient arrives (X is dropped right after). The loss is summed over tokens, not averaged, so scores of
-batches split over workers add up to the scores of one worker. Scores accumulate in float64.
+Per batch, the model runs block by block so that an 8B model fits one GPU with little more than its
+weights: a no-grad forward keeps only each block's input; the loss gradient at the last block's output
+comes from the final norm and lm_head over chunks of tokens (never the whole float32 logits); then, from
+the last block down, each block is recomputed with grad and back-propagated alone, and each of its
+Linears is scored in the hook on its output gradient (its X is dropped right after). Weights are
+frozen, so the backward computes input gradients only. Q_f(W) is recomputed in the hook for every
+batch rather than cached for the whole model (2 candidates x 16 GB for an 8B model).
+
+dY is formed from small terms, never as the difference of two full outputs (bf16 outputs cannot resolve
+an int8 change): X (Q(W) - W)^T, plus (Q_a(X) - X) Q(W)^T with activation quantization. G . dY is
+contracted over the smaller side (in or out features), in float32; the squares add up in float64. The
+loss is summed over tokens, not averaged, so scores of batches split over workers add up to the scores
+of one worker.
 """
 
 from __future__ import annotations
@@ -16,7 +25,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from kernels.quant import get_op, parse_target
+from core.errors import ConfigError
+from jobs.quantize.layerwise import Layerwise
+from kernels.quant import QuantFormat, get_op, parse_target
+
+LOGITS_CHUNK = 2**27  # logits elements per chunk of the loss (float32: 512 MiB; 1046 tokens of a 128k vocabulary)
 
 
 class LinearScorer:
@@ -25,52 +38,130 @@ class LinearScorer:
     def __init__(self, linears: dict[str, nn.Linear], candidates: list[str]) -> None:
         self.linears, self.candidates = linears, candidates
         self.formats = {c: parse_target(c) for c in candidates}
-        self.scores = {name: {c: 0.0 for c in candidates} for name in linears}
-        self._deltas: dict[tuple[str, str], torch.Tensor] = {}
+        self._sums: dict[str, torch.Tensor] = {}  # name -> float64 [candidates] on the weights' device
 
-    def _weight_delta(self, name: str, cand: str) -> torch.Tensor:
-        """Q_f(W) (cached: the weights do not change while scoring)."""
-        key = (name, cand)
-        if key not in self._deltas:
-            w = self.linears[name].weight.detach()
-            self._deltas[key] = get_op("fake_quant")(w.float(), self.formats[cand]).to(w.dtype)
-        return self._deltas[key]
+    @property
+    def scores(self) -> dict[str, dict[str, float]]:
+        zeros = [0.0] * len(self.candidates)
+        return {name: dict(zip(self.candidates, self._sums[name].tolist() if name in self._sums else zeros,
+                               strict=True)) for name in self.linears}
 
     @torch.no_grad()
     def score(self, name: str, x: torch.Tensor, grad: torch.Tensor) -> None:
-        lin = self.linears[name]
-        g = grad.reshape(-1, grad.shape[-1]).float()
-        x2 = x.reshape(-1, x.shape[-1])
-        y2 = nn.functional.linear(x2, lin.weight, lin.bias).float()  # recomputed: outputs are not kept
-        for cand, fmt in self.formats.items():
-            if fmt is None:
-                continue  # unquantized: dY = 0
-            xq = get_op("fake_quant_per_token")(x2, fmt.act_bits) if fmt.act_bits else x2
-            yq = nn.functional.linear(xq, self._weight_delta(name, cand), lin.bias).float()
-            per_token = (g * (yq - y2)).sum(-1)
-            self.scores[name][cand] += per_token.double().square().sum().item()
+        w = self.linears[name].weight.detach()
+        x2, g2 = x.reshape(-1, x.shape[-1]), grad.reshape(-1, grad.shape[-1])
+        sums = self._sums.setdefault(name, torch.zeros(len(self.candidates), dtype=torch.float64, device=w.device))
+        for k, fmt in enumerate(self.formats.values()):
+            if fmt is not None:  # unquantized: dY = 0
+                sums[k] += token_products(g2, delta_terms(x2, w, fmt)).double().square().sum()
 
 
-def score_batches(model: nn.Module, embed: nn.Module, scorer: LinearScorer, batches: Iterable[torch.Tensor]) -> None:
-    """Forward + backward of the summed causal-LM loss per batch, scoring each Linear in its grad hook."""
+def delta_terms(x: torch.Tensor, w: torch.Tensor, fmt: QuantFormat) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Pairs (A, B) with Q_a(x) Q_f(W)^T - x W^T = sum A B^T: x (Q(W) - W)^T [+ (Q_a(x) - x) Q(W)^T]."""
+    wf = w.float()
+    wq = get_op("fake_quant")(wf, fmt)
+    terms = [(x, (wq - wf).to(w.dtype))]
+    if fmt.act_bits:
+        terms.append((get_op("fake_quant_per_token")(x, fmt.act_bits) - x, wq.to(w.dtype)))
+    return terms
+
+
+def token_products(g: torch.Tensor, terms: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Per token g . dY (float32) with dY = sum A B^T, contracted over the smaller of in/out features:
+    (G B) . A when in < out, else G . (A B^T). Same GEMM FLOPs; the smaller float32 product."""
+    out_features, in_features = terms[0][1].shape
+    if in_features < out_features:
+        return sum(_rowdot(g @ b, a) for a, b in terms)
+    dy = terms[0][0] @ terms[0][1].T
+    for a, b in terms[1:]:
+        dy.addmm_(a, b.T)
+    return _rowdot(g, dy)
+
+
+def _rowdot(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    return (p.float() * q.float()).sum(-1)
+
+
+def final_norm(model: nn.Module, lw: Layerwise) -> nn.Module:
+    """The norm between the last block and lm_head (`<decoder>.norm` in the Llama family)."""
+    name = lw.arch.layers.rsplit(".", 1)[0] + ".norm"
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        raise ConfigError("model", f"no final norm at {name!r}: sensitivity scoring needs it") from None
+
+
+def _call(block: nn.Module, x: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+    y = block(x, **kwargs)
+    return y[0] if isinstance(y, tuple) else y
+
+
+def loss_grad(norm: nn.Module, head: nn.Module, h: torch.Tensor, ids: torch.Tensor,
+              chunk: int = LOGITS_CHUNK) -> torch.Tensor:
+    """dL/dh for L = the next-token cross entropy summed over tokens of head(norm(h)), the logits computed
+    (and upcast to float32, as the full-model loss does) a chunk of tokens at a time."""
+    h = h.detach().requires_grad_(True)
+    with torch.enable_grad():
+        y = norm(h)
+    feats = y.detach()[:, :-1].reshape(-1, y.shape[-1])
+    targets = ids[:, 1:].reshape(-1)
+    feats_grad = torch.empty_like(feats)
+    step = max(1, chunk // head.out_features)
+    for start in range(0, len(targets), step):
+        part = feats[start:start + step].detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = head(part).float()
+            loss = nn.functional.cross_entropy(logits, targets[start:start + step], reduction="sum")
+        loss.backward()
+        feats_grad[start:start + step] = part.grad
+        del logits, loss
+    y_grad = torch.zeros_like(y)
+    y_grad[:, :-1] = feats_grad.view(y.shape[0], -1, y.shape[-1])
+    y.backward(y_grad)
+    return h.grad
+
+
+def backward_by_block(lw: Layerwise, norm: nn.Module, head: nn.Module, ids: torch.Tensor,
+                      chunk: int = LOGITS_CHUNK) -> None:
+    """One batch: no-grad forward keeping block inputs, the loss gradient, then each block recomputed with
+    grad and back-propagated from the last down (Linear output-gradient hooks fire in its backward)."""
+    with torch.no_grad():
+        x = lw.embed(ids)
+        kwargs = lw.block_kwargs(x)
+        inputs = []
+        for block in lw.blocks:
+            inputs.append(x)
+            x = _call(block, x, kwargs)
+    grad = loss_grad(norm, head, x, ids, chunk)
+    for index in reversed(range(len(inputs))):
+        x = inputs.pop().detach().requires_grad_(True)
+        with torch.enable_grad():
+            y = _call(lw.blocks[index], x, kwargs)
+        y.backward(grad)
+        grad = x.grad
+        del x, y
+
+
+def score_batches(model: nn.Module, scorer: LinearScorer, batches: Iterable[torch.Tensor],
+                  chunk: int = LOGITS_CHUNK) -> None:
+    """The summed causal-LM loss per batch, back-propagated block by block, scoring each decoder-block
+    Linear of `scorer` as its output gradient arrives."""
     model.requires_grad_(False)
+    lw = Layerwise(model)
+    norm, head = final_norm(model, lw), model.get_output_embeddings()
     saved: dict[str, torch.Tensor] = {}
 
     def on_forward(name: str):
         def hook(_m: nn.Module, args: tuple, out: torch.Tensor) -> None:
-            saved[name] = args[0].detach()
-            out.register_hook(lambda g: scorer.score(name, saved.pop(name), g))
+            if torch.is_grad_enabled():  # a block's recompute; the first forward keeps nothing
+                saved[name] = args[0].detach()
+                out.register_hook(lambda g: scorer.score(name, saved.pop(name), g))
         return hook
 
     handles = [lin.register_forward_hook(on_forward(name)) for name, lin in scorer.linears.items()]
-    handles.append(embed.register_forward_hook(lambda _m, _a, out: out.requires_grad_(True)))
     try:
         for ids in batches:
-            logits = model(input_ids=ids, use_cache=False).logits
-            loss = nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(),
-                                               reduction="sum")
-            loss.backward()
-            del logits, loss
+            backward_by_block(lw, norm, head, ids, chunk)
     finally:
         for h in handles:
             h.remove()

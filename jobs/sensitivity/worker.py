@@ -1,7 +1,8 @@
-"""A scoring worker (Ray actor): the whole model on its device, its shard of calibration batches."""
+"""A scoring task (Ray): the whole model on its device, its shard of calibration batches."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -13,16 +14,34 @@ from jobs.sensitivity.scoring import LinearScorer, model_linears, score_batches
 
 
 def score_shard(spec: Any, batches: list[np.ndarray], names: list[str], use_gpu: bool,
-                dtype: str) -> dict[str, dict[str, float]]:
+                dtype: str) -> dict[str, Any]:
+    """Scores of `names` over `batches`, with the load and scoring seconds and (on a GPU) the peak memory
+    allocated by this task (torch.cuda.max_memory_allocated since it started)."""
     s = spec.search
     torch.set_num_threads(s.threads_per_worker)
     device = torch.device("cuda" if use_gpu else "cpu")
+    if use_gpu:
+        torch.cuda.reset_peak_memory_stats(device)
+    began = time.perf_counter()
     source = MODELS.get(spec.model.name)
     torch.manual_seed(s.seed)
-    model = source.build(spec.model, source.hf_config(spec.model), getattr(torch, dtype)).eval().to(device)
+    with device:  # transformers loads the weights straight onto the context's device (no CPU copy first)
+        model = source.build(spec.model, source.hf_config(spec.model), getattr(torch, dtype))
+    model = model.eval().to(device)
+    _sync(device)
+    loaded = time.perf_counter()
     lw = Layerwise(model)
     linears = model_linears(model, [lw.block_prefix(i) for i in range(len(lw.blocks))])
     scorer = LinearScorer({n: linears[n] for n in names}, list(s.candidates))
-    score_batches(model, model.get_submodule(lw.arch.embed), scorer,
-                  (torch.as_tensor(b, device=device) for b in batches))
-    return scorer.scores
+    score_batches(model, scorer, (torch.as_tensor(b, device=device) for b in batches))
+    scores = scorer.scores  # reading the sums synchronizes
+    out: dict[str, Any] = {"scores": scores, "load_seconds": loaded - began,
+                           "score_seconds": time.perf_counter() - loaded, "tokens": int(sum(b.size for b in batches))}
+    if use_gpu:
+        out["gpu_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,0 +1,177 @@
+"""`make bench-sensitivity`: a sensitivity scan (gradient scores + mixed-precision search) by the orchestrator
+vs NVIDIA ModelOpt's `auto_quantize`, side by side on one model directory and one set of token ids.
+
+The Llama-3-8B shape (random init, bf16; --layers cuts the depth; --shape tiny for a CPU check) saved by
+benchmarks/quant.py's builder, 128 x 512 calibration tokens. Ours: `python -m orchestrator job=sensitivity
+model=hf ...` with candidates w4g128, w8a8, fp16 and q/k/v, gate/up sharing a format (the peer's
+grouping), on each GPU count of --gpus; the peer: benchmarks/peer_autoquant.py (INT4_AWQ_CFG,
+INT8_DEFAULT_CFG and its implicit no-quant, lm_head disabled, batches of 8 for calibration and scoring).
+
+Budget: --block-bits (default 6.0, between all-w4g128's 4.125 and fp16's 16) is ours, over the block
+Linears. The peer's effective bits also count the disabled lm_head at 16 bits (its 4-block minimum
+is 8.51), so it gets the same block-average budget with lm_head added: (block_bits x N_blocks +
+16 x N_lm_head) / (N_blocks + N_lm_head). (Its cost leaves out scales: int4 costs 4.0 there, 4.125 here.)
+
+Timing: ours "total" is the orchestrator process from start to exit (Python, Ray, MLflow, loading the
+model onto the GPU, scoring, search, report); "load" the task's model load; "scoring" the task's
+forward/backward scoring (slowest task). The peer's "total" is its process, "load" from_pretrained onto
+the GPU, "scoring" the auto_quantize call (its calibration, scoring and LP search). Peak GPU memory: each
+task's torch.cuda.max_memory_allocated, model included. Each finished row is printed with the table
+so far and appended to --work/rows.jsonl; --deadline bounds the whole call (the last run gets what
+is left and is killed past it) so the table is recorded before a time limit outside ends the call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from importlib.util import find_spec
+from pathlib import Path
+
+from benchmarks.common import add_common_args, record, run_logged
+from benchmarks.quant import LLAMA3_8B, build_model, write_calib
+
+SHAPES = {"llama3-8b": LLAMA3_8B,
+          "tiny": {"hidden_size": 256, "intermediate_size": 512, "num_attention_heads": 4, "num_key_value_heads": 2,
+                   "vocab_size": 512, "max_position_embeddings": 1024, "rope_theta": 500000.0,
+                   "tie_word_embeddings": False}}
+CANDIDATES = "[w4g128,w8a8,fp16]"
+
+
+def budgets(shape: dict, layers: int, block_bits: float) -> tuple[float, float]:
+    """(ours over block Linears, the peer's over block Linears + lm_head at 16 bits), same block average."""
+    h, f = shape["hidden_size"], shape["intermediate_size"]
+    kv = h // shape["num_attention_heads"] * shape["num_key_value_heads"]
+    blocks = layers * (2 * h * h + 2 * h * kv + 3 * h * f)
+    head = h * shape["vocab_size"]
+    return block_bits, (block_bits * blocks + 16 * head) / (blocks + head)
+
+
+def _choices(report: Path) -> dict:
+    return json.loads((report / "report.json").read_text()) if (report / "report.json").is_file() else {}
+
+
+def ours(gpus: int, model: Path, calib: Path, work: Path, budget: float, args, timeout: float) -> dict:
+    import torch
+
+    name = f"ours-g{gpus}-{args.layers}l"
+    gpu = torch.cuda.is_available()
+    cmd = [sys.executable, "-m", "orchestrator", "job=sensitivity", "model=hf", f"model.path={model}",
+           f"calib.path={calib}", f"calib.num_samples={args.samples}", f"calib.seq_len={args.seq_len}",
+           f"search.candidates={CANDIDATES}", f"search.effective_bits={budget}", "search.handles=shared_input",
+           f"search.num_workers={gpus}", f"search.use_gpu={str(gpu).lower()}", f"search.batch_size={args.batch_size}",
+           f"search.cpus_per_worker={4 if gpu else 1}", f"job.storage={work}", f"job.name={name}",
+           f"tracking.uri=file://{work}/mlruns", "cluster.include_dashboard=false", *args.extra.split()]
+    began = time.perf_counter()
+    out = run_logged(cmd, work / f"{name}.log", timeout)
+    total = time.perf_counter() - began
+    summary = dict(re.findall(r"^(\w+): (.*)$", out, flags=re.M))
+    manifest = _choices(work / name / "report")
+    chosen: dict[str, int] = {}
+    for fmt in manifest.get("choices", {}).values():
+        chosen[fmt] = chosen.get(fmt, 0) + 1
+    return {"name": name, "gpus": gpus, "total": total if "effective_bits" in summary else float("nan"),
+            "load": float(summary.get("load_seconds", "nan")), "scoring": float(summary.get("score_seconds", "nan")),
+            "peaks": summary.get("gpu_peak_gib_per_worker", ""), "effective_bits": float(summary.get(
+                "effective_bits", "nan")), "budget": budget, "chosen": chosen, "scores": _scores(manifest),
+            "note": "" if "effective_bits" in summary else _failure(out)}
+
+
+def _failure(out: str) -> str:
+    timed_out = re.search(r"TIMED OUT after \d+ s", out)
+    return timed_out.group(0) if timed_out else "FAILED"
+
+
+def _scores(manifest: dict) -> dict:
+    return {(h["name"], f): c["score"] for h in manifest.get("handles", []) for f, c in h["candidates"].items()}
+
+
+def peer(model: Path, ids: Path, work: Path, budget: float, args, timeout: float) -> dict:
+    row = {"name": f"peer-modelopt-{args.layers}l", "gpus": 1, "budget": budget}
+    if find_spec("modelopt") is None:
+        return {**row, "note": "skipped: modelopt is not importable here (no module named 'modelopt')"}
+    cmd = [sys.executable, "-m", "benchmarks.peer_autoquant", "--model", str(model), "--ids", str(ids),
+           "--batch-size", str(args.peer_batch_size), "--effective-bits", f"{budget:.6f}"]
+    began = time.perf_counter()
+    out = run_logged(cmd, work / f"{row['name']}.log", timeout)
+    total = time.perf_counter() - began
+    found = re.search(r"^PEER_RESULT (.*)$", out, flags=re.M)
+    if found is None:
+        progress = re.findall(r"(Estimating auto_quantize scores[^\r\n]*|Calibrating[^\r\n]*)", out)
+        last = (progress or out.strip().splitlines() or [""])[-1].strip().replace("|", "/")
+        return {**row, "note": f"{_failure(out)}, last progress: {last}"}
+    result = json.loads(found.group(1))
+    if "skipped" in result:
+        return {**row, "note": f"skipped: {result['skipped']}"}
+    return {**row, "total": total, "load": result["load"], "scoring": result["wall"],
+            "peaks": f"{result['peak_gib']:.2f}", "effective_bits": result["effective_bits"],
+            "chosen": result["chosen"], "note": "" if result["satisfied"] else "budget not satisfied"}
+
+
+def _agreement(row: dict, rows: list[dict]) -> str:
+    """Max relative score difference and share of equal choices vs the 1-GPU run of the same depth."""
+    one = next((r for r in rows if r["name"] == row["name"].replace(f"-g{row['gpus']}-", "-g1-")), None)
+    if one is None or one is row or not one.get("scores") or not row.get("scores"):
+        return ""
+    diff = max(abs(row["scores"][k] - v) / max(abs(v), 1e-30) for k, v in one["scores"].items() if v)
+    return f"max rel. diff {diff:.1e}"
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| run | GPUs | total s | load s | scoring s | peak GPU GiB per worker | effective bits (budget) "
+             "| formats chosen | total vs peer | scoring vs peer | scores vs 1 GPU | note |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    peer_row = next((r for r in rows if r["name"].startswith("peer") and "total" in r), None)
+    for r in rows:
+        nan = float("nan")
+        vs = [f"{r.get(k, nan) / peer_row[k]:.2f}x" if peer_row and r is not peer_row and k in r else ""
+              for k in ("total", "scoring")]
+        chosen = ", ".join(f"{k}: {v}" for k, v in sorted(r.get("chosen", {}).items()))
+        lines.append(f"| {r['name']} | {r['gpus']} | {r.get('total', nan):.1f} | {r.get('load', nan):.1f} | "
+                     f"{r.get('scoring', nan):.1f} | {r.get('peaks', '')} | {r.get('effective_bits', nan):.3f} "
+                     f"({r['budget']:.3f}) | {chosen} | {vs[0]} | {vs[1]} | {_agreement(r, rows)} | "
+                     f"{r.get('note', '')} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--layers", type=int, default=32)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="llama3-8b")
+    parser.add_argument("--gpus", default="1,2", help="worker counts for ours ('' for none)")
+    parser.add_argument("--peer", default="modelopt", help="'' to skip the peer")
+    parser.add_argument("--samples", type=int, default=128)
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=16, help="ours: samples per forward/backward")
+    parser.add_argument("--peer-batch-size", type=int, default=8)
+    parser.add_argument("--block-bits", type=float, default=6.0)
+    parser.add_argument("--deadline", type=float, default=570.0, help="seconds for the whole call")
+    add_common_args(parser, "/tmp/bench-sensitivity")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    shape = SHAPES[args.shape]
+    model = build_model(work / f"{args.shape}-{args.layers}l", args.layers, shape)
+    calib, ids = write_calib(work, args.samples, args.seq_len)
+    ours_budget, peer_budget = budgets(shape, args.layers, args.block_bits)
+    print(f"model ready in {time.perf_counter() - started:.0f} s; budgets: ours {ours_budget}, peer "
+          f"{peer_budget:.4f}", flush=True)
+    runs = [lambda t, g=int(g): ours(g, model, calib, work, ours_budget, args, t) for g in args.gpus.split(",") if g]
+    if args.peer:
+        runs.append(lambda t: peer(model, ids, work, peer_budget, args, t))
+    rows: list[dict] = []
+    for run in runs:
+        rows.append(run(max(1.0, args.deadline - (time.perf_counter() - started))))
+        with open(work / "rows.jsonl", "a") as fh:
+            fh.write(json.dumps({k: v for k, v in rows[-1].items() if k != "scores"}) + "\n")
+        print(table(rows), flush=True)
+    record(args.results, f"Sensitivity scan, {args.shape} shape ({args.layers} blocks), {args.samples} x "
+           f"{args.seq_len} tokens, candidates {CANDIDATES}", table(rows), args.commit)
+
+
+if __name__ == "__main__":
+    main()
