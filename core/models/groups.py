@@ -5,7 +5,8 @@ the vision tower, the projector and the language model. The embeddings and the l
 every family through transformers' own `get_input_embeddings()` / `get_output_embeddings()`; within
 the rest the longest matching module path decides (Qwen-VL's merger sits inside `model.visual`).
 A model whose class has no entry is a causal LM (everything but embeddings/lm_head is `language`),
-unless its config is image-text: then its groups are unknown and its parameters land in `other`.
+unless its config is image-text (or has a vision_config): then its vision/projector/language groups
+are unknown, its other parameters land in `other`, and freezing them needs re: patterns.
 
 The groups partition the parameters: each parameter (as `named_parameters()` lists it, shared
 tensors once) is in exactly one group, so the group counts add up to the model's total.
@@ -59,13 +60,15 @@ for _cls in ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGenerat
 
 
 def layout_of(model: Any) -> GroupLayout | None:
-    """The class's layout; a text-only model's is CAUSAL_LM; None for an image-text model without one."""
+    """The class's layout; a text-only model's is CAUSAL_LM; None for an image-text model without one
+    (transformers maps it to image-text-to-text, or its config has a vision_config: remote-code VLMs)."""
     from core.models.auto import is_image_text
 
     name = type(model).__name__
     if name in LAYOUTS:
         return LAYOUTS.get(name)
-    return None if is_image_text(model.config) else CAUSAL_LM
+    multimodal = is_image_text(model.config) or getattr(model.config, "vision_config", None) is not None
+    return None if multimodal else CAUSAL_LM
 
 
 @dataclass
