@@ -41,6 +41,9 @@ def test_report_adds_up_and_is_tracked(sens: dict, quant_storage: Path) -> None:
     run = mlflow_run(quant_storage, sens["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.metrics["effective_bits"] == pytest.approx(headline, abs=1e-9)
+    # the slowest task's timings (CPU here: no GPU peak); the tasks run inside the driver's wall time
+    assert 0 < run.data.metrics["score_seconds"] and 0 < run.data.metrics["load_seconds"]
+    assert max(run.data.metrics["score_seconds"], run.data.metrics["load_seconds"]) < run.data.metrics["scan_seconds"]
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{quant_storage / 'mlflow.db'}")
