@@ -9,6 +9,7 @@ class DatasetSpec:
     format: str = "chat_jsonl"  # a key of core.data.formats.FORMATS
     sample_ratio: float = 1.0  # <1 subsamples, >1 repeats (whole copies plus a seeded fraction)
     name: str | None = None
+    media_root: str | None = None  # mm_chat_jsonl: relative image paths resolve here (default: the file's dir)
 
 
 @dataclass

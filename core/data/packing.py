@@ -5,11 +5,11 @@ block-diagonal causal mask (sdpa/eager/flex) when no attention_mask is passed.""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from core.data.tokenize import IGNORE, TokenizedSample
+from core.data.tokenize import IGNORE, ImageSpan, TokenizedSample
 
 OPEN_BINS_SEARCHED = 64  # first-fit over the most recent open rows: near-full rows at O(n) cost
 
@@ -20,6 +20,7 @@ class PackedRow:
     labels: np.ndarray
     position_ids: np.ndarray
     num_samples: int
+    images: list[ImageSpan] = field(default_factory=list)  # the samples' images in token order, row offsets
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -42,16 +43,19 @@ def plan_bins(lengths: Sequence[int], max_len: int) -> list[list[int]]:
 
 
 def make_row(samples: Sequence[TokenizedSample]) -> PackedRow:
-    labels = []
+    labels, images, offset = [], [], 0
     for sample in samples:
         own = sample.labels.copy()
         own[0] = IGNORE  # the previous sample's last token must not learn to predict this one
         labels.append(own)
+        images += [span.shifted(offset) for span in sample.images]
+        offset += len(sample)
     return PackedRow(
         input_ids=np.concatenate([s.input_ids for s in samples]),
         labels=np.concatenate(labels),
         position_ids=np.concatenate([np.arange(len(s), dtype=np.int32) for s in samples]),
         num_samples=len(samples),
+        images=images,
     )
 
 

@@ -18,12 +18,14 @@ from core import storage
 from core.data.config import DataConfig
 from core.data.formats import FORMATS
 from core.data.mixture import apply_ratio
+from core.data.multimodal import image_cut, tokenize_record, truncate
 from core.data.packing import PackedRow, pack, unpacked
-from core.data.tokenize import TokenizedSample, tokenize_chat
+from core.data.tokenize import TokenizedSample
 from core.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 TRUNCATION = ("right", "drop", "error")
+DROPPED = ("dropped_too_long", "dropped_cut_through_image", "dropped_no_loss_after_truncation")
 
 
 @dataclass
@@ -33,14 +35,21 @@ class SFTData:
 
 
 def _fit_length(sample: TokenizedSample, cfg: DataConfig, counts: Counter) -> TokenizedSample | None:
+    """Right truncation never splits an image's tokens: such a sample is dropped (counted) instead."""
     if len(sample) <= cfg.max_length:
         return sample
+    through = image_cut(sample, cfg.max_length)
     if cfg.truncation == "error":
-        raise DataError(sample.source, None, f"sample has {len(sample)} tokens > data.max_length={cfg.max_length}")
+        detail = f" (the cut would go through image {through + 1}'s tokens)" if through is not None else ""
+        raise DataError(sample.source, None,
+                        f"sample has {len(sample)} tokens > data.max_length={cfg.max_length}{detail}")
     if cfg.truncation == "drop":
         counts["dropped_too_long"] += 1
         return None
-    cut = TokenizedSample(sample.input_ids[: cfg.max_length], sample.labels[: cfg.max_length], sample.source)
+    if through is not None:
+        counts["dropped_cut_through_image"] += 1
+        return None
+    cut = truncate(sample, cfg.max_length)
     if cut.loss_tokens == 0:
         counts["dropped_no_loss_after_truncation"] += 1
         return None
@@ -48,13 +57,14 @@ def _fit_length(sample: TokenizedSample, cfg: DataConfig, counts: Counter) -> To
     return cut
 
 
-def read_dataset(index: int, cfg: DataConfig, tokenizer: Any, counts: Counter) -> list[TokenizedSample]:
+def read_dataset(index: int, cfg: DataConfig, tokenizer: Any, counts: Counter,
+                 processor: Any | None = None) -> list[TokenizedSample]:
     spec = cfg.datasets[index]
     path = storage.local_path(spec.path, field=f"data.datasets[{index}].path")
     reader = FORMATS.get(spec.format)
     samples = []
-    for record in tqdm(reader(path), desc=f"tokenize {path.name}", unit=" samples", leave=False):
-        sample = tokenize_chat(record.messages, tokenizer, record.source)
+    for record in tqdm(reader(path, spec), desc=f"tokenize {path.name}", unit=" samples", leave=False):
+        sample = tokenize_record(record, tokenizer, processor, f"data.datasets[{index}]")
         if sample.loss_tokens == 0:
             raise DataError(record.source, None, "sample has no assistant (loss) token")
         fitted = _fit_length(sample, cfg, counts)
@@ -78,20 +88,21 @@ def validate_data_config(cfg: DataConfig) -> None:
         FORMATS.get(spec.format)
 
 
-def build_sft_data(cfg: DataConfig, tokenizer: Any) -> SFTData:
+def build_sft_data(cfg: DataConfig, tokenizer: Any, processor: Any | None = None) -> SFTData:
+    """`processor`: the model's ImageTextProcessor (core/models/vlm.py), needed by datasets with images."""
     validate_data_config(cfg)
     rng = np.random.default_rng(cfg.seed)
     counts: Counter = Counter()
     mixed: list[TokenizedSample] = []
     for i, spec in enumerate(cfg.datasets):
-        samples = read_dataset(i, cfg, tokenizer, counts)
+        samples = read_dataset(i, cfg, tokenizer, counts, processor)
         chosen = apply_ratio(samples, spec.sample_ratio, rng)
         counts[f"samples_{spec.name or f'dataset{i}'}"] = len(chosen)
         mixed.extend(chosen)
     if cfg.shuffle:
         mixed = [mixed[i] for i in rng.permutation(len(mixed))]
     rows = pack(mixed, cfg.pack_max_length) if cfg.packing else unpacked(mixed)
-    for reason in ("dropped_too_long", "dropped_no_loss_after_truncation"):
+    for reason in DROPPED:
         if counts[reason]:
             log.warning("data: %d samples %s", counts[reason], reason.replace("_", " "))
     stats = dict(counts)
@@ -100,5 +111,6 @@ def build_sft_data(cfg: DataConfig, tokenizer: Any) -> SFTData:
         rows=len(rows),
         tokens=int(sum(len(r) for r in rows)),
         loss_tokens=int(sum(s.loss_tokens for s in mixed)),
+        images=int(sum(len(s.images) for s in mixed)),
     )
     return SFTData(rows=rows, stats=stats)

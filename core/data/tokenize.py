@@ -6,7 +6,7 @@ prefix, so the same code serves the byte tokenizer and any Hugging Face chat tem
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -17,10 +17,24 @@ IGNORE = -100
 
 
 @dataclass
+class ImageSpan:
+    """One image's placeholder tokens [start, stop) in a sample or packed row, and its model inputs
+    (pixel_values, image_sizes, ...: core/data/multimodal.py); never cut, never trained on."""
+
+    start: int
+    stop: int
+    inputs: dict[str, np.ndarray]
+
+    def shifted(self, offset: int) -> ImageSpan:
+        return ImageSpan(self.start + offset, self.stop + offset, self.inputs)
+
+
+@dataclass
 class TokenizedSample:
     input_ids: np.ndarray  # int32 [T]
     labels: np.ndarray  # int32 [T], IGNORE where no loss
     source: str  # "file:line"
+    images: list[ImageSpan] = field(default_factory=list)  # in token order
 
     def __len__(self) -> int:
         return len(self.input_ids)

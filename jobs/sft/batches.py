@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from core.data.packing import PackedRow
 from core.data.tokenize import IGNORE
+from core.models.vlm import ImageTextProcessor
 
 
 @dataclass
@@ -18,16 +19,42 @@ class MicroBatch:
     position_ids: torch.Tensor
     tokens: int  # real (non-pad) tokens
     targets: int  # label tokens that count in the loss (after the causal shift)
+    images: dict[str, torch.Tensor] = field(default_factory=dict)  # the model's image inputs (pixel_values, ...)
 
     def to(self, device: torch.device) -> MicroBatch:
         move = dict(non_blocking=True)
         return MicroBatch(self.input_ids.to(device, **move), self.labels.to(device, **move),
-                          self.position_ids.to(device, **move), self.tokens, self.targets)
+                          self.position_ids.to(device, **move), self.tokens, self.targets,
+                          {k: v.to(device, **move) for k, v in self.images.items()})
 
 
-def collate(rows: list[PackedRow], pad_id: int, pad_to: int | None = None) -> MicroBatch:
-    """Pad to the longest row (or `pad_to`); padding is its own position-restarting span with no loss."""
-    length = pad_to or max(len(r) for r in rows)
+def image_filler(rows: list[PackedRow]) -> PackedRow | None:
+    """A row holding one image of the data and nothing to learn, for micro-batches without images when
+    the data has some: under ZeRO-3 every rank must run the vision tower in every forward (its
+    parameter gathers and gradient reduce-scatters are collectives); its loss contribution is zero."""
+    row = next((r for r in rows if r.images), None)
+    if row is None:
+        return None
+    span = row.images[0]
+    ids = row.input_ids[span.start : span.stop]
+    return PackedRow(ids, np.full(len(ids), IGNORE, np.int32), np.arange(len(ids), dtype=np.int32), 0,
+                     [span.shifted(-span.start)])
+
+
+def _images(rows: list[PackedRow]) -> dict[str, torch.Tensor]:
+    """Every row's image inputs in token order (row-major: the order the model fills placeholders), float32."""
+    batch = ImageTextProcessor.collate([span.inputs for row in rows for span in row.images])
+    return {k: v.float() if v.is_floating_point() else v for k, v in batch.items()}
+
+
+def collate(rows: list[PackedRow], pad_id: int, pad_to: int | None = None,
+            filler: PackedRow | None = None) -> MicroBatch:
+    """Pad to the longest row (or `pad_to`); padding is its own position-restarting span with no loss.
+    `filler` (image_filler) is appended as an extra row when no row has an image."""
+    real_tokens = int(sum(len(r) for r in rows))
+    if filler is not None and not any(r.images for r in rows):
+        rows = [*rows, filler]
+    length = max(pad_to or 0, *(len(r) for r in rows))
     ids = np.full((len(rows), length), pad_id, np.int64)
     labels = np.full((len(rows), length), IGNORE, np.int64)
     positions = np.zeros((len(rows), length), np.int64)
@@ -37,7 +64,7 @@ def collate(rows: list[PackedRow], pad_id: int, pad_to: int | None = None) -> Mi
         positions[i, n:] = np.arange(length - n)
     targets = int((labels[:, 1:] != IGNORE).sum())
     return MicroBatch(torch.from_numpy(ids), torch.from_numpy(labels), torch.from_numpy(positions),
-                      int(sum(len(r) for r in rows)), targets)
+                      real_tokens, targets, _images(rows))
 
 
 class BatchPlan:
@@ -49,6 +76,7 @@ class BatchPlan:
         self.world, self.rank, self.seed, self.pad_id, self.pad_to = world, rank, seed, pad_id, pad_to
         self.per_step = micro_batch * grad_accum * world
         self._orders: dict[int, np.ndarray] = {}
+        self.filler = image_filler(rows)
 
     def _order(self, epoch: int) -> np.ndarray:
         if epoch not in self._orders:
@@ -66,7 +94,7 @@ class BatchPlan:
         for micro in range(self.grad_accum):
             first = start + (micro * self.world + self.rank) * self.micro_batch
             rows = [self._row(first + i) for i in range(self.micro_batch)]
-            batches.append(collate(rows, self.pad_id, self.pad_to))
+            batches.append(collate(rows, self.pad_id, self.pad_to, self.filler))
         return batches
 
 
@@ -74,5 +102,5 @@ def causal_lm_loss(model: torch.nn.Module, batch: MicroBatch, num_items: float) 
     """Sum of token losses / num_items. No attention_mask and no KV cache: transformers then builds
     a block-diagonal causal mask from the restarting position ids (packed samples stay apart)."""
     out = model(input_ids=batch.input_ids, position_ids=batch.position_ids, labels=batch.labels,
-                num_items_in_batch=num_items, use_cache=False)
+                num_items_in_batch=num_items, use_cache=False, **batch.images)
     return out.loss

@@ -70,7 +70,7 @@ class SFTJob:
         source = MODELS.get(spec.model.name)
         source.validate(spec.model)
         check_freeze(source, spec.model)
-        data = build_sft_data(spec.data, source.tokenizer(spec.model))
+        data = build_sft_data(spec.data, source.tokenizer(spec.model), source.processor(spec.model))
         log.info("data: %s", json.dumps(data.stats))
         ctx.run.log_params({f"data.stats.{k}": v for k, v in data.stats.items()})
         return Prepared(data, _resume_point(spec.trainer, ctx))

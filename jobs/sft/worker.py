@@ -205,7 +205,8 @@ def train_loop(config: dict[str, Any]) -> None:
     if t.checkpoint.export:
         state = gather_state_dict(engine)
         if env.rank == 0:
-            export = write_export(state, hf_config, tokenizer, storage.join(config["job_uri"], "export"), run)
+            saver = MODELS.get(spec.model.name).processor(spec.model) or tokenizer  # a VLM's processor saves both
+            export = write_export(state, hf_config, saver, storage.join(config["job_uri"], "export"), run)
     if env.rank == 0:
         summary = {"final_step": t.max_steps, "resumed_at": start, "losses": history, "export": export}
         # in the job's storage: rank 0 may run on another node than the driver
