@@ -69,6 +69,11 @@ def ours(gpus: int, model: Path, calib: Path, work: Path, budget: float, args, t
     out = run_logged(cmd, work / f"{name}.log", timeout)
     total = time.perf_counter() - began
     summary = dict(re.findall(r"^(\w+): (.*)$", out, flags=re.M))
+    logged = re.search(r"scoring: \d+ task\(s\) in \S+ s \(slowest: load (\S+) s, score (\S+) s\)"
+                       r"(?:, GPU peak (\S+) GiB)?", out)
+    if logged and "load_seconds" not in summary:  # failed after scoring (search, report): the driver's log line
+        summary.update(load_seconds=logged.group(1), score_seconds=logged.group(2),
+                       gpu_peak_gib_per_worker=f"max {logged.group(3)}" if logged.group(3) else "")
     manifest = _choices(work / name / "report")
     chosen: dict[str, int] = {}
     for fmt in manifest.get("choices", {}).values():
@@ -148,7 +153,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="ours: samples per forward/backward")
     parser.add_argument("--peer-batch-size", type=int, default=8)
     parser.add_argument("--block-bits", type=float, default=6.0)
-    parser.add_argument("--deadline", type=float, default=570.0, help="seconds for the whole call")
+    parser.add_argument("--deadline", type=float, default=540.0, help="seconds for the whole call")
     add_common_args(parser, "/tmp/bench-sensitivity")
     args = parser.parse_args()
     started = time.perf_counter()
