@@ -8,8 +8,15 @@ import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from jobs.quantize.layerwise import Layerwise
-from jobs.sensitivity.scoring import LinearScorer, model_linears, reduce_scores, score_batches
-from kernels.quant import get_op
+from jobs.sensitivity.scoring import (
+    LinearScorer,
+    delta_terms,
+    model_linears,
+    reduce_scores,
+    score_batches,
+    token_products,
+)
+from kernels.quant import get_op, parse_format
 
 CANDIDATES = ["w4g32", "w8", "w8a8", "fp16"]
 
@@ -122,3 +129,22 @@ def test_chunked_loss_gives_the_same_scores() -> None:
     for name in whole:
         for cand, value in whole[name].items():
             assert chunked[name][cand] == pytest.approx(value, rel=1e-5, abs=1e-12), (name, cand)
+
+
+@pytest.mark.parametrize("fmt", ["w4g128", "w8", "w8a8", "w4a8g128"])
+@pytest.mark.parametrize("shape", [(256, 1024), (1024, 256)])  # out < in: G . (A B^T); in < out: (G B) . A
+def test_bf16_token_products_match_the_definition(fmt: str, shape: tuple[int, int]) -> None:
+    """bf16 X, W, G (a GPU run): sum_t (g . dY)^2 within 2e-3 of the definition computed exactly, i.e. the
+    project's float32 quantizers and float64 products. (Q_a(X) rounded to bf16 before subtracting X was
+    1.7e-2 off for w8a8: the act term is formed in float32.)"""
+    gen = torch.Generator().manual_seed(0)
+    out_f, in_f = shape
+    x = (torch.randn(512, in_f, generator=gen) * torch.rand(512, 1, generator=gen) * 3).to(torch.bfloat16)
+    w = (torch.randn(out_f, in_f, generator=gen) * 0.02).to(torch.bfloat16)
+    g = torch.randn(512, out_f, generator=gen).to(torch.bfloat16)
+    f = parse_format(fmt)
+    wq = get_op("fake_quant")(w.float(), f).double()
+    xq = get_op("fake_quant_per_token")(x.float(), f.act_bits).double() if f.act_bits else x.double()
+    exact = ((xq @ wq.T - x.double() @ w.double().T) * g.double()).sum(-1).square().sum()
+    ours = token_products(g, delta_terms(x, w, f)).double().square().sum()
+    assert ours.item() == pytest.approx(exact.item(), rel=2e-3)
