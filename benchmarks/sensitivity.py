@@ -142,6 +142,14 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _release_gpu() -> None:
+    """The builder's weights are freed but stay cached by this process's allocator: hand them back."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--layers", type=int, default=32)
@@ -161,6 +169,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     shape = SHAPES[args.shape]
     model = build_model(work / f"{args.shape}-{args.layers}l", args.layers, shape)
+    _release_gpu()
     calib, ids = write_calib(work, args.samples, args.seq_len)
     ours_budget, peer_budget = budgets(shape, args.layers, args.block_bits)
     print(f"model ready in {time.perf_counter() - started:.0f} s; budgets: ours {ours_budget}, peer "
