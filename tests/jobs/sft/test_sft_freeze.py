@@ -1,21 +1,30 @@
-"""model.freeze under real SFT: 2 DeepSpeed ZeRO-3 workers over gloo (every parameter partitioned), text data.
+"""model.freeze under real SFT: llava_tiny on image+caption chats (data/shapes/make_shapes.py, 16 images),
+2 DeepSpeed ZeRO-3 workers over gloo (every parameter partitioned), one short run.
 
-Frozen: the (tied) embeddings and language layer 0 by regex. The initial weights are rebuilt here from the
-trainer seed (rank 0's build is what ZeRO-3 starts from) and compared with the export: frozen tensors
-bit-identical, every trainable tensor changed. Bad entries fail before Ray with one line."""
+One run covers every group: frozen are the vision tower except its last layer (`vision` with a `!re:`
+exclude), the tied embeddings/lm_head (`embeddings`), the projector's first Linear and language layer 0
+(`re:`); trained are the last vision layer, the projector's second Linear and language layers 1-2.
+The initial weights are rebuilt here from the trainer seed (rank 0's build is what ZeRO-3 starts from)
+and compared with the export: frozen tensors bit-identical, every trainable tensor changed."""
 
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from core.models import MODELS, ModelConfig
-from tests.conftest import FAST_SFT, mlflow_run, run_cli, run_id_of
+from tests.conftest import FAST_SFT, REPO, mlflow_run, run_cli, run_id_of
 
-FREEZE = r'model.freeze=[embeddings,"re:^model\.layers\.0\."]'  # quoted: ^ is Hydra syntax
+ENTRIES = ["vision", r"!re:^model\.vision_tower\.encoder\.layers\.2\.", "embeddings",
+           r"re:^model\.multi_modal_projector\.linear_1\.", r"re:^model\.language_model\.layers\.0\."]
+FROZEN = re.compile(r"^model\.(vision_tower\.(?!encoder\.layers\.2\.)|language_model\.embed_tokens\.|"
+                    r"multi_modal_projector\.linear_1\.|language_model\.layers\.0\.)")
 STEPS = 3
 
 
@@ -26,51 +35,55 @@ def storage(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def frozen_run(storage: Path) -> str:
-    result = run_cli([*FAST_SFT, FREEZE, f"trainer.max_steps={STEPS}", "trainer.seed=0", "job.name=freeze"], storage)
+    shapes = storage.parent / "shapes"
+    subprocess.run([sys.executable, str(REPO / "data/shapes/make_shapes.py"), "--out", str(shapes), "--train", "16",
+                    "--heldout", "0"], check=True)
+    freeze = "model.freeze=[" + ",".join(f'"{e}"' for e in ENTRIES) + "]"  # quoted: ^ ! ( are Hydra syntax
+    data = f"data.datasets=[{{path: {shapes / 'train.jsonl'}, format: mm_chat_jsonl}}]"
+    result = run_cli([*FAST_SFT, "model=llava_tiny", data, freeze, f"trainer.max_steps={STEPS}", "trainer.seed=0",
+                      "job.name=freeze"], storage)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return run_id_of(result.stdout)
 
 
-def _initial() -> dict[str, torch.Tensor]:
-    source, cfg = MODELS.get("qwen3_tiny"), ModelConfig(name="qwen3_tiny")
-    torch.manual_seed(0)  # trainer.seed + rank 0
+def _params(name: str, path: str | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
+    source, cfg = MODELS.get(name), ModelConfig(name=name, path=path)
+    torch.manual_seed(seed)  # trainer.seed + rank 0
     model = source.build(cfg, source.hf_config(cfg), torch.float32)
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
 def test_frozen_weights_are_bit_identical_and_trainable_ones_changed(frozen_run: str, storage: Path) -> None:
-    from safetensors.torch import load_file
-
-    exported = load_file(storage / "freeze" / "export" / "model.safetensors")
-    initial = _initial()
-    frozen = {n for n in initial if n == "model.embed_tokens.weight" or n.startswith("model.layers.0.")}
-    assert len(frozen) == 12  # embeddings (= the tied lm_head) + layer 0's 11 tensors
+    initial = _params("llava_tiny")
+    exported = _params("hf", str(storage / "freeze" / "export"))  # loads through model=hf (with its processor)
+    assert exported.keys() == initial.keys()
+    frozen = {n for n in initial if FROZEN.match(n)}
+    assert len(frozen) == 53 and len(initial) - len(frozen) == 41  # 94 tensors in llava_tiny
     for name, start in initial.items():
-        after = exported[name].float()
         if name in frozen:
-            assert torch.equal(after, start), f"{name} changed though frozen"
+            assert torch.equal(exported[name], start), f"{name} changed though frozen"
         else:
-            assert not torch.equal(after, start), f"{name} did not train"
-    assert "lm_head.weight" not in exported or torch.equal(exported["lm_head.weight"].float(),
-                                                           initial["model.embed_tokens.weight"])
+            assert not torch.equal(exported[name], start), f"{name} did not train"
+    assert MODELS.get("hf").processor(ModelConfig(name="hf", path=str(storage / "freeze" / "export"))) is not None
 
 
 def test_trainable_names_and_counts_are_logged(frozen_run: str, storage: Path) -> None:
     from mlflow.tracking import MlflowClient
 
-    initial = _initial()
-    frozen = {n for n in initial if n == "model.embed_tokens.weight" or n.startswith("model.layers.0.")}
+    initial = _params("llava_tiny")
+    trainable = [n for n in initial if not FROZEN.match(n)]
     client = MlflowClient(tracking_uri=f"sqlite:///{storage / 'mlflow.db'}")
     info = json.loads(Path(client.download_artifacts(frozen_run, "model/parameters.json", str(storage.parent)))
                       .read_text())
-    assert info["trainable_names"] == [n for n in initial if n not in frozen]
-    total, frozen_count = sum(t.numel() for t in initial.values()), sum(initial[n].numel() for n in frozen)
+    assert info["trainable_names"] == trainable
+    total, trainable_count = sum(t.numel() for t in initial.values()), sum(initial[n].numel() for n in trainable)
     assert info["total_params"] == total  # full sizes from ZeRO-3 shards (ds_numel)
-    assert info["trainable_params"] == total - frozen_count
+    assert info["trainable_params"] == trainable_count
     assert info["groups"]["embeddings"] == {"params": 260 * 512, "trainable": 0, "tensors": 1}
+    assert info["groups"]["projector"]["trainable"] == 512 * 512 + 512  # linear_2 only
     params = mlflow_run(storage, frozen_run).data.params
-    assert params["model.trainable_params"] == str(total - frozen_count)
-    assert json.loads(params["model.freeze"]) == ["embeddings", r"re:^model\.layers\.0\."]
+    assert params["model.trainable_params"] == str(trainable_count)
+    assert json.loads(params["model.freeze"]) == ENTRIES
 
 
 @pytest.mark.parametrize(("entry", "message"), [
