@@ -84,6 +84,64 @@ def wait_http(url: str, proc: subprocess.Popen, what: str, timeout: float = 120)
             time.sleep(0.3)
 
 
+def kill_under(path: str) -> None:
+    """Kill by pid every process whose command line names `path` (a run's unique Ray temp dir): Ray's
+    gcs_server/raylet leave the process group of the command that started them."""
+    import contextlib
+
+    import psutil
+
+    for proc in psutil.process_iter(["cmdline"]):
+        if proc.pid != os.getpid() and any(path in part for part in proc.info["cmdline"] or []):
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+
+
+@pytest.fixture(scope="session")
+def ray_head():
+    """One real head node for the session (`ray start --head`: token auth, dashboard and job API on 127.0.0.1,
+    2 CPUs). Subprocess jobs attach to it (`.args`: cluster.address; `.env` for run_cli) instead of starting an
+    embedded cluster each: ray.init + shutdown cost 15-25 s per job on 2 shared cores, attaching 0.2 s.
+    test_ray_job_submit.py submits to its dashboard. The embedded path stays covered by the SFT reference
+    run (dashboard on, as `make run`), the runs that are killed, and the S3 runs (their workers need the
+    job's AWS environment, which an embedded cluster inherits from the driver)."""
+    import secrets
+    import shutil
+    import signal
+    import tempfile
+    import time
+
+    client = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
+              "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # without it the driver waits for a raylet on eth0
+    bin_dir = Path(sys.executable).parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "RAY_"))}
+    env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": client["RAY_AUTH_TOKEN"], "GLOO_SOCKET_IFNAME": "lo",
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    gcs, dashboard = free_port(), free_port()
+    temp = tempfile.mkdtemp(prefix="rh-", dir="/tmp")  # short: Ray's unix socket paths must stay < 108 chars
+    cmd = [str(bin_dir / "ray"), "start", "--head", "--block", f"--port={gcs}", "--num-cpus=2",
+           "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+           f"--temp-dir={temp}", "--disable-usage-stats",
+           # fixed by default (52365, 10001): taken when another Ray runs on this machine (no job agent then)
+           f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}"]
+    log = Path(f"{temp}.log")
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while "Ray runtime started" not in log.read_text():
+            assert proc.poll() is None and time.time() < deadline, f"ray head did not come up: see {log}"
+            time.sleep(0.3)
+        yield SimpleNamespace(address=f"127.0.0.1:{gcs}", dashboard=f"http://127.0.0.1:{dashboard}", env=client,
+                              args=[f"cluster.address=127.0.0.1:{gcs}"])
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        kill_under(temp)
+        shutil.rmtree(temp, ignore_errors=True)
+        log.unlink(missing_ok=True)
+
+
 S3_SECRET = "plantedS3Secret-5d1e0b7c2a"  # the secret key every S3 test runs with: must leak nowhere
 
 

@@ -5,13 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,36 +17,16 @@ from tests.conftest import FAST_SFT, REPO, mlflow_run
 BIN = Path(sys.executable).parent
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def head():
-    """A real head node on 127.0.0.1 with token auth; the whole process group is killed after."""
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
-           "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    dashboard = _free_port()
-    temp = tempfile.mkdtemp(prefix="rh-", dir="/tmp")  # short: Ray's unix socket paths must stay < 108 chars
-    cmd = [str(BIN / "ray"), "start", "--head", "--block", f"--port={_free_port()}", "--num-cpus=2",
-           "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-           f"--temp-dir={temp}"]
-    log = open(f"{temp}.log", "w")  # noqa: SIM115 (kept open for the head's lifetime)
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    address = f"http://127.0.0.1:{dashboard}"
-    try:
-        deadline = time.time() + 180
-        probe = [str(BIN / "ray"), "job", "submit", "--address", address, "--", "python", "-c", "pass"]
-        while subprocess.run(probe, env=env, capture_output=True).returncode != 0:  # up once its job agent is
-            assert proc.poll() is None and time.time() < deadline, f"ray head did not come up: see {temp}.log"
-            time.sleep(1)
-        yield address, env
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        subprocess.run(["pkill", "-9", "-f", temp], check=False)  # gcs_server/raylet leave the process group
-        shutil.rmtree(temp, ignore_errors=True)
+def head(ray_head):
+    """The session's head node (tests/conftest.py: `ray start --head`, token auth) once its job API answers."""
+    env = {**os.environ, **ray_head.env}
+    deadline = time.time() + 180
+    probe = [str(BIN / "ray"), "job", "submit", "--address", ray_head.dashboard, "--", "python", "-c", "pass"]
+    while subprocess.run(probe, env=env, capture_output=True).returncode != 0:  # up once its job agent is
+        assert time.time() < deadline, "the head's job API did not come up"
+        time.sleep(1)
+    return ray_head.dashboard, env
 
 
 ENV_SECRET = "plantedEnvSecret-7f3a9c"  # in the job's environment
