@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import run_cli
+from tests.jobs.vlm_shapes import llava_shapes  # noqa: F401  (a trained llava_tiny export, shared by the session)
 
 TINY_QUANT = [
     "job=quantize", "+model.overrides.num_hidden_layers=4", "+model.overrides.hidden_size=256",
@@ -29,13 +30,15 @@ def quant_storage(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def quantize_run(quant_storage: Path):
-    """name, extra overrides -> the finished CLI result (cached: each job runs once per session)."""
+def quantize_run(quant_storage: Path, ray_head):
+    """name, extra overrides -> the finished CLI result (cached: each job runs once per session; attached to
+    the session's Ray head)."""
     done: dict[str, object] = {}
 
     def run(name: str, *extra: str):
         if name not in done:
-            result = run_cli([*TINY_QUANT, *extra, f"job.name={name}"], quant_storage)
+            result = run_cli([*TINY_QUANT, *extra, *ray_head.args, f"job.name={name}"], quant_storage,
+                             env=ray_head.env)
             assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
             done[name] = result
         return done[name]

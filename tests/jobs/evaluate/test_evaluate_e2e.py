@@ -8,12 +8,12 @@ from tests.conftest import mlflow_run, run_cli, run_id_of
 from tests.jobs.conftest import QUANT_ALGOS
 
 
-def test_perplexity_table_and_tracking(quantize_run, quant_storage: Path, fp_dir: Path) -> None:
+def test_perplexity_table_and_tracking(quantize_run, quant_storage: Path, fp_dir: Path, ray_head) -> None:
     quantize_run("rtn", *QUANT_ALGOS["rtn"])
     export = quant_storage / "rtn" / "export"
     result = run_cli(["job=evaluate", "model=hf", f"model.path={export}", f"eval.compare_to={fp_dir}",
                       "eval.num_samples=8", "eval.seq_len=64", "cluster.include_dashboard=false",
-                      "job.parent_run=abc123"], quant_storage)
+                      "job.parent_run=abc123", *ray_head.args], quant_storage, env=ray_head.env)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "| model | path | perplexity | nll/token | tokens |" in result.stdout
     assert f"| compare_to | {fp_dir} |" in result.stdout

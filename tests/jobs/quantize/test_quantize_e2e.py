@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from jobs.quantize import checkpoint
 from jobs.quantize.load import load_quantized
 from kernels.quant import get_op
-from tests.conftest import REPO, mlflow_run, run_cli, run_id_of
+from tests.conftest import REPO, kill_under, mlflow_run, run_cli, run_id_of
 from tests.jobs.conftest import QUANT_ALGOS, TINY_QUANT
 
 ALGOS = QUANT_ALGOS
@@ -99,7 +99,7 @@ def test_blocks_mode_is_independent_of_the_worker_count(quantize_run, quant_stor
         assert sequential["model.safetensors"] != one["model.safetensors"]
 
 
-def test_killed_job_resumes_to_a_bit_identical_export(quantize_run, quant_storage: Path) -> None:
+def test_killed_job_resumes_to_a_bit_identical_export(quantize_run, quant_storage: Path, ray_head) -> None:
     quantize_run("gptq-2w", *GPTQ_2W)
     name, tmp = "gptq-killed", f"/tmp/orch-q-{os.getpid()}"
     cmd = [sys.executable, "-m", "orchestrator", *TINY_QUANT, *GPTQ_2W, f"job.name={name}",
@@ -114,9 +114,9 @@ def test_killed_job_resumes_to_a_bit_identical_export(quantize_run, quant_storag
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver, its embedded Ray and the calibration actors
     proc.wait()
-    subprocess.run(["pkill", "-9", "-f", tmp], check=False)
+    kill_under(tmp)
     assert not (quant_storage / name / "export").exists(), "killed too late: the job had finished"
-    result = run_cli([*TINY_QUANT, *GPTQ_2W, f"job.name={name}"], quant_storage)
+    result = run_cli([*TINY_QUANT, *GPTQ_2W, *ray_head.args, f"job.name={name}"], quant_storage, env=ray_head.env)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "resumed_at: 2" in result.stdout or "resumed_at: 3" in result.stdout, result.stdout[-2000:]
     resumed, reference = _export_files(quant_storage / name), _export_files(quant_storage / "gptq-2w")
@@ -125,9 +125,9 @@ def test_killed_job_resumes_to_a_bit_identical_export(quantize_run, quant_storag
             assert resumed[file] == reference[file], f"{file} differs after kill and resume"
 
 
-def test_manifest_mismatch_is_refused(quantize_run, quant_storage: Path) -> None:
+def test_manifest_mismatch_is_refused(quantize_run, quant_storage: Path, cli_in_process) -> None:
     quantize_run("rtn", *ALGOS["rtn"])
-    result = run_cli([*TINY_QUANT, *ALGOS["rtn"], "calib.seed=7", "job.name=rtn"], quant_storage, timeout=120)
+    result = cli_in_process([*TINY_QUANT, *ALGOS["rtn"], "calib.seed=7", "job.name=rtn"], quant_storage)
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1].startswith(
         f"error: config error: quant.resume: {quant_storage / 'rtn' / 'blocks'} was written for other "

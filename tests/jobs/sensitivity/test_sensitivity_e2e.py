@@ -24,8 +24,8 @@ SENS = ["job=sensitivity", *MODEL, "calib.num_samples=8", "calib.seq_len=64", "s
 
 
 @pytest.fixture(scope="module")
-def sens(quant_storage: Path) -> dict:
-    result = run_cli([*SENS, "job.name=sens"], quant_storage)
+def sens(quant_storage: Path, ray_head) -> dict:
+    result = run_cli([*SENS, *ray_head.args, "job.name=sens"], quant_storage, env=ray_head.env)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return {"run_id": run_id_of(result.stdout), "report": quant_storage / "sens" / "report"}
 
@@ -52,10 +52,11 @@ def test_report_adds_up_and_is_tracked(sens: dict, quant_storage: Path) -> None:
     assert any(p.endswith(".png") for p in logged), logged
 
 
-def test_mixed_precision_from_the_sensitivity_run(sens: dict, quant_storage: Path, fp_dir: Path) -> None:
+def test_mixed_precision_from_the_sensitivity_run(sens: dict, quant_storage: Path, fp_dir: Path, ray_head) -> None:
     chosen = load_recipe(str(sens["report"]))
     assert "fp16" in chosen.values() and len(set(chosen.values())) >= 2, chosen
-    result = run_cli([*TINY_QUANT, "quant=mixed", f"quant.recipe={sens['run_id']}", "job.name=mixed"], quant_storage)
+    result = run_cli([*TINY_QUANT, "quant=mixed", f"quant.recipe={sens['run_id']}", *ray_head.args, "job.name=mixed"],
+                     quant_storage, env=ray_head.env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     export = quant_storage / "mixed" / "export"
     qc = json.loads((export / "config.json").read_text())["quantization_config"]
