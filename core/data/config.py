@@ -16,7 +16,9 @@ class DatasetSpec:
 class DataConfig:
     datasets: list[DatasetSpec] = field(default_factory=list)
     max_length: int = 2048  # tokens per sample, before packing
-    truncation: str = "right"  # right: cut the end | drop: skip the sample (counted) | error
+    # right: cut the end | drop: skip the sample (counted) | error. Never through an image's tokens: with
+    # right such a sample is dropped (counted, dropped_cut_through_image), with error the job fails
+    truncation: str = "right"
     packing: bool = True
     pack_max_length: int = 2048  # tokens per packed row
     shuffle: bool = True

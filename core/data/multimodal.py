@@ -120,6 +120,15 @@ def tokenize_record(record: Record, tokenizer: Any, processor: Any | None, field
     return tokenize_multimodal(record, tokenizer, processor)
 
 
+def model_image_inputs(spans: list[ImageSpan]) -> dict[str, Any]:
+    """The spans' image inputs as torch tensors in token order (the order the model fills placeholders),
+    floats as float32 (vision towers cast to their own dtype), for model(**inputs, input_ids=...)."""
+    from core.models.vlm import ImageTextProcessor
+
+    batch = ImageTextProcessor.collate([span.inputs for span in spans])
+    return {k: v.float() if v.is_floating_point() else v for k, v in batch.items()}
+
+
 def image_cut(sample: TokenizedSample, length: int) -> int | None:
     """Index of the image whose tokens a cut at `length` would split, else None."""
     return next((i for i, span in enumerate(sample.images) if span.start < length < span.stop), None)

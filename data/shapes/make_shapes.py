@@ -24,7 +24,7 @@ COLOURS = {"red": (220, 30, 30), "green": (30, 160, 50), "blue": (40, 70, 230),
 SHAPES = ("circle", "square", "triangle", "diamond")
 QUESTIONS = ("What is in the image?", "Describe the image.", "What do you see?")
 BACKGROUND = (255, 255, 255)
-JITTER = 0.05  # centre offset, fraction of the side
+JITTER = 0.03  # centre offset, fraction of the side
 
 
 def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
@@ -35,11 +35,12 @@ def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, fl
 
 
 def draw(shape: str, colour: str, size: int, rng: random.Random) -> Image.Image:
-    """A `size` x `size` RGB image: the shape's radius is 25-42% of the side, its centre within 5% of the
-    image's (a tiny vision tower learns shape from a few hundred CPU steps; wide jitter needs far more)."""
+    """A `size` x `size` RGB image: the shape's radius is 34-42% of the side, its centre within 3% of the
+    image's. Measured with llava_tiny (small LM): this much variation is learnt from ~5k CPU samples;
+    with radii from 25% or centres within 5-10% the shape word stayed near chance at that budget."""
     image = Image.new("RGB", (size, size), BACKGROUND)
     pen = ImageDraw.Draw(image)
-    r = rng.uniform(0.25, 0.42) * size
+    r = rng.uniform(0.34, 0.42) * size
     cx, cy = (size / 2 + rng.uniform(-JITTER, JITTER) * size for _ in range(2))
     if shape == "circle":
         pen.ellipse([cx - r, cy - r, cx + r, cy + r], fill=COLOURS[colour])

@@ -1,5 +1,7 @@
-"""Evaluate driver: held-out token blocks built once (so both models see the same tokens), one Ray task
-per model, a comparison table printed and logged (metrics + markdown artifact)."""
+"""Evaluate driver: the evaluator's held-out inputs built once (so every model sees the same ones), one Ray
+task per model, a comparison table printed and logged (metrics + markdown artifact).
+
+Evaluators (`eval.metric`): jobs/evaluate/registry.py (perplexity, caption)."""
 
 from __future__ import annotations
 
@@ -7,21 +9,19 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from core import storage
-from core.data.calib import token_blocks
 from core.errors import ConfigError
 from core.models import MODELS
 from jobs.base import RunContext
+from jobs.evaluate.registry import EVALUATORS
 
 log = logging.getLogger("jobs.evaluate")
-KNOWN_METRICS = ("perplexity",)  # jobs/evaluate/perplexity.py METRICS (not imported: no torch here)
 
 
 @dataclass
 class Prepared:
-    ids: np.ndarray
+    inputs: Any
+    tokenizer: Any
     models: list[tuple[str, str, str | None, dict]]  # (label, registry name, path, overrides)
 
 
@@ -34,14 +34,14 @@ class EvaluateJob:
 
     def prepare(self, spec: Any, ctx: RunContext) -> Prepared:
         e = spec.eval
-        if e.metric not in KNOWN_METRICS:
-            raise ConfigError("eval.metric", f"unknown metric {e.metric!r} (known: {', '.join(KNOWN_METRICS)})")
+        evaluator = EVALUATORS.get(e.metric)
         if e.batch_size < 1 or e.threads < 1:
             raise ConfigError("eval.batch_size", "batch_size and threads must be >= 1")
         source = MODELS.get(spec.model.name)
         source.validate(spec.model)
         tokenizer = source.tokenizer(spec.model)
         models = [("model", spec.model.name, spec.model.path, dict(spec.model.overrides))]
+        other_cfg = None
         if e.compare_to:
             storage.local_path(e.compare_to, field="eval.compare_to")  # exists (S3: fetched into the cache)
             other = storage.absolute(e.compare_to)  # workers read it themselves, wherever they run
@@ -49,13 +49,13 @@ class EvaluateJob:
             other_cfg = type(spec.model)(name="hf", path=other)
             hf.validate(other_cfg)
             if not _same_tokenizer(tokenizer, hf.tokenizer(other_cfg)):
-                raise ConfigError("eval.compare_to", f"{e.compare_to}: another tokenizer; perplexities on "
+                raise ConfigError("eval.compare_to", f"{e.compare_to}: another tokenizer; scores on "
                                   "different tokens do not compare")
             models.append(("compare_to", "hf", other, {}))
-        ids = token_blocks(e.path, e.format, tokenizer, e.num_samples, e.seq_len, e.seed, e.text_field, "eval")
+        inputs = evaluator.prepare(spec, tokenizer, other_cfg)
         if spec.job.parent_run:
             ctx.run.set_tags({"job.parent_run": spec.job.parent_run})
-        return Prepared(ids, models)
+        return Prepared(inputs, tokenizer, models)
 
     def run(self, spec: Any, ctx: RunContext, prepared: Prepared) -> dict[str, Any]:
         import ray
@@ -63,25 +63,26 @@ class EvaluateJob:
         from jobs.evaluate.perplexity import evaluate
 
         e = spec.eval
+        evaluator = EVALUATORS.get(e.metric)
         task = ray.remote(num_cpus=1)(evaluate)
-        ids = ray.put(prepared.ids)
-        refs = [task.remote(name, path, overrides, ids, e.metric, e.batch_size, e.threads)
-                for _, name, path, overrides in prepared.models]
-        results = dict(zip([m[0] for m in prepared.models], ray.get(refs), strict=True))
-        table = _table(prepared, results)
+        inputs = ray.put(prepared.inputs)
+        refs = [task.remote(name, path, overrides, inputs, e) for _, name, path, overrides in prepared.models]
+        raw = dict(zip([m[0] for m in prepared.models], ray.get(refs), strict=True))
+        results = {label: evaluator.summarize(r, prepared.inputs, prepared.tokenizer) for label, r in raw.items()}
+        table = _table(prepared, results, evaluator.columns(prepared.inputs))
         print(table, flush=True)
         ctx.run.log_text(table, f"eval/{e.metric}.md")
         metrics = {f"{label}.{k}" if label != "model" else k: v for label, r in results.items() for k, v in r.items()}
         if "compare_to" in results:
-            metrics["perplexity_ratio"] = results["model"]["perplexity"] / results["compare_to"]["perplexity"]
+            metrics.update(evaluator.compare(results["model"], results["compare_to"]))
         ctx.run.log_metrics(metrics, step=0)
         return {key: round(value, 6) for key, value in metrics.items()}
 
 
-def _table(prepared: Prepared, results: dict[str, dict[str, float]]) -> str:
-    rows = ["| model | path | perplexity | nll/token | tokens |", "|---|---|---:|---:|---:|"]
+def _table(prepared: Prepared, results: dict[str, dict[str, float]], columns: list[tuple[str, str, str]]) -> str:
+    rows = ["| model | path | " + " | ".join(h for h, _, _ in columns) + " |",
+            "|---|---|" + "---:|" * len(columns)]
     for label, name, path, _ in prepared.models:
-        r = results[label]
-        rows.append(f"| {label} | {path or name} | {r['perplexity']:.4f} | {r['nll_per_token']:.5f} | "
-                    f"{int(r['tokens'])} |")
+        cells = " | ".join(format(results[label][key], fmt) for _, key, fmt in columns)
+        rows.append(f"| {label} | {path or name} | {cells} |")
     return "\n".join(rows)

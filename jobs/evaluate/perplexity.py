@@ -9,6 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from core.data.calib import token_blocks
+
 
 def load_model(name: str, path: str | None, overrides: dict[str, Any], attn: str = "sdpa") -> Any:
     """A quantized export (fake-quant reload) or any model the registry builds, float32 on CPU."""
@@ -35,11 +37,32 @@ def perplexity(model: Any, ids: np.ndarray, batch_size: int) -> dict[str, float]
     return {"perplexity": math.exp(nll / count), "nll_per_token": nll / count, "tokens": float(count)}
 
 
-METRICS = {"perplexity": perplexity}  # eval.metric -> fn(model, ids, batch_size) -> metrics
+class Perplexity:
+    """Held-out text cut into eval.num_samples x eval.seq_len token blocks (core/data/calib.py)."""
+
+    def prepare(self, spec: Any, tokenizer: Any, compare_cfg: Any | None) -> np.ndarray:
+        e = spec.eval
+        return token_blocks(e.path, e.format, tokenizer, e.num_samples, e.seq_len, e.seed, e.text_field, "eval")
+
+    def score(self, model: Any, inputs: np.ndarray, e: Any) -> dict[str, float]:
+        return perplexity(model, inputs, e.batch_size)
+
+    def summarize(self, raw: dict[str, float], inputs: np.ndarray, tokenizer: Any) -> dict[str, float]:
+        return raw
+
+    def columns(self, inputs: np.ndarray) -> list[tuple[str, str, str]]:
+        return [("perplexity", "perplexity", ".4f"), ("nll/token", "nll_per_token", ".5f"), ("tokens", "tokens", ".0f")]
+
+    def compare(self, model: dict[str, float], reference: dict[str, float]) -> dict[str, float]:
+        return {"perplexity_ratio": model["perplexity"] / reference["perplexity"]}
 
 
-def evaluate(name: str, path: str | None, overrides: dict, ids: np.ndarray, metric: str, batch_size: int,
-             threads: int) -> dict[str, float]:
-    """Runs in a Ray task: one model, one process."""
-    torch.set_num_threads(threads)
-    return METRICS[metric](load_model(name, path, overrides), ids, batch_size)
+PERPLEXITY = Perplexity()
+
+
+def evaluate(name: str, path: str | None, overrides: dict, inputs: Any, e: Any) -> dict[str, Any]:
+    """Runs in a Ray task: one model, one process, scored by the eval.metric's evaluator."""
+    from jobs.evaluate.registry import EVALUATORS
+
+    torch.set_num_threads(e.threads)
+    return EVALUATORS.get(e.metric).score(load_model(name, path, overrides), inputs, e)

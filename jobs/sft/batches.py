@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from core.data.multimodal import model_image_inputs
 from core.data.packing import PackedRow
 from core.data.tokenize import IGNORE
-from core.models.vlm import ImageTextProcessor
 
 
 @dataclass
@@ -41,12 +41,6 @@ def image_filler(rows: list[PackedRow]) -> PackedRow | None:
                      [span.shifted(-span.start)])
 
 
-def _images(rows: list[PackedRow]) -> dict[str, torch.Tensor]:
-    """Every row's image inputs in token order (row-major: the order the model fills placeholders), float32."""
-    batch = ImageTextProcessor.collate([span.inputs for row in rows for span in row.images])
-    return {k: v.float() if v.is_floating_point() else v for k, v in batch.items()}
-
-
 def collate(rows: list[PackedRow], pad_id: int, pad_to: int | None = None,
             filler: PackedRow | None = None) -> MicroBatch:
     """Pad to the longest row (or `pad_to`); padding is its own position-restarting span with no loss.
@@ -64,7 +58,7 @@ def collate(rows: list[PackedRow], pad_id: int, pad_to: int | None = None,
         positions[i, n:] = np.arange(length - n)
     targets = int((labels[:, 1:] != IGNORE).sum())
     return MicroBatch(torch.from_numpy(ids), torch.from_numpy(labels), torch.from_numpy(positions),
-                      real_tokens, targets, _images(rows))
+                      real_tokens, targets, model_image_inputs([span for row in rows for span in row.images]))
 
 
 class BatchPlan:
