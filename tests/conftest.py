@@ -13,6 +13,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
+# One `ninja` for every process of the session (drivers, Ray workers, the head): DeepSpeed JIT-builds its CPU comm
+# op into TORCH_EXTENSIONS_DIR with whichever is on PATH, and the venv's (1.13, a deepspeed dependency) and
+# /usr/bin's (1.11) hash commands differently, so each switch between them rebuilt the op (50-110 s here).
+BIN = str(Path(sys.executable).parent)
+if os.environ["PATH"].split(os.pathsep)[0] != BIN:
+    os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ['PATH']}"
 
 # Small, fast SFT settings for CPU tests (2 workers, ZeRO-3 over gloo, every param partitioned).
 FAST_SFT = [
@@ -113,13 +119,11 @@ def ray_head():
 
     client = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
               "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # without it the driver waits for a raylet on eth0
-    bin_dir = Path(sys.executable).parent
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "RAY_"))}
-    env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": client["RAY_AUTH_TOKEN"], "GLOO_SOCKET_IFNAME": "lo",
-            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": client["RAY_AUTH_TOKEN"], "GLOO_SOCKET_IFNAME": "lo"}
     gcs, dashboard = free_port(), free_port()
     temp = tempfile.mkdtemp(prefix="rh-", dir="/tmp")  # short: Ray's unix socket paths must stay < 108 chars
-    cmd = [str(bin_dir / "ray"), "start", "--head", "--block", f"--port={gcs}", "--num-cpus=2",
+    cmd = [str(Path(BIN) / "ray"), "start", "--head", "--block", f"--port={gcs}", "--num-cpus=2",
            "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
            f"--temp-dir={temp}", "--disable-usage-stats",
            # fixed by default (52365, 10001): taken when another Ray runs on this machine (no job agent then)
