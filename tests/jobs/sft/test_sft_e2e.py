@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import FAST_SFT, REPO, mlflow_run, run_cli, run_id_of
+from tests.conftest import FAST_SFT, REPO, kill_under, mlflow_run, run_cli, run_id_of
 
 STEPS = 8
 ARGS = [*FAST_SFT, f"trainer.max_steps={STEPS}", "trainer.checkpoint.every_n_steps=2",
@@ -35,11 +36,11 @@ def reference(storage: Path) -> dict:
             "losses": {e["step"]: e["loss"] for e in summary["losses"]}}
 
 
-def _start(storage: Path, name: str) -> subprocess.Popen:
+def _start(storage: Path, name: str, *extra: str, env: dict | None = None) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "orchestrator", *ARGS, f"job.name={name}", f"job.storage={storage}",
-           f"cluster.tmp_dir=/tmp/orch-{name}-{os.getpid()}"]
+           f"cluster.tmp_dir=/tmp/orch-{name}-{os.getpid()}", *extra]
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True, env={**os.environ, **(env or {})})
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
@@ -94,26 +95,35 @@ def test_export_reloads_with_the_trained_weights(reference: dict, storage: Path)
         assert torch.equal(exported(ids).logits, trained(ids).logits)
 
 
-def test_killed_run_resumes_with_the_same_losses(reference: dict, storage: Path) -> None:
+def test_killed_run_then_killed_worker_resume_with_the_same_losses(reference: dict, storage: Path,
+                                                                    ray_head) -> None:
+    """The whole job (driver, embedded Ray, workers) is SIGKILLed at its step-2 checkpoint; rerun, it resumes
+    from its latest checkpoint; then one of its workers is SIGKILLed and Ray Train restarts the worker group
+    from the newest checkpoint and finishes. Every loss logged after either interruption (steps replayed
+    after the restart included) equals the uninterrupted run's. One job for both: one CLI start-up less."""
+    from mlflow.tracking import MlflowClient
+
+    job_dir = storage / "killed"
     proc = _start(storage, "killed")
-    _wait_for(storage / "killed" / "checkpoints" / "step_000004" / "COMPLETE", proc)
+    _wait_for(job_dir / "checkpoints" / "step_000002" / "COMPLETE", proc)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver, its embedded Ray and its workers
     proc.wait()
-    subprocess.run(["pkill", "-9", "-f", f"/tmp/orch-killed-{os.getpid()}"], check=False)
-    result = run_cli([*ARGS, "job.name=killed"], storage)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    summary = json.loads((storage / "killed" / "summary.json").read_text())
-    assert summary["resumed_at"] >= 4
-    _assert_losses_match({e["step"]: e["loss"] for e in summary["losses"]}, reference)
-
-
-def test_sigkilled_worker_restarts_from_checkpoint(reference: dict, storage: Path) -> None:
-    proc = _start(storage, "worker-kill")
-    job_dir = storage / "worker-kill"
-    _wait_for(job_dir / "checkpoints" / "step_000002" / "COMPLETE", proc)
+    kill_under(f"/tmp/orch-killed-{os.getpid()}")
+    assert not (job_dir / "summary.json").exists(), "killed too late: the job had finished"
+    resumed_at = max(int(p.parent.name.split("_")[1]) for p in (job_dir / "checkpoints").glob("step_*/COMPLETE"))
+    assert resumed_at <= 4, f"killed too late (step {resumed_at}): no room left for the worker kill"
+    proc = _start(storage, "killed", *ray_head.args, env=ray_head.env)  # the rerun attaches to the session head
+    _wait_for(job_dir / "checkpoints" / f"step_{resumed_at + 2:06d}" / "COMPLETE", proc)  # written by the rerun
     os.kill(int((job_dir / "workers" / "rank1.pid").read_text()), signal.SIGKILL)
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output[-4000:]
     summary = json.loads((job_dir / "summary.json").read_text())
-    assert summary["final_step"] == STEPS and summary["resumed_at"] >= 2, summary
+    assert summary["final_step"] == STEPS and summary["resumed_at"] >= resumed_at + 2, summary
+    resumes = [int(m) for m in re.findall(r"resumed from \S+/killed/checkpoints/step_\d+ at step (\d+)", output)]
+    assert resumes == [resumed_at, summary["resumed_at"]], (resumes, output[-4000:])  # the rerun, the restart
     _assert_losses_match({e["step"]: e["loss"] for e in summary["losses"]}, reference)
+    client = MlflowClient(tracking_uri=f"sqlite:///{storage / 'mlflow.db'}")
+    logged = client.get_metric_history(run_id_of(output), "loss")
+    assert {m.step for m in logged} == set(range(resumed_at + 1, STEPS + 1)), [m.step for m in logged]
+    for m in logged:
+        assert abs(m.value - reference["losses"][m.step]) < LOSS_TOLERANCE, (m.step, m.value)
