@@ -1,6 +1,6 @@
 """SFT with job.storage=s3://... on a real S3 endpoint (moto_server) and an MLflow server whose artifacts
 go to S3: checkpoints and the export land in the bucket (marker last), the export is downloadable by run
-id, a longer second run resumes from the S3 checkpoint with an uninterrupted run's losses, and the
+id, a second job resumes from its S3 checkpoint with the uninterrupted run's losses, and the
 planted AWS secret key reaches neither MLflow nor the logs nor the bucket."""
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from tests.conftest import FAST_SFT, REPO, S3_SECRET, make_bucket, run_cli, run_
 
 BUCKET = "sft-e2e"
 STEPS = 4
-# constant lr: a 2-step run's step-2 checkpoint is the state a 4-step run has at step 2
 ARGS = [*FAST_SFT, "trainer.checkpoint.every_n_steps=2", "trainer.checkpoint.keep_last=10",
         "trainer.optim.schedule=constant"]
 LOSS_TOLERANCE = 1e-5
@@ -82,10 +81,12 @@ def test_export_is_in_mlflows_s3_store_and_downloadable_by_run_id(full: dict, s3
 
 
 def test_resume_reads_the_checkpoint_back_from_s3(full: dict, s3: dict) -> None:
-    """Data from S3 too: same tokens, so the same losses as `full` (local data)."""
-    _run(s3, "resumed", 2, *S3_DATA)
-    result = _run(s3, "resumed", STEPS, *S3_DATA)
-    assert f"resumed from s3://{BUCKET}/runs/resumed/checkpoints/step_000002 at step 2" in result.stdout
+    """A new job resumes from `full`'s step-2 checkpoint in the bucket (an explicit s3:// resume: one run
+    instead of a 2-step run and its rerun; resume=auto's pick of the newest marked checkpoint on S3 is
+    test_resume_point_from_s3). Data from S3 too: same tokens, so the same losses as `full` (local data)."""
+    checkpoint = f"s3://{BUCKET}/runs/full/checkpoints/step_000002"
+    result = _run(s3, "resumed", STEPS, *S3_DATA, f"trainer.checkpoint.resume={checkpoint}")
+    assert f"resumed from {checkpoint} at step 2" in result.stdout
     losses, reference = _losses(s3["tracking"], run_id_of(result.stdout)), _losses(s3["tracking"], full["run_id"])
     assert sorted(losses) == [3, 4]
     for step, loss in losses.items():
