@@ -1,5 +1,5 @@
 """llava_tiny fine-tuned on the shipped synthetic shapes (data=mm_demo: shape captions + a share of text chats)
-through the real CLI: embedded Ray, 2 DeepSpeed ZeRO-3 workers over gloo, MLflow sqlite. Session-scoped and
+through the real CLI: the session's Ray head, 2 DeepSpeed ZeRO-3 workers over gloo, MLflow sqlite. Session-scoped and
 cached on disk, so every test that needs a trained VLM export (caption eval, quantization) shares one run:
 
     from tests.jobs.vlm_shapes import llava_shapes  # noqa: F401   (in a conftest; tests/jobs/conftest.py has it)
@@ -31,18 +31,18 @@ SHAPES_SFT = [
     *SHAPES_MODEL, "data=mm_demo", "data.pack_max_length=3072",  # ~24 samples per packed row
     "trainer.num_workers=2", "trainer.micro_batch_size=1", f"trainer.max_steps={SHAPES_STEPS}",
     "trainer.optim.lr=3e-3", "trainer.optim.warmup_steps=10", "trainer.log_every=10", "trainer.seed=0",
-    "cluster.include_dashboard=false", "job.name=llava-shapes",
+    "job.name=llava-shapes",
 ]
 
 
 @pytest.fixture(scope="session")
-def llava_shapes(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+def llava_shapes(tmp_path_factory: pytest.TempPathFactory, ray_head) -> SimpleNamespace:
     """storage (the MLflow store's dir), export (HF dir with the processor), run_id, losses, wall_s."""
     root = tmp_path_factory.getbasetemp() / "llava-shapes"
     storage, record = root / "runs", root / "result.json"
     if not record.is_file():  # one run per session, whichever conftest imported this fixture
         began = time.perf_counter()
-        result = run_cli(SHAPES_SFT, storage, timeout=1200)
+        result = run_cli([*SHAPES_SFT, *ray_head.args], storage, timeout=1200, env=ray_head.env)
         assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
         summary = json.loads((storage / "llava-shapes" / "summary.json").read_text())
         record.write_text(json.dumps({"run_id": run_id_of(result.stdout), "losses": summary["losses"],

@@ -18,8 +18,8 @@ from tests.orchestrator.test_bad_data import _assert_failed
 
 # Measured on the shipped held-out set (96 images, every colour x shape 4 times) with the export of
 # tests/jobs/vlm_shapes.py (100 steps): colour+shape 0.781 (colour 1.000, shape 0.781, exact match 0.781,
-# caption NLL 0.043 vs 5.60 untrained). The bounds leave room for drift of CPU kernels; the untrained
-# initialisation names neither colour nor shape.
+# caption NLL 0.043 vs 5.60 untrained), identical in two runs. The bounds leave room for drift of CPU
+# kernels; the untrained initialisation names neither colour nor shape.
 MIN_KEYWORD_ACCURACY = 0.7
 MIN_COLOUR_ACCURACY = 0.95
 KEYWORDS = {"colour": ["red", "green", "blue"], "shape": ["circle", "square"]}
@@ -37,10 +37,10 @@ def init_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def test_trained_vlm_captions_held_out_images(llava_shapes, init_dir: Path) -> None:
+def test_trained_vlm_captions_held_out_images(llava_shapes, init_dir: Path, ray_head) -> None:
     storage = llava_shapes.storage
     result = run_cli(["job=evaluate", "eval=caption", "model=hf", f"model.path={llava_shapes.export}",
-                      f"eval.compare_to={init_dir}", "cluster.include_dashboard=false"], storage)
+                      f"eval.compare_to={init_dir}", *ray_head.args], storage, env=ray_head.env)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "| model | path | caption nll | exact match | colour+shape acc | colour acc | shape acc | samples |" \
         in result.stdout

@@ -44,7 +44,7 @@ def _filler_steps() -> list[list[bool]]:
     return [[p.step(step)[0].input_ids.shape[0] == 2 for p in plans] for step in range(1, STEPS + 1)]
 
 
-def test_text_only_micro_batch_beside_an_image_one(tmp_path: Path) -> None:
+def test_text_only_micro_batch_beside_an_image_one(tmp_path: Path, ray_head) -> None:
     """Unpacked rows: at some step one rank holds a text chat while the other holds an image. Without the
     filler row only one rank would run the vision tower and ZeRO-3's gathers would wait forever."""
     assert [False, True] in [sorted(f) for f in _filler_steps()], "no mixed step: the run would prove nothing"
@@ -53,7 +53,7 @@ def test_text_only_micro_batch_beside_an_image_one(tmp_path: Path) -> None:
     result = run_cli([*SHAPES_MODEL, f"data.datasets=[{datasets}]", "data.packing=false", "data.max_length=256",
                       "trainer.num_workers=2", "trainer.micro_batch_size=1", f"trainer.max_steps={STEPS}",
                       "trainer.zero.param_persistence_threshold=0", "trainer.checkpoint.export=false",
-                      "cluster.include_dashboard=false", "job.name=mixed"], storage, timeout=600)
+                      "job.name=mixed", *ray_head.args], storage, timeout=600, env=ray_head.env)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     summary = json.loads((storage / "mixed" / "summary.json").read_text())
     assert [e["step"] for e in summary["losses"]] == list(range(1, STEPS + 1))
