@@ -19,26 +19,30 @@ BIN = Path(sys.executable).parent
 
 @pytest.fixture(scope="module")
 def head(ray_head):
-    """The session's head node (tests/conftest.py: `ray start --head`, token auth) once its job API answers."""
-    env = {**os.environ, **ray_head.env}
-    deadline = time.time() + 180
-    probe = [str(BIN / "ray"), "job", "submit", "--address", ray_head.dashboard, "--", "python", "-c", "pass"]
-    while subprocess.run(probe, env=env, capture_output=True).returncode != 0:  # up once its job agent is
-        assert time.time() < deadline, "the head's job API did not come up"
-        time.sleep(1)
-    return ray_head.dashboard, env
+    """The session's head node (tests/conftest.py: `ray start --head`, token auth): its job API's address."""
+    return ray_head.dashboard, {**os.environ, **ray_head.env}
 
 
 ENV_SECRET = "plantedEnvSecret-7f3a9c"  # in the job's environment
 CONFIG_SECRET = "hf_PlantedConfigSecret0123456789abcd"  # in a config value
 
 
+NOT_UP = ("No available agent", "Failed to connect to Ray at address")  # refused before any job exists
+
+
 def _submit(head, args: list[str], job_env: dict | None = None) -> subprocess.CompletedProcess:
+    """`ray job submit`, retried while the head's job API is still coming up (instead of a probe job)."""
     address, env = head
     runtime_env = ["--runtime-env-json", json.dumps({"env_vars": job_env})] if job_env else []
     cmd = [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO), *runtime_env, "--",
            "python", "-m", "orchestrator", *args]
-    return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    deadline = time.time() + 180
+    while True:
+        result = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+        if result.returncode == 0 or not any(m in result.stdout + result.stderr for m in NOT_UP):
+            return result
+        assert time.time() < deadline, f"the head's job API did not come up: {result.stderr[-2000:]}"
+        time.sleep(1)
 
 
 def _job_id(output: str) -> str:
