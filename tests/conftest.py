@@ -106,8 +106,9 @@ def kill_under(path: str) -> None:
 @pytest.fixture(scope="session")
 def ray_head():
     """One real head node for the session (`ray start --head`: token auth, dashboard and job API on 127.0.0.1,
-    2 CPUs). Subprocess jobs attach to it (`.args`: cluster.address; `.env` for run_cli) instead of starting an
-    embedded cluster each: ray.init + shutdown cost 15-25 s per job on 2 shared cores, attaching 0.2 s.
+    4 logical CPUs on the 2 cores: two 2-worker jobs fit side by side). Subprocess jobs attach to it (`.args`:
+    cluster.address; `.env` for run_cli) instead of starting an embedded cluster each: ray.init + shutdown cost
+    15-25 s per job on 2 shared cores, attaching 0.2 s.
     test_ray_job_submit.py submits to its dashboard. The embedded path stays covered by the SFT reference
     run (dashboard on, as `make run`), the runs that are killed, and the S3 runs (their workers need the
     job's AWS environment, which an embedded cluster inherits from the driver)."""
@@ -123,7 +124,7 @@ def ray_head():
     env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": client["RAY_AUTH_TOKEN"], "GLOO_SOCKET_IFNAME": "lo"}
     gcs, dashboard = free_port(), free_port()
     temp = tempfile.mkdtemp(prefix="rh-", dir="/tmp")  # short: Ray's unix socket paths must stay < 108 chars
-    cmd = [str(Path(BIN) / "ray"), "start", "--head", "--block", f"--port={gcs}", "--num-cpus=2",
+    cmd = [str(Path(BIN) / "ray"), "start", "--head", "--block", f"--port={gcs}", "--num-cpus=4",
            "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
            f"--temp-dir={temp}", "--disable-usage-stats",
            # fixed by default (52365, 10001): taken when another Ray runs on this machine (no job agent then)

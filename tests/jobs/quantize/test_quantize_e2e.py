@@ -26,6 +26,21 @@ ALGOS = QUANT_ALGOS
 GPTQ_2W = [*ALGOS["gptq"], "quant.num_workers=2"]
 
 
+RUNS = {  # this module's jobs, in the order its tests need them
+    **{name: ALGOS[name] for name in sorted(ALGOS)}, "gptq-2w": GPTQ_2W,
+    "gptq-blocks": [*ALGOS["gptq"], "quant.parallel=blocks"],
+    "gptq-blocks-2w": [*ALGOS["gptq"], "quant.parallel=blocks", "quant.num_workers=2"],
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _start_runs(quantize_run, fp_dir: Path) -> None:
+    """Every job this module checks starts up front, two at a time (tests/jobs/conftest.py: QuantizeRuns)."""
+    for name, extra in RUNS.items():
+        quantize_run.start(name, *extra)
+    quantize_run.start("rtn-from-dir", *ALGOS["rtn"], "model=hf", f"model.path={fp_dir}")
+
+
 def _export_files(job_dir: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((job_dir / "export").iterdir())}
 
@@ -87,20 +102,20 @@ def test_two_workers_give_the_same_export_as_one(quantize_run, quant_storage: Pa
 
 def test_blocks_mode_is_independent_of_the_worker_count(quantize_run, quant_storage: Path) -> None:
     """parallel=blocks: every block calibrated on FP inputs, by whichever worker takes it."""
-    quantize_run("gptq-blocks", *ALGOS["gptq"], "quant.parallel=blocks")
-    quantize_run("gptq-blocks-2w", *ALGOS["gptq"], "quant.parallel=blocks", "quant.num_workers=2")
+    quantize_run("gptq-blocks", *RUNS["gptq-blocks"])
+    quantize_run("gptq-blocks-2w", *RUNS["gptq-blocks-2w"])
     one, two = _export_files(quant_storage / "gptq-blocks"), _export_files(quant_storage / "gptq-blocks-2w")
     assert one.keys() == two.keys()
     for name in one:
         if name != "quant_info.json":
             assert one[name] == two[name], f"{name} differs between 1 and 2 block-parallel workers"
-    sequential = _export_files(quant_storage / "gptq") if (quant_storage / "gptq").exists() else None
-    if sequential is not None:  # FP inputs instead of the quantized blocks' outputs: other integers
-        assert sequential["model.safetensors"] != one["model.safetensors"]
+    quantize_run("gptq", *ALGOS["gptq"])  # parallel=data: FP inputs instead of the quantized blocks' outputs
+    assert _export_files(quant_storage / "gptq")["model.safetensors"] != one["model.safetensors"]
 
 
 def test_killed_job_resumes_to_a_bit_identical_export(quantize_run, quant_storage: Path, ray_head) -> None:
     quantize_run("gptq-2w", *GPTQ_2W)
+    quantize_run.wait_all()  # nothing beside it: the kill must land between block 1's marker and the export
     name, tmp = "gptq-killed", f"/tmp/orch-q-{os.getpid()}"
     cmd = [sys.executable, "-m", "orchestrator", *TINY_QUANT, *GPTQ_2W, f"job.name={name}",
            f"job.storage={quant_storage}", f"cluster.tmp_dir={tmp}"]
