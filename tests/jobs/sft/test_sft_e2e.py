@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import FAST_SFT, REPO, kill_under, mlflow_run, run_cli, run_id_of
+from tests.conftest import FAST_SFT, REPO, kill_under, mlflow_run, run_id_of
 
 STEPS = 8
 ARGS = [*FAST_SFT, f"trainer.max_steps={STEPS}", "trainer.checkpoint.every_n_steps=2",
@@ -27,26 +27,44 @@ def storage(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("sft") / "runs"
 
 
+def _start(storage: Path, name: str, *extra: str, env: dict | None = None) -> tuple[subprocess.Popen, Path]:
+    """The CLI in the background, its output in a file (a pipe nobody reads while it runs could fill and stall it)."""
+    cmd = [sys.executable, "-m", "orchestrator", *ARGS, f"job.name={name}", f"job.storage={storage}",
+           f"cluster.tmp_dir=/tmp/orch-{name}-{os.getpid()}", *extra]
+    log = storage.parent / f"{name}-{time.time_ns()}.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True, env={**os.environ, **(env or {})})
+    return proc, log
+
+
 @pytest.fixture(scope="module")
-def reference(storage: Path) -> dict:
-    result = run_cli([*ARGS, "job.name=reference", "cluster.include_dashboard=true"], storage)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+def reference_run(storage: Path):
+    """The uninterrupted run (embedded Ray with the dashboard, as `make run`), started when the module begins so
+    the kill test's jobs run beside it: one job leaves the 2 cores half idle (imports, Ray start-up)."""
+    proc, log = _start(storage, "reference", "cluster.include_dashboard=true")
+    yield proc, log
+    if proc.poll() is None:  # a failure left it running: end it, its embedded Ray too
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        kill_under(f"/tmp/orch-reference-{os.getpid()}")
+
+
+@pytest.fixture(scope="module")
+def reference(reference_run: tuple[subprocess.Popen, Path], storage: Path) -> dict:
+    proc, log = reference_run
+    proc.wait(timeout=900)
+    output = log.read_text()
+    assert proc.returncode == 0, output[-4000:]
     summary = json.loads((storage / "reference" / "summary.json").read_text())
-    return {"run_id": run_id_of(result.stdout), "stdout": result.stdout,
+    return {"run_id": run_id_of(output), "stdout": output,
             "losses": {e["step"]: e["loss"] for e in summary["losses"]}}
 
 
-def _start(storage: Path, name: str, *extra: str, env: dict | None = None) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "orchestrator", *ARGS, f"job.name={name}", f"job.storage={storage}",
-           f"cluster.tmp_dir=/tmp/orch-{name}-{os.getpid()}", *extra]
-    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, env={**os.environ, **(env or {})})
-
-
-def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+def _wait_for(path: Path, proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
     deadline = time.time() + timeout
     while not path.exists():
-        assert proc.poll() is None, f"run ended before {path} appeared:\n{proc.stdout.read()[-4000:]}"
+        assert proc.poll() is None, f"run ended before {path} appeared:\n{log.read_text()[-4000:]}"
         assert time.time() < deadline, f"timed out waiting for {path}"
         time.sleep(0.5)
 
@@ -55,6 +73,44 @@ def _assert_losses_match(losses: dict, reference: dict) -> None:
     assert losses, "no steps ran"
     for step, loss in losses.items():
         assert abs(loss - reference["losses"][step]) < LOSS_TOLERANCE, (step, loss, reference["losses"][step])
+
+
+def test_killed_run_then_killed_worker_resume_with_the_same_losses(reference_run, storage: Path, ray_head,
+                                                                    request: pytest.FixtureRequest) -> None:
+    """The whole job (driver, embedded Ray, workers) is SIGKILLed at its step-2 checkpoint; rerun, it resumes
+    from its latest checkpoint; then one of its workers is SIGKILLed and Ray Train restarts the worker group
+    from the newest checkpoint and finishes. Every loss logged after either interruption (steps replayed
+    after the restart included) equals the uninterrupted run's. One job for both: one CLI start-up less. First
+    in the module: it runs while the reference does (its own store: two new sqlite stores, no race)."""
+    from mlflow.tracking import MlflowClient
+
+    storage = storage.parent / "kill-runs"
+    job_dir = storage / "killed"
+    proc, log = _start(storage, "killed")
+    _wait_for(job_dir / "checkpoints" / "step_000002" / "COMPLETE", proc, log)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver, its embedded Ray and its workers
+    proc.wait()
+    kill_under(f"/tmp/orch-killed-{os.getpid()}")
+    assert not (job_dir / "summary.json").exists(), "killed too late: the job had finished"
+    resumed_at = max(int(p.parent.name.split("_")[1]) for p in (job_dir / "checkpoints").glob("step_*/COMPLETE"))
+    assert resumed_at <= 4, f"killed too late (step {resumed_at}): no room left for the worker kill"
+    proc, log = _start(storage, "killed", *ray_head.args, env=ray_head.env)  # the rerun attaches to the session head
+    _wait_for(job_dir / "checkpoints" / f"step_{resumed_at + 2:06d}" / "COMPLETE", proc, log)  # the rerun's
+    os.kill(int((job_dir / "workers" / "rank1.pid").read_text()), signal.SIGKILL)
+    proc.wait(timeout=600)
+    output = log.read_text()
+    assert proc.returncode == 0, output[-4000:]
+    summary = json.loads((job_dir / "summary.json").read_text())
+    assert summary["final_step"] == STEPS and summary["resumed_at"] >= resumed_at + 2, summary
+    resumes = [int(m) for m in re.findall(r"resumed from \S+/killed/checkpoints/step_\d+ at step (\d+)", output)]
+    assert resumes == [resumed_at, summary["resumed_at"]], (resumes, output[-4000:])  # the rerun, the restart
+    reference = request.getfixturevalue("reference")
+    _assert_losses_match({e["step"]: e["loss"] for e in summary["losses"]}, reference)
+    client = MlflowClient(tracking_uri=f"sqlite:///{storage / 'mlflow.db'}")
+    logged = client.get_metric_history(run_id_of(output), "loss")
+    assert {m.step for m in logged} == set(range(resumed_at + 1, STEPS + 1)), [m.step for m in logged]
+    for m in logged:
+        assert abs(m.value - reference["losses"][m.step]) < LOSS_TOLERANCE, (m.step, m.value)
 
 
 def test_loss_falls_and_run_is_tracked(reference: dict, storage: Path) -> None:
@@ -93,37 +149,3 @@ def test_export_reloads_with_the_trained_weights(reference: dict, storage: Path)
                                         add_generation_prompt=True, return_dict=True)["input_ids"]
     with torch.no_grad():
         assert torch.equal(exported(ids).logits, trained(ids).logits)
-
-
-def test_killed_run_then_killed_worker_resume_with_the_same_losses(reference: dict, storage: Path,
-                                                                    ray_head) -> None:
-    """The whole job (driver, embedded Ray, workers) is SIGKILLed at its step-2 checkpoint; rerun, it resumes
-    from its latest checkpoint; then one of its workers is SIGKILLed and Ray Train restarts the worker group
-    from the newest checkpoint and finishes. Every loss logged after either interruption (steps replayed
-    after the restart included) equals the uninterrupted run's. One job for both: one CLI start-up less."""
-    from mlflow.tracking import MlflowClient
-
-    job_dir = storage / "killed"
-    proc = _start(storage, "killed")
-    _wait_for(job_dir / "checkpoints" / "step_000002" / "COMPLETE", proc)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver, its embedded Ray and its workers
-    proc.wait()
-    kill_under(f"/tmp/orch-killed-{os.getpid()}")
-    assert not (job_dir / "summary.json").exists(), "killed too late: the job had finished"
-    resumed_at = max(int(p.parent.name.split("_")[1]) for p in (job_dir / "checkpoints").glob("step_*/COMPLETE"))
-    assert resumed_at <= 4, f"killed too late (step {resumed_at}): no room left for the worker kill"
-    proc = _start(storage, "killed", *ray_head.args, env=ray_head.env)  # the rerun attaches to the session head
-    _wait_for(job_dir / "checkpoints" / f"step_{resumed_at + 2:06d}" / "COMPLETE", proc)  # written by the rerun
-    os.kill(int((job_dir / "workers" / "rank1.pid").read_text()), signal.SIGKILL)
-    output, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, output[-4000:]
-    summary = json.loads((job_dir / "summary.json").read_text())
-    assert summary["final_step"] == STEPS and summary["resumed_at"] >= resumed_at + 2, summary
-    resumes = [int(m) for m in re.findall(r"resumed from \S+/killed/checkpoints/step_\d+ at step (\d+)", output)]
-    assert resumes == [resumed_at, summary["resumed_at"]], (resumes, output[-4000:])  # the rerun, the restart
-    _assert_losses_match({e["step"]: e["loss"] for e in summary["losses"]}, reference)
-    client = MlflowClient(tracking_uri=f"sqlite:///{storage / 'mlflow.db'}")
-    logged = client.get_metric_history(run_id_of(output), "loss")
-    assert {m.step for m in logged} == set(range(resumed_at + 1, STEPS + 1)), [m.step for m in logged]
-    for m in logged:
-        assert abs(m.value - reference["losses"][m.step]) < LOSS_TOLERANCE, (m.step, m.value)
