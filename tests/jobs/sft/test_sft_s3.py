@@ -5,13 +5,16 @@ planted AWS secret key reaches neither MLflow nor the logs nor the bucket."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from core import storage
-from tests.conftest import FAST_SFT, REPO, S3_SECRET, make_bucket, run_cli, run_id_of, s3_client, s3_keys
+from tests.conftest import FAST_SFT, REPO, S3_SECRET, make_bucket, run_id_of, s3_client, s3_keys
 
 BUCKET = "sft-e2e"
 STEPS = 4
@@ -20,6 +23,7 @@ ARGS = [*FAST_SFT, "trainer.checkpoint.every_n_steps=2", "trainer.checkpoint.kee
 LOSS_TOLERANCE = 1e-5
 DATA = ("arithmetic.jsonl", "facts.jsonl")  # conf/data/openai_sft.yaml's datasets, in order
 S3_DATA = [f"data.datasets.{i}.path=s3://{BUCKET}/data/{name}" for i, name in enumerate(DATA)]
+CHECKPOINT = f"s3://{BUCKET}/runs/full/checkpoints/step_000002"  # where `resumed` starts from
 
 
 @pytest.fixture(scope="module")
@@ -31,11 +35,21 @@ def s3(s3_server: dict, mlflow_s3_server: str, tmp_path_factory: pytest.TempPath
     return {"env": env, "tracking": mlflow_s3_server}
 
 
-def _run(s3: dict, name: str, steps: int, *extra: str) -> subprocess.CompletedProcess:
-    result = run_cli([*ARGS, f"job.name={name}", f"trainer.max_steps={steps}", f"tracking.uri={s3['tracking']}",
-                      *extra], f"s3://{BUCKET}/runs", env=s3["env"])  # type: ignore[arg-type]
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    return result
+def _start(s3: dict, log: Path, name: str, *extra: str) -> tuple[subprocess.Popen, Path]:
+    """The CLI in the background on the bucket, its output in `log`."""
+    cmd = [sys.executable, "-m", "orchestrator", *ARGS, f"job.name={name}", f"trainer.max_steps={STEPS}",
+           f"tracking.uri={s3['tracking']}", *extra, f"job.storage=s3://{BUCKET}/runs"]
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", **s3["env"]})
+    return proc, log
+
+
+def _finish(proc: subprocess.Popen, log: Path) -> str:
+    proc.wait(timeout=600)
+    output = log.read_text()
+    assert proc.returncode == 0, output[-4000:]
+    return output
 
 
 def _losses(tracking: str, run_id: str) -> dict[int, float]:
@@ -45,9 +59,23 @@ def _losses(tracking: str, run_id: str) -> dict[int, float]:
 
 
 @pytest.fixture(scope="module")
-def full(s3: dict) -> dict:
-    result = _run(s3, "full", STEPS)
-    return {"run_id": run_id_of(result.stdout), "output": result.stdout + result.stderr}
+def runs(s3: dict, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """`full` (uninterrupted) and `resumed` (a new job from full's step-2 checkpoint in the bucket, data from S3):
+    resumed starts once that checkpoint is committed, beside full's last steps and export. Their outputs."""
+    logs = tmp_path_factory.mktemp("sft-s3-logs")
+    full = _start(s3, logs / "full.log", "full")
+    marker, deadline = f"runs/full/checkpoints/step_000002/{storage.MARKER}", time.time() + 300
+    while marker not in s3_keys(s3["env"], BUCKET, "runs/full/checkpoints/"):
+        assert full[0].poll() is None, f"full ended before its step-2 checkpoint:\n{full[1].read_text()[-4000:]}"
+        assert time.time() < deadline, "timed out waiting for full's step-2 checkpoint"
+        time.sleep(0.5)
+    resumed = _start(s3, logs / "resumed.log", "resumed", *S3_DATA, f"trainer.checkpoint.resume={CHECKPOINT}")
+    return {"full": _finish(*full), "resumed": _finish(*resumed)}
+
+
+@pytest.fixture(scope="module")
+def full(runs: dict[str, str]) -> dict:
+    return {"run_id": run_id_of(runs["full"]), "output": runs["full"]}
 
 
 def test_checkpoints_and_export_land_in_the_bucket(full: dict, s3: dict, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -80,14 +108,12 @@ def test_export_is_in_mlflows_s3_store_and_downloadable_by_run_id(full: dict, s3
     assert (got / "model.safetensors").read_bytes() == (published / "model.safetensors").read_bytes()
 
 
-def test_resume_reads_the_checkpoint_back_from_s3(full: dict, s3: dict) -> None:
+def test_resume_reads_the_checkpoint_back_from_s3(runs: dict[str, str], full: dict, s3: dict) -> None:
     """A new job resumes from `full`'s step-2 checkpoint in the bucket (an explicit s3:// resume: one run
     instead of a 2-step run and its rerun; resume=auto's pick of the newest marked checkpoint on S3 is
     test_resume_point_from_s3). Data from S3 too: same tokens, so the same losses as `full` (local data)."""
-    checkpoint = f"s3://{BUCKET}/runs/full/checkpoints/step_000002"
-    result = _run(s3, "resumed", STEPS, *S3_DATA, f"trainer.checkpoint.resume={checkpoint}")
-    assert f"resumed from {checkpoint} at step 2" in result.stdout
-    losses, reference = _losses(s3["tracking"], run_id_of(result.stdout)), _losses(s3["tracking"], full["run_id"])
+    assert f"resumed from {CHECKPOINT} at step 2" in runs["resumed"]
+    losses, reference = _losses(s3["tracking"], run_id_of(runs["resumed"])), _losses(s3["tracking"], full["run_id"])
     assert sorted(losses) == [3, 4]
     for step, loss in losses.items():
         assert abs(loss - reference[step]) < LOSS_TOLERANCE, (step, loss, reference[step])
