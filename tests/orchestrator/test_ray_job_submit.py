@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,14 @@ BIN = Path(sys.executable).parent
 def head(ray_head):
     """The session's head node (tests/conftest.py: `ray start --head`, token auth): its job API's address."""
     return ray_head.dashboard, {**os.environ, **ray_head.env}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def bad_override(head, tmp_path_factory: pytest.TempPathFactory):
+    """Submitted as the module begins, so it runs beside the SFT job (it fails at compose: seconds of work)."""
+    storage = tmp_path_factory.mktemp("submit-bad")
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        yield pool.submit(_submit, head, ["trainer.max_steps=abc", f"job.storage={storage}"])
 
 
 ENV_SECRET = "plantedEnvSecret-7f3a9c"  # in the job's environment
@@ -94,8 +103,8 @@ def test_submitted_sft_job_succeeds_is_tracked_and_leaks_no_secret(head, tmp_pat
     assert "***" in mlflow_text  # redacted, not dropped: the keys are still there
 
 
-def test_bad_override_fails_the_job_with_the_one_line_error(head, tmp_path: Path) -> None:
-    result = _submit(head, ["trainer.max_steps=abc", f"job.storage={tmp_path}"])
+def test_bad_override_fails_the_job_with_the_one_line_error(head, bad_override: Future) -> None:
+    result = bad_override.result()
     assert result.returncode != 0
     status, logs = _status_and_logs(head, _job_id(result.stdout + result.stderr))
     assert "failed" in status.lower() and "succeeded" not in status.lower()
