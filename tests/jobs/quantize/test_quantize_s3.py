@@ -18,7 +18,7 @@ import pytest
 from core import storage
 from jobs.quantize import checkpoint
 from jobs.quantize.load import load_quantized
-from tests.conftest import REPO, make_bucket, run_cli, run_id_of, s3_client, s3_keys
+from tests.conftest import REPO, make_bucket, run_id_of, s3_client, s3_keys
 from tests.jobs.conftest import QUANT_ALGOS, TINY_QUANT
 
 BUCKET = "quant-e2e"
@@ -45,11 +45,52 @@ def s3_env(s3: dict, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(key, value)
 
 
+def _start(s3: dict, log: Path, args: list[str], *extra: str) -> tuple[subprocess.Popen, Path]:
+    """The CLI (embedded Ray: its workers get the S3 environment from it) in the background, output in `log`."""
+    cmd = [sys.executable, "-m", "orchestrator", *args, f"job.storage={ROOT}", *extra]
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1", **s3["env"]}, stdout=out,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return proc, log
+
+
+def _finish(proc: subprocess.Popen, log: Path) -> str:
+    proc.wait(timeout=600)
+    output = log.read_text()
+    assert proc.returncode == 0, output[-4000:]
+    return output
+
+
+KILLED = "gptq-killed"  # loads the FP model from S3 (the same weights the uninterrupted one builds from its config)
+
+
 @pytest.fixture(scope="module")
-def uninterrupted(s3: dict) -> str:
-    result = run_cli([*s3["args"], "job.name=gptq-2w"], ROOT, env=s3["env"])  # type: ignore[arg-type]
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    return run_id_of(result.stdout)
+def runs(s3: dict, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The killed job first and alone (the kill must land between block 1's marker and the export); then its
+    rerun and the uninterrupted job side by side. Their outputs."""
+    logs, tmp = tmp_path_factory.mktemp("quant-s3-logs"), f"/tmp/orch-qs3-{os.getpid()}"
+    args = [*s3["args"], "model=hf", f"model.path=s3://{BUCKET}/models/fp", f"job.name={KILLED}"]
+    proc, log = _start(s3, logs / "killed.log", args, f"cluster.tmp_dir={tmp}")
+    with pytest.MonkeyPatch.context() as env:
+        for key, value in s3["env"].items():
+            env.setenv(key, value)
+        deadline = time.time() + 300
+        while not storage.is_published(checkpoint.block_dir(f"{ROOT}/{KILLED}/blocks", 1)):
+            assert proc.poll() is None, log.read_text()[-4000:]
+            assert time.time() < deadline
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver, its embedded Ray and the calibration actors
+        proc.wait()
+        _kill_by_pid_under(tmp)
+        assert not storage.is_published(f"{ROOT}/{KILLED}/export"), "killed too late: the job had finished"
+    resumed = _start(s3, logs / "resumed.log", args)
+    uninterrupted = _start(s3, logs / "uninterrupted.log", [*s3["args"], "job.name=gptq-2w"])
+    return {"resumed": _finish(*resumed), "uninterrupted": _finish(*uninterrupted)}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(runs: dict[str, str]) -> str:
+    return run_id_of(runs["uninterrupted"])
 
 
 def _kill_by_pid_under(tmp: str) -> None:
@@ -93,26 +134,10 @@ def test_export_is_in_mlflows_s3_store_and_downloadable_by_run_id(uninterrupted:
     assert load_quantized(got).config.num_hidden_layers == 4
 
 
-def test_killed_job_resumes_from_the_s3_blocks(uninterrupted: str, s3: dict, s3_env: None) -> None:
-    """This job loads the FP model from S3 (the same weights the uninterrupted one built from its config)."""
-    name, tmp = "gptq-killed", f"/tmp/orch-qs3-{os.getpid()}"
-    args = [*s3["args"], "model=hf", f"model.path=s3://{BUCKET}/models/fp", f"job.name={name}"]
-    cmd = [sys.executable, "-m", "orchestrator", *args, f"job.storage={ROOT}", f"cluster.tmp_dir={tmp}"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **s3["env"]}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    deadline = time.time() + 300
-    while not storage.is_published(checkpoint.block_dir(f"{ROOT}/{name}/blocks", 1)):
-        assert proc.poll() is None, proc.stdout.read()[-4000:]
-        assert time.time() < deadline
-        time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver, its embedded Ray and the calibration actors
-    proc.wait()
-    _kill_by_pid_under(tmp)
-    assert not storage.is_published(f"{ROOT}/{name}/export"), "killed too late: the job had finished"
-    result = run_cli(args, ROOT, env=s3["env"])  # type: ignore[arg-type]
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    assert "resumed_at: 2" in result.stdout or "resumed_at: 3" in result.stdout, result.stdout[-2000:]
-    resumed, reference = _export_files(f"{ROOT}/{name}/export"), _export_files(f"{ROOT}/gptq-2w/export")
+def test_killed_job_resumes_from_the_s3_blocks(runs: dict[str, str], s3: dict, s3_env: None) -> None:
+    output = runs["resumed"]
+    assert "resumed_at: 2" in output or "resumed_at: 3" in output, output[-2000:]
+    resumed, reference = _export_files(f"{ROOT}/{KILLED}/export"), _export_files(f"{ROOT}/gptq-2w/export")
     assert resumed.keys() == reference.keys()
     # config/tokenizer_config name their source (model.path): the weights must be the same bytes
     assert resumed["model.safetensors"] == reference["model.safetensors"]
