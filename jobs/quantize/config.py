@@ -30,6 +30,9 @@ class QuantConfig:
     cpus_per_worker: float = 1.0
     threads_per_worker: int = 1  # torch threads per actor; keep fixed across resumes (CPU kernels' rounding)
     batch_size: int = 4  # calibration samples per forward; batches, not samples, are split over workers
+    # on a GPU: keep the calibration activations in pinned host memory, streamed in one batch ahead
+    # (jobs/quantize/activations.py): GPU memory then holds about one block, its statistics and two batches
+    offload_activations: bool = True
     ignore: list[str] = field(default_factory=lambda: ["lm_head"])  # module names / "re:<regex>" left FP
     seed: int = 0  # torch seed before building a random-init model (qwen3_tiny): every process same weights
     resume: str = "auto"  # auto: continue from <job_dir>/blocks | never: refuse existing block checkpoints

@@ -21,6 +21,7 @@ import torch
 from core import storage
 from core.models import MODELS
 from jobs.quantize import checkpoint
+from jobs.quantize.activations import Activations
 from jobs.quantize.algorithms import ALGORITHMS
 from jobs.quantize.algorithms.stats import Stats
 from jobs.quantize.layerwise import Layerwise
@@ -56,20 +57,24 @@ class CalibWorker:
         self.lw = Layerwise(build_fp_model(spec, dtype))
         self.propagate_fp = spec.quant.parallel == "blocks"
         self.formats = formats or {}  # mixed precision: full Linear name -> format name
-        self.inputs: list[torch.Tensor] = []
+        self.offload = spec.quant.offload_activations
+        self.inputs = self._activations()
         self.pos = 0
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
         self._writing: Future | None = None
 
+    def _activations(self, batches: Any = ()) -> Activations:
+        return Activations(self.device, self.offload, batches)
+
     def start(self, root: str, pos: int = 0) -> int:
         """Inputs of block `pos`: embeddings, or those saved after block pos - 1 (parallel=data resume)."""
         if pos:
-            self.inputs = [x.to(self.device) for x in checkpoint.load_inputs(root, pos - 1, self.rank)]
+            self.inputs = self._activations(checkpoint.load_inputs(root, pos - 1, self.rank))
             self.pos = pos
         else:
-            self.inputs = [self.lw.embed(torch.tensor(b)).to(self.device) for b in self.ids]
+            self.inputs = self._activations(self.lw.embed(torch.tensor(b)) for b in self.ids)
             self.pos = 0
-        return sum(x.shape[0] for x in self.inputs)
+        return self.inputs.rows
 
     def _on_device(self, index: int) -> torch.nn.Module:
         """Block `index` moved to the device; its CPU tensors are kept aside (`_release` puts them back),
@@ -92,7 +97,7 @@ class CalibWorker:
         """Run the FP blocks [pos, index) to get block `index`'s FP inputs (blocks mode)."""
         for i in range(self.pos, index):
             block = self._on_device(i)
-            self.inputs = [self.lw.run_block(block, x) for x in self.inputs]
+            self.inputs = self._activations(self.lw.run_block(block, x) for x in self.inputs)
             self._release(block, keep_weights=False)
         self.pos = max(self.pos, index)
 
@@ -105,7 +110,7 @@ class CalibWorker:
         self.index = index
         self.block = self._on_device(index)
         # the FP outputs, for the block's output error after quantization (and blocks mode's next inputs)
-        self.fp_outputs = [self.lw.run_block(self.block, x) for x in self.inputs]
+        self.fp_outputs = self._activations(self.lw.run_block(self.block, x) for x in self.inputs)
         self.algo = ALGORITHMS.get(self.spec.quant.algorithm)(dict(self.spec.quant.options))
         prefix = self.lw.block_prefix(index)
         own = {n[len(prefix):]: parse_target(f) for n, f in self.formats.items() if n.startswith(prefix)}
@@ -121,20 +126,22 @@ class CalibWorker:
         embeddings); the caller commits them. `alone`: no other worker to agree with (no digest)."""
         result = self.algo.apply(self.block, stats)
         sse = update = 0.0
-        outputs = []
+        quantized = self._activations()
         for x, y_ref in zip(self.inputs, self.fp_outputs, strict=True):
             y = self.lw.run_block(self.block, x)
             sse += (y.float() - y_ref.float()).square().sum().item()
             update += (y_ref.float() - x.float()).square().sum().item()
-            outputs.append(y_ref if self.propagate_fp else y)
+            if not self.propagate_fp:
+                quantized.append(y)
+        outputs = self.fp_outputs if self.propagate_fp else quantized
         self.inputs, self.pos = outputs, self.index + 1
         if not self.propagate_fp:
             final = checkpoint.inputs_dir(root, self.index)
             staged = storage.staging_dir(final, token)
-            checkpoint.save_inputs(staged, self.rank, outputs)
+            checkpoint.save_inputs(staged, self.rank, outputs.host())
             storage.push(staged, final, token)
         del self.fp_outputs
-        out: dict[str, Any] = {"sse": sse, "update": update, "count": sum(y.numel() for y in outputs)}
+        out: dict[str, Any] = {"sse": sse, "update": update, "count": outputs.numel}
         if not alone:
             out["digest"] = result_digest(result)
         if self.device.type == "cuda":  # since this worker started: the block, its stats and activations

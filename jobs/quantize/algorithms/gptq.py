@@ -8,6 +8,7 @@ the driver feeds each block the outputs of the already-quantized previous block.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -47,9 +48,6 @@ class GPTQ(QuantAlgorithm):
             gram, tokens = self.gram(stats, group[0]), stats.values.get(f"tokens/{group[0]}")
             if gram is None or tokens is None or tokens.item() == 0:
                 raise ValueError(f"gptq: no calibration inputs were observed for {group[0]!r}")
-            # float32 math; from float64 stats this rounding also makes the result independent of how
-            # the data was sharded (sums that differ in the last float64 bits round to the same float32)
-            hessian = (2 * gram / tokens.to(gram.dtype)).float()
             # Linears sharing an input share H, and GPTQ treats rows independently: one solve for all
             # of one format (q/k/v, gate/up) is the same math with a third of the column loops
             by_format: dict[QuantFormat, list[str]] = {}
@@ -57,10 +55,15 @@ class GPTQ(QuantAlgorithm):
                 if name in linears:
                     by_format.setdefault(self.fmt_of(name), []).append(name)
             for fmt, names in by_format.items():
-                self._solve(block, names, [linears[n].weight for n in names], hessian, fmt, gram, result)
+                self._solve(block, names, [linears[n].weight for n in names], gram, tokens, fmt, result)
 
-    def _solve(self, block: nn.Module, names: list[str], weights: list[torch.Tensor], hessian: torch.Tensor,
-               fmt: QuantFormat, gram: torch.Tensor, result: BlockResult) -> None:
+    def _solve(self, block: nn.Module, names: list[str], weights: list[torch.Tensor], gram: torch.Tensor,
+               tokens: torch.Tensor, fmt: QuantFormat, result: BlockResult) -> None:
+        def hessian() -> torch.Tensor:
+            # float32 math; from float64 stats this rounding also makes the result independent of how
+            # the data was sharded (sums that differ in the last float64 bits round to the same float32)
+            return torch.mul(gram, 2).div_(tokens.to(gram.dtype)).float()
+
         cfg = self.cfg
         q, scale, zero = gptq_quantize(torch.cat(weights), hessian, fmt, cfg.percdamp, cfg.blocksize, cfg.act_order)
         rows = [w.shape[0] for w in weights]
@@ -70,19 +73,25 @@ class GPTQ(QuantAlgorithm):
 
 def gptq_quantize(
     weight: torch.Tensor,
-    hessian: torch.Tensor,
+    hessian: torch.Tensor | Callable[[], torch.Tensor],
     fmt: QuantFormat,
     percdamp: float = 0.01,
     blocksize: int = 128,
     act_order: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(int8 q [out, in], scale, zero [out, n_groups]) for one Linear; math in the Hessian's dtype."""
-    W = weight.detach().to(hessian.dtype).clone()
-    H = hessian.clone()
+    """(int8 q [out, in], scale, zero [out, n_groups]) for one Linear; math in the Hessian's dtype.
+
+    `hessian`: H, or a function returning a fresh H. Given a function, H is rebuilt where needed instead of
+    kept, so at most two n x n matrices are alive at once (down_proj of an 8B model: 0.8 GB each)."""
+    fresh = hessian if callable(hessian) else hessian.clone
+    H = fresh()
+    W = weight.detach().to(H.dtype, copy=True)
+    del weight
     rows, cols = W.shape
     size = fmt.group_size or cols
     dead = torch.diag(H) == 0  # inputs that were always 0: any weight works, use 0
-    H[dead, dead] = 1
+    perm = torch.argsort(torch.diag(H), descending=True) if act_order else None
+    del H
     W[:, dead] = 0
     # Static qparams for per-channel, and for groups under act_order (contiguous groups on export).
     static = fmt.group_size is None or act_order
@@ -93,11 +102,11 @@ def gptq_quantize(
         scale = W.new_zeros(rows, cols // size)
         zero = W.new_zeros(rows, cols // size)
         blocksize = size  # one lazy batch per group: its params come from the weights updated so far
-    perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(cols, device=W.device)
-    if act_order:
-        W, H = W[:, perm], H[perm][:, perm]
-    hinv = _inverse_hessian_cholesky(H, percdamp)
-    del H
+    if perm is not None:
+        W = W[:, perm]
+    else:
+        perm = torch.arange(cols, device=W.device)
+    hinv = _inverse_hessian_cholesky(lambda: _prepared(fresh, dead, perm if act_order else None), percdamp)
     group_of = perm // size
     run_batch = get_op("gptq_block")
     Q = torch.zeros(rows, cols, dtype=torch.int8, device=W.device)
@@ -115,19 +124,30 @@ def gptq_quantize(
     return (Q[:, torch.argsort(perm)] if act_order else Q), scale, zero
 
 
-def _inverse_hessian_cholesky(H: torch.Tensor, percdamp: float) -> torch.Tensor:
-    """Upper Cholesky factor of (H + damp I)^-1, damping H in place; damping grows 10x per retry if H is
-    too ill-posed."""
-    damp = percdamp * torch.diag(H).mean()
-    added = torch.zeros((), dtype=H.dtype, device=H.device)
-    for _ in range(6):
-        H.diagonal().add_(damp - added)  # in place (H is the caller's copy): no n x n temporaries
-        added = damp
+def _prepared(fresh: Callable[[], torch.Tensor], dead: torch.Tensor, perm: torch.Tensor | None) -> torch.Tensor:
+    """A fresh H with dead inputs' diagonal set to 1, in act-order when `perm` is given (row then column
+    gather: two n x n matrices at a time, never three)."""
+    H = fresh()
+    H[dead, dead] = 1
+    if perm is not None:
+        H = H[perm]
+        H = H[:, perm]
+    return H
+
+
+def _inverse_hessian_cholesky(make_hessian: Callable[[], torch.Tensor], percdamp: float) -> torch.Tensor:
+    """Upper Cholesky factor of (H + damp I)^-1, damp = percdamp * mean(diag H), 10x more per retry if H is
+    too ill-posed. Each step frees its input, so two n x n matrices are alive at most."""
+    for attempt in range(6):
+        H = make_hessian()
+        H.diagonal().add_(percdamp * 10**attempt * torch.diag(H).mean())
         L, info = torch.linalg.cholesky_ex(H)
+        del H
         if info.item() == 0:
-            U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
+            inverse = torch.cholesky_inverse(L)
+            del L
+            U, info = torch.linalg.cholesky_ex(inverse, upper=True)
+            del inverse
             if info.item() == 0:
                 return U
-        del L
-        damp = damp * 10
     raise RuntimeError("gptq: the Hessian is not positive definite even with 10^5 x damping")

@@ -30,7 +30,10 @@ def test_two_shards_reduce_to_one(tiny, algorithm: str, fmt: str) -> None:
     two, res_two, block_two = _run(tiny, algorithm, fmt, [batches[:1], batches[1:]], cfg)
     assert list(one) == list(two) and one.ops == two.ops
     for key in one:
-        assert torch.allclose(one[key], two[key], rtol=1e-12, atol=0), f"{key}: reduced shards != one worker"
+        # summation order moves a float64 sum by ~1e-16 of its summands' size, not of the sum itself (an
+        # entry near 0 after cancellation can differ by 1e-12 relative), hence a bound on max|value|
+        off = float((one[key] - two[key]).abs().max() / one[key].abs().max().clamp_min(1e-300))
+        assert off <= 1e-14, f"{key}: reduced shards != one worker by {off:.1e} of max|value| (tolerance 1e-14)"
     for name, layer in res_one.layers.items():
         assert torch.equal(layer.qweight, res_two.layers[name].qweight), f"{name}: integers differ"
         assert torch.equal(layer.scale, res_two.layers[name].scale), f"{name}: scales differ"
