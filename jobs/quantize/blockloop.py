@@ -111,20 +111,28 @@ def run_alone(workers: list, assignments: list[list[int]], root: str, ctx: RunCo
     return [done[i] for i in sorted(done)]
 
 
-def export(spec: Any, fmt: Any, root: str, ctx: RunContext, dtype: str, formats: dict[str, str]) -> str:
+def export(spec: Any, fmt: Any, root: str, ctx: RunContext, dtype: str, formats: dict[str, str],
+           fp_ignore: list[str] | None = None, modality_weights: dict[str, Any] | None = None) -> str:
+    """`fp_ignore`: ignore entries for the VLM modules left FP; `modality_weights`: MBQ's (written beside the
+    smoothing scales, the scale cache)."""
     from core.models import MODELS
     from jobs.quantize.export import write_export
     from jobs.quantize.worker import build_fp_model
 
     model = build_fp_model(spec, dtype)
-    tokenizer = MODELS.get(spec.model.name).tokenizer(spec.model)
+    source = MODELS.get(spec.model.name)
+    tokenizer = source.tokenizer(spec.model)
+    processor = source.processor(spec.model)  # a VLM's: the export reloads with it (eval=caption)
     blocks = [checkpoint.block_metrics(root, i) for i in sorted(checkpoint.finished_set(root))]
     info = {"algorithm": spec.quant.algorithm, "format": fmt.name, "symmetric": fmt.symmetric,
             "options": dict(spec.quant.options), "calib": dict(vars(spec.calib)), "blocks": blocks}
     per_module = {name: parse_target(f) for name, f in formats.items()}
     if formats:
         info["recipe"] = {"source": spec.quant.recipe, "formats": formats}
-    out = write_export(model, tokenizer, root, fmt, list(spec.quant.ignore), storage.join(ctx.job_uri, "export"),
-                       info, ctx.run, per_module)
+    if modality_weights:
+        info["modality_weights"] = modality_weights
+    ignore = [*spec.quant.ignore, *(fp_ignore or [])]
+    out = write_export(model, tokenizer, root, fmt, ignore, storage.join(ctx.job_uri, "export"), info, ctx.run,
+                       per_module, processor=processor, modality_weights=modality_weights)
     log.info("export: %s", out)
     return out

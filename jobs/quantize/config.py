@@ -4,14 +4,18 @@ from typing import Any
 
 @dataclass
 class CalibConfig:
-    """Calibration tokens: `num_samples` windows of `seq_len` tokens from `path` (core/data/calib.py)."""
+    """Calibration tokens: `num_samples` windows of `seq_len` tokens from `path` (core/data/calib.py), or
+    with format=mm_chat_jsonl `num_samples` image+caption chats (core/data/calib_mm.py)."""
 
     path: str = "data/text/train.txt"
-    format: str = "text"  # a key of core.data.calib.TEXT_SOURCES: text | jsonl | chat_jsonl
+    format: str = "text"  # core.data.calib.TEXT_SOURCES (text | jsonl | chat_jsonl) or mm_chat_jsonl
     text_field: str = "text"  # for format=jsonl
     num_samples: int = 128
-    seq_len: int = 512
+    seq_len: int = 512  # mm_chat_jsonl: the most tokens a chat may have (images expanded)
     seed: int = 0
+    media_root: str | None = None  # mm_chat_jsonl: relative image paths resolve here (default: the file's dir)
+    text_ratio: float = 0.0  # mm_chat_jsonl: text windows of text_path per chat, interleaved (0: none)
+    text_path: str = "data/text/train.txt"
 
 
 @dataclass

@@ -3,7 +3,9 @@ blocks one at a time over data-parallel calibration actors, checkpoints each blo
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +15,7 @@ from tqdm.auto import tqdm
 
 from core import storage
 from core.cluster import compute_dtype, wants_gpu
-from core.data.calib import token_blocks
+from core.data.calib_mm import CalibRows, calibration_rows
 from core.errors import ConfigError
 from core.models import MODELS
 from jobs.base import RunContext
@@ -35,9 +37,10 @@ MIXED_ALGORITHMS = ("rtn", "gptq", "awq")  # per-Linear weight-only formats (Smo
 class Prepared:
     fmt: QuantFormat
     formats: dict[str, str]  # mixed precision: full Linear name -> format name (fp16/bf16: left FP)
-    batches: list[np.ndarray]  # calibration token ids, [batch_size, seq_len] each
+    rows: CalibRows  # calibration token ids [N, T], per-token modality and labels, images (VLMs)
     num_blocks: int
     finished: set[int]  # blocks finished by an earlier attempt of this job
+    fp_modules: list[str]  # VLM modules left FP outside the blocks (vision tower, projector)
 
 
 def _check_quant(q: Any) -> QuantFormat:
@@ -74,19 +77,16 @@ def _recipe(q: Any, tracking_uri: str) -> dict[str, str]:
     return formats
 
 
-def _check_model(spec: Any, fmt: QuantFormat, formats: dict[str, str]) -> tuple[Any, int]:
-    """Group sizes against every block Linear, on a meta-device model (no weights, no memory)."""
-    import torch
-
+def _check_model(spec: Any, fmt: QuantFormat, formats: dict[str, str]) -> tuple[Any, int, list[str]]:
+    """Group sizes against every block Linear, on a meta-device model (no weights, no memory); the VLM
+    modules left FP."""
+    from core.models.auto import meta_model
     from jobs.quantize.layerwise import Layerwise, block_linears_in_features
 
     source = MODELS.get(spec.model.name)
     source.validate(spec.model)
     hf_config = source.hf_config(spec.model)
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):  # the architecture alone: from_config, never from_pretrained, on meta
-        model = AutoModelForCausalLM.from_config(hf_config, trust_remote_code=spec.model.trust_remote_code)
+    model = meta_model(source, spec.model)  # the architecture alone (causal LM or VLM class), no weights
     linears = block_linears_in_features(model)
     unknown = sorted(set(formats) - set(linears))
     if unknown:
@@ -98,14 +98,47 @@ def _check_model(spec: Any, fmt: QuantFormat, formats: dict[str, str]) -> tuple[
         if is_ignored(name, list(spec.quant.ignore)):
             raise ConfigError("quant.ignore", f"{name} is inside a decoder block; ignoring block Linears is not "
                               "supported yet (only modules outside the blocks, e.g. lm_head)")
-    return hf_config, len(Layerwise(model).blocks)
+    lw = Layerwise(model)
+    return hf_config, len(lw.blocks), lw.fp_modules()
 
 
-def _split(ids: np.ndarray, batch_size: int, workers: int) -> list[list[np.ndarray]]:
+def _split(rows: CalibRows, batch_size: int, workers: int) -> list[list[CalibRows]]:
     """Batches first, then contiguous runs of batches per worker: every worker count sees the same batches,
     so forwards (and their float rounding) do not depend on it."""
-    batches = [ids[i : i + batch_size] for i in range(0, len(ids), batch_size)]
+    batches = rows.batches(batch_size)
     return [[batches[k] for k in part] for part in np.array_split(np.arange(len(batches)), workers)]
+
+
+def fp_ignore(fp_modules: list[str]) -> list[str]:
+    """compressed-tensors ignore entries for the VLM modules left FP (their Linears are never quantized)."""
+    return [f"re:{re.escape(m)}(\\..*)?" for m in fp_modules]
+
+
+def _modality_weights(workers: list, blocks_mode: bool, rows: CalibRows, num_blocks: int, root: str,
+                      ctx: RunContext) -> dict[str, Any]:
+    """MBQ's per-block weights: from an earlier attempt of this job (resume), else the gradient pass on the
+    workers (data parallel: shard sums reduced; blocks mode: every worker holds every batch, one computes)."""
+    import ray
+
+    from jobs.quantize.algorithms.stats import reduce_stats
+    from jobs.quantize.modality import modality_weights
+
+    uri = storage.join(root, "modality_weights.json")
+    saved = storage.read_text(uri)
+    if saved is not None:
+        log.info("mbq: modality weights from %s", uri)
+        return json.loads(saved)
+    began = time.perf_counter()
+    stats = reduce_stats(ray.get([w.modality_grads.remote() for w in (workers[:1] if blocks_mode else workers)]))
+    weights = modality_weights(stats, num_blocks, rows.counts())
+    storage.write_text(uri, json.dumps(weights, indent=2))
+    for i, b in enumerate(weights["blocks"]):
+        ctx.run.log_metrics({"mbq_grad_vision": b["grad_vision"], "mbq_grad_text": b["grad_text"],
+                             "mbq_w_vision": b["w_vision"]}, step=i)
+        log.info("mbq block %d: mean|dL/dY| vision %.3e text %.3e -> w_vision %.4f (w_text 1)", i,
+                 b["grad_vision"], b["grad_text"], b["w_vision"])
+    log.info("mbq: gradient pass %.1fs", time.perf_counter() - began)
+    return weights
 
 
 class QuantizeJob:
@@ -114,11 +147,15 @@ class QuantizeJob:
     def prepare(self, spec: Any, ctx: RunContext) -> Prepared:
         fmt = _check_quant(spec.quant)
         formats = _recipe(spec.quant, ctx.run.uri)
-        hf_config, num_blocks = _check_model(spec, fmt, formats)
-        c = spec.calib
-        tokenizer = MODELS.get(spec.model.name).tokenizer(spec.model)
-        ids = token_blocks(c.path, c.format, tokenizer, c.num_samples, c.seq_len, c.seed, c.text_field)
-        n_batches = -(-len(ids) // spec.quant.batch_size)
+        hf_config, num_blocks, fp_modules = _check_model(spec, fmt, formats)
+        source = MODELS.get(spec.model.name)
+        processor = source.processor(spec.model) if spec.calib.format == "mm_chat_jsonl" else None
+        rows = calibration_rows(spec.calib, source.tokenizer(spec.model), processor)
+        counts = rows.counts()
+        if ALGORITHMS.get(spec.quant.algorithm).needs_modality_grads and not counts["vision"]:
+            raise ConfigError("calib", f"quant={spec.quant.algorithm} balances vision and text tokens: give it "
+                              "image+caption calibration (calib=image_caption)")
+        n_batches = -(-len(rows) // spec.quant.batch_size)
         if spec.quant.parallel == "data" and spec.quant.num_workers > n_batches:
             raise ConfigError("quant.num_workers", f"{spec.quant.num_workers} workers but only "
                               f"{n_batches} calibration batches")
@@ -129,10 +166,13 @@ class QuantizeJob:
         finished = checkpoint.finished_set(root)
         if spec.job.parent_run:
             ctx.run.set_tags({"job.parent_run": spec.job.parent_run})
-        ctx.run.log_params({"calib.tokens": int(ids.size), "quant.num_blocks": num_blocks})
-        log.info("calibration: %d x %d tokens; %d blocks, %d already done; parallel=%s", *ids.shape, num_blocks,
-                 len(finished), spec.quant.parallel)
-        return Prepared(fmt, formats, list(ids), num_blocks, finished)
+        ctx.run.log_params({"calib.tokens": int(rows.ids.size), "quant.num_blocks": num_blocks,
+                            "calib.vision_tokens": counts["vision"], "calib.text_tokens": counts["text"]})
+        log.info("calibration: %d x %d tokens (%d vision, %d text); %d blocks, %d already done; parallel=%s",
+                 *rows.ids.shape, counts["vision"], counts["text"], num_blocks, len(finished), spec.quant.parallel)
+        if fp_modules:
+            log.info("left in FP (not calibrated, not quantized): %s", ", ".join(fp_modules))
+        return Prepared(fmt, formats, rows, num_blocks, finished, fp_modules)
 
     def run(self, spec: Any, ctx: RunContext, prepared: Prepared) -> dict[str, Any]:
         import ray
@@ -145,25 +185,32 @@ class QuantizeJob:
         dtype = compute_dtype(q.dtype, use_gpu)
         log.info("calibrating in %s on %s", dtype, "GPU" if use_gpu else "CPU")
         actor = ray.remote(num_cpus=q.cpus_per_worker, num_gpus=1 if use_gpu else 0)(CalibWorker)
-        ids = np.stack(p.batches)
+        rows, weights = p.rows, None
+        needs_weights = ALGORITHMS.get(q.algorithm).needs_modality_grads
         root = storage.join(ctx.job_uri, "blocks")
         progress = tqdm(total=p.num_blocks, initial=len(p.finished), desc="quantize", unit="block")
         started = time.perf_counter()
         if q.parallel == "blocks":
             todo = [i for i in range(p.num_blocks) if i not in p.finished]
             n = max(1, min(q.num_workers, len(todo)))
-            workers = [actor.remote(spec, rank, _split(ids, q.batch_size, 1)[0], use_gpu, dtype, p.formats)
+            workers = [actor.remote(spec, rank, _split(rows, q.batch_size, 1)[0], use_gpu, dtype, p.formats)
                        for rank in range(n)]
             ray.get([w.start.remote(str(root)) for w in workers])
+            if needs_weights:
+                weights = _modality_weights(workers, True, rows, p.num_blocks, root, ctx)
+                ray.get([w.set_modality_weights.remote(weights) for w in workers])
             began = time.perf_counter()
             assignments = [[int(i) for i in part] for part in np.array_split(todo, n)]  # contiguous runs
             history = run_alone(workers, assignments, root, ctx, progress)
         else:
             done = checkpoint.finished_blocks(root)
-            shards = _split(ids, q.batch_size, q.num_workers)
+            shards = _split(rows, q.batch_size, q.num_workers)
             workers = [actor.remote(spec, rank, shard, use_gpu, dtype, p.formats)
                        for rank, shard in enumerate(shards)]
             ray.get([w.start.remote(str(root), done) for w in workers])
+            if needs_weights:
+                weights = _modality_weights(workers, False, rows, p.num_blocks, root, ctx)
+                ray.get([w.set_modality_weights.remote(weights) for w in workers])
             began = time.perf_counter()
             if done:
                 log.info("resuming at block %d of %d", done, p.num_blocks)
@@ -184,5 +231,5 @@ class QuantizeJob:
             if "gpu_peak_gib" in history[0]:
                 summary["gpu_peak_gib"] = round(max(h["gpu_peak_gib"] for h in history), 2)
         if q.export:
-            summary["export"] = export(spec, p.fmt, root, ctx, dtype, p.formats)
+            summary["export"] = export(spec, p.fmt, root, ctx, dtype, p.formats, fp_ignore(p.fp_modules), weights)
         return summary

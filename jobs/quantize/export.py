@@ -8,9 +8,10 @@ published atomically as <job>/export (local or s3://, core.storage; with its COM
                       every other tensor as the FP model has it after quantization (smoothed norms
                       included); a tied lm_head is not written (tie_word_embeddings)
   config.json         the model config + quantization_config (compressed-tensors, see quantization_config)
-  tokenizer files     tokenizer.save_pretrained
+  tokenizer files     tokenizer.save_pretrained; a VLM's processor files too (processor.save_pretrained)
   smoothing_scales.safetensors   AWQ/SmoothQuant per-channel scales s, key "<block>.<producer>": the
                       producer's output was divided by s, its consumers' weight columns multiplied by s
+  modality_weights.json   MBQ: per block the mean |dL/dY| over vision / text tokens and the loss weights
   quant_info.json     algorithm, format, per-block metrics
 """
 
@@ -70,7 +71,8 @@ def packed_tensors(prefix: str, layer: dict[str, torch.Tensor], fmt: QuantFormat
 
 def write_export(model: Any, tokenizer: Any, blocks_root: str | Path, fmt: QuantFormat, ignore: list[str],
                  final: str, info: dict[str, Any], run: RunHandle,
-                 per_module: dict[str, QuantFormat | None] | None = None) -> str:
+                 per_module: dict[str, QuantFormat | None] | None = None, processor: Any = None,
+                 modality_weights: dict[str, Any] | None = None) -> str:
     """Write into a staging dir, log it to MLflow, then publish it as `final` atomically (local or s3://).
     `per_module`: mixed precision, full Linear name -> its format (None: left FP)."""
     per_module = per_module or {}
@@ -94,6 +96,10 @@ def write_export(model: Any, tokenizer: Any, blocks_root: str | Path, fmt: Quant
     config["quantization_config"] = quantization_config(fmt, ignore, per_module)
     (staged / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     tokenizer.save_pretrained(staged)
+    if processor is not None:
+        processor.save_pretrained(str(staged))
+    if modality_weights:
+        (staged / "modality_weights.json").write_text(json.dumps(modality_weights, indent=2, sort_keys=True))
     if smoothing:
         save_file(dict(sorted(smoothing.items())), staged / "smoothing_scales.safetensors")
     (staged / "quant_info.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str))

@@ -1,6 +1,11 @@
-"""The one place that knows where a causal LM keeps its decoder blocks, embeddings and rotary module, and
-how a block is called on captured hidden states. Keyed by family (config.model_type); a new family is
-one ARCHS entry, the algorithms' own wiring lives in algorithms/mappings.py.
+"""The one place that knows where a model keeps its decoder blocks, embeddings and rotary module, and how a
+block is called on captured hidden states. Keyed by family (config.model_type); a new family is one ARCHS
+entry, the algorithms' own wiring lives in algorithms/mappings.py.
+
+A vision-language model (LLaVA, LLaVA-NeXT/OneVision) is its language model's blocks: the first block's
+inputs for an image+text sample are the merged embeddings (token embeddings with the projector's image
+features placed at the image tokens), computed by the model's own forward up to its language model.
+The vision tower and projector are never calibrated or quantized here (`Arch.fp_modules`).
 """
 
 from __future__ import annotations
@@ -14,17 +19,29 @@ from torch import nn
 from core.errors import ConfigError
 
 
+class _Captured(Exception):
+    """Raised by the language-model pre-hook: the merged embeddings are all that is needed."""
+
+
 @dataclass(frozen=True)
 class Arch:
     layers: str  # ModuleList of decoder blocks
     embed: str  # token embedding
     rotary: str | None  # rotary module giving (cos, sin) from (x, position_ids); None: positions inside blocks
     model_types: tuple[str, ...]
+    language: str | None = None  # VLMs: the language model, whose `inputs_embeds` are the merged embeddings
+    fp_modules: tuple[str, ...] = ()  # VLMs: modules outside the blocks that stay FP (vision tower, projector)
 
 
+_LLAVA_LM = "model.language_model"
 ARCHS: dict[str, Arch] = {
     "llama": Arch("model.layers", "model.embed_tokens", "model.rotary_emb",
                   ("llama", "mistral", "qwen2", "qwen3")),
+    # transformers >= 4.52 layout of LlavaForConditionalGeneration & co; the language model's own family
+    # (Llama, Qwen2/3) decides the block wiring (algorithms/mappings.py matches block classes)
+    "llava": Arch(f"{_LLAVA_LM}.layers", f"{_LLAVA_LM}.embed_tokens", f"{_LLAVA_LM}.rotary_emb",
+                  ("llava", "llava_next", "llava_onevision"), language=_LLAVA_LM,
+                  fp_modules=("model.vision_tower", "model.multi_modal_projector", "model.image_newline")),
 }
 
 
@@ -48,13 +65,40 @@ class Layerwise:
     def block_prefix(self, index: int) -> str:
         return f"{self.arch.layers}.{index}."
 
+    def fp_modules(self) -> list[str]:
+        """The VLM modules left FP that this model has (vision tower, projector, ...)."""
+        names = {n for n, _ in self.model.named_modules()} | {n for n, _ in self.model.named_parameters()}
+        return [m for m in self.arch.fp_modules if m in names]
+
     @torch.no_grad()
-    def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.model.get_submodule(self.arch.embed)(ids)
+    def embed(self, ids: torch.Tensor, images: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The first block's inputs: token embeddings, or with `images` (a VLM's pixel_values & co for the
+        image tokens of `ids`, in order) the merged embeddings the model's forward hands its language model."""
+        if not images:
+            return self.model.get_submodule(self.arch.embed)(ids)
+        if self.arch.language is None:
+            raise ConfigError("calib", f"{type(self.model).__name__} takes no images (a text-only model)")
+        box: dict[str, torch.Tensor] = {}
+
+        def grab(_module: nn.Module, _args: tuple, kwargs: dict) -> None:
+            box["x"] = kwargs["inputs_embeds"]
+            raise _Captured
+
+        handle = self.model.get_submodule(self.arch.language).register_forward_pre_hook(grab, with_kwargs=True)
+        dtype = self.model.get_submodule(self.arch.embed).weight.dtype
+        images = {k: v.to(dtype) if v.is_floating_point() else v for k, v in images.items()}
+        try:
+            self.model(input_ids=ids, **images, use_cache=False)
+        except _Captured:
+            pass
+        finally:
+            handle.remove()
+        return box["x"]
 
     def block_kwargs(self, x: torch.Tensor) -> dict[str, Any]:
-        """What the model passes a block besides hidden states. Calibration rows are full-length and
-        unpadded, so no mask: sdpa/eager take the causal path (the block tests' convention)."""
+        """What the model passes a block besides hidden states. Calibration rows are unpadded or right-padded
+        (padding never reaches a real token under a causal mask), so no mask: sdpa/eager take the causal path
+        (the block tests' convention)."""
         pos = torch.arange(x.shape[1], device=x.device).unsqueeze(0).expand(x.shape[0], -1)
         kwargs: dict[str, Any] = {"position_ids": pos}
         if self.rotary is not None:

@@ -1,5 +1,6 @@
-"""Reload a pack-quantized export (jobs/quantize/export.py) as a plain transformers model whose quantized
-Linears hold the dequantized weights (fake quant): runs anywhere, matches the quantized model's math.
+"""Reload a pack-quantized export (jobs/quantize/export.py) as a plain transformers model (a causal LM, or the
+VLM class with its FP vision tower: core/models/auto.py) whose quantized Linears hold the dequantized weights
+(fake quant): runs anywhere, matches the quantized model's math.
 Activation-quantized formats (w8a8) get per-token int8 fake quant on the quantized Linears."""
 
 from __future__ import annotations
@@ -66,7 +67,9 @@ def dequantized_state(tensors: dict[str, torch.Tensor], qc: dict[str, Any]) -> d
 
 
 def load_quantized(path: str | Path, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa") -> Any:
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
+
+    from core.models.auto import from_config
 
     qc = quant_config_of(path)
     if qc is None or qc.get("format") != "pack-quantized":
@@ -75,7 +78,7 @@ def load_quantized(path: str | Path, dtype: torch.dtype = torch.float32, attn_im
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # the weights below are already dequantized: a plain model
     config._attn_implementation = attn_implementation
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+    model = from_config(config, dtype=dtype).eval()  # a causal LM, or the VLM class (its vision tower FP)
     tensors = load_file(Path(path) / "model.safetensors")
     quantized = [k[: -len(".weight_packed")] for k in tensors if k.endswith(".weight_packed")]
     state = dequantized_state(tensors, qc)

@@ -15,16 +15,17 @@ import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-import numpy as np
 import torch
 
 from core import storage
+from core.data.calib_mm import PAD, CalibRows
 from core.models import MODELS
 from jobs.quantize import checkpoint
 from jobs.quantize.activations import Activations
 from jobs.quantize.algorithms import ALGORITHMS
 from jobs.quantize.algorithms.stats import Stats
 from jobs.quantize.layerwise import Layerwise
+from jobs.quantize.modality import block_weights, modality_grad_stats
 from kernels.quant import parse_format, parse_target
 
 
@@ -48,10 +49,10 @@ def result_digest(result: Any) -> str:
 
 
 class CalibWorker:
-    def __init__(self, spec: Any, rank: int, batches: list[np.ndarray], use_gpu: bool, dtype: str,
+    def __init__(self, spec: Any, rank: int, batches: list[CalibRows], use_gpu: bool, dtype: str,
                  formats: dict[str, str] | None = None) -> None:
         torch.set_num_threads(spec.quant.threads_per_worker)
-        self.spec, self.rank, self.ids = spec, rank, batches
+        self.spec, self.rank, self.batches = spec, rank, batches
         self.device = torch.device("cuda" if use_gpu else "cpu")
         self.fmt = parse_format(spec.quant.format, spec.quant.symmetric)
         self.lw = Layerwise(build_fp_model(spec, dtype))
@@ -59,6 +60,10 @@ class CalibWorker:
         self.formats = formats or {}  # mixed precision: full Linear name -> format name
         self.offload = spec.quant.offload_activations
         self.inputs = self._activations()
+        # per batch [B, T]: PAD / TEXT / VISION (core/data/calib_mm.py); MBQ's weights come from the driver
+        self.modality = [torch.tensor(b.modality).to(self.device) for b in batches]
+        self.padded = [bool((m == PAD).any()) for m in self.modality]
+        self.weights: dict[str, Any] | None = None
         self.pos = 0
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
         self._writing: Future | None = None
@@ -72,9 +77,27 @@ class CalibWorker:
             self.inputs = self._activations(checkpoint.load_inputs(root, pos - 1, self.rank))
             self.pos = pos
         else:
-            self.inputs = self._activations(self.lw.embed(torch.tensor(b)) for b in self.ids)
+            self.inputs = self._activations(self._embed(b) for b in self.batches)
             self.pos = 0
         return self.inputs.rows
+
+    def _embed(self, batch: CalibRows) -> torch.Tensor:
+        """The first block's inputs of a batch: token embeddings, or a VLM's merged image+text embeddings
+        (vision tower and projector in the model's FP dtype), computed once."""
+        return self.lw.embed(torch.tensor(batch.ids), batch.image_inputs() or None)
+
+    def modality_grads(self) -> Any:
+        """MBQ's gradient pass over this worker's batches (jobs/quantize/modality.py): the FP model on the
+        device for the pass (its weights only: blocks are back-propagated one at a time), then back."""
+        model = self.lw.model.to(self.device)
+        try:
+            stats = modality_grad_stats(self.lw, self.batches, lambda b: self._embed(b).to(self.device))
+        finally:
+            model.to("cpu")
+        return stats.to("cpu")
+
+    def set_modality_weights(self, weights: dict[str, Any] | None) -> None:
+        self.weights = weights
 
     def _on_device(self, index: int) -> torch.nn.Module:
         """Block `index` moved to the device; its CPU tensors are kept aside (`_release` puts them back),
@@ -115,9 +138,12 @@ class CalibWorker:
         prefix = self.lw.block_prefix(index)
         own = {n[len(prefix):]: parse_target(f) for n, f in self.formats.items() if n.startswith(prefix)}
         self.algo.prepare(self.block, self.fmt, self.lw.run_block, own)
+        weights = block_weights(self.weights, index)
+        self.masks = [self.algo.token_masks(m, weights) for m in self.modality]
 
     def observe(self, pass_idx: int, prior: Stats) -> Stats:
-        return self.algo.observe_shard(self.block, self.inputs, pass_idx=pass_idx, prior=prior).to("cpu")
+        return self.algo.observe_shard(self.block, self.inputs, pass_idx=pass_idx, prior=prior,
+                                       masks=self.masks).to("cpu")
 
     @torch.no_grad()
     def apply(self, stats: Stats, root: str, token: str, alone: bool = False) -> dict[str, Any]:
@@ -126,11 +152,19 @@ class CalibWorker:
         embeddings); the caller commits them. `alone`: no other worker to agree with (no digest)."""
         result = self.algo.apply(self.block, stats)
         sse = update = 0.0
+        count = 0
         quantized = self._activations()
-        for x, y_ref in zip(self.inputs, self.fp_outputs, strict=True):
+        for x, y_ref, modality, padded in zip(self.inputs, self.fp_outputs, self.modality, self.padded, strict=True):
             y = self.lw.run_block(self.block, x)
-            sse += (y.float() - y_ref.float()).square().sum().item()
-            update += (y_ref.float() - x.float()).square().sum().item()
+            if padded:  # right padding: not part of the error
+                keep = (modality != PAD).unsqueeze(-1)
+                sse += (y.float() - y_ref.float()).square().mul(keep).sum().item()
+                update += (y_ref.float() - x.float()).square().mul(keep).sum().item()
+                count += int(keep.sum().item()) * y.shape[-1]
+            else:
+                sse += (y.float() - y_ref.float()).square().sum().item()
+                update += (y_ref.float() - x.float()).square().sum().item()
+                count += y.numel()
             if not self.propagate_fp:
                 quantized.append(y)
         outputs = self.fp_outputs if self.propagate_fp else quantized
@@ -141,7 +175,7 @@ class CalibWorker:
             checkpoint.save_inputs(staged, self.rank, outputs.host())
             storage.push(staged, final, token)
         del self.fp_outputs
-        out: dict[str, Any] = {"sse": sse, "update": update, "count": outputs.numel}
+        out: dict[str, Any] = {"sse": sse, "update": update, "count": count}
         if not alone:
             out["digest"] = result_digest(result)
         if self.device.type == "cuda":  # since this worker started: the block, its stats and activations
@@ -164,7 +198,8 @@ class CalibWorker:
         self.begin_block(index)
         stats = Stats()
         for p in range(self.algo.n_passes):
-            stats = stats.merged(self.algo.observe_shard(self.block, self.inputs, pass_idx=p, prior=stats))
+            stats = stats.merged(self.algo.observe_shard(self.block, self.inputs, pass_idx=p, prior=stats,
+                                                         masks=self.masks))
         token = uuid.uuid4().hex[:12]
         out = self.apply(stats, root, token, alone=True)
         self.flush()

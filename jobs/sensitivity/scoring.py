@@ -19,7 +19,7 @@ of one worker.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -123,18 +123,24 @@ def loss_grad(norm: nn.Module, head: nn.Module, h: torch.Tensor, ids: torch.Tens
 
 
 def backward_by_block(lw: Layerwise, norm: nn.Module, head: nn.Module, ids: torch.Tensor,
-                      chunk: int = LOGITS_CHUNK) -> None:
+                      chunk: int = LOGITS_CHUNK, *, x: torch.Tensor | None = None, targets: torch.Tensor | None = None,
+                      on_output_grad: Callable[[int, torch.Tensor], None] | None = None) -> None:
     """One batch: no-grad forward keeping block inputs, the loss gradient, then each block recomputed with
-    grad and back-propagated from the last down (Linear output-gradient hooks fire in its backward)."""
+    grad and back-propagated from the last down (Linear output-gradient hooks fire in its backward).
+    `x`: the first block's inputs (default: the embeddings of `ids`; a VLM's merged image+text embeddings);
+    `targets`: next-token labels (default `ids`; IGNORE = -100 positions carry no loss); `on_output_grad(i,
+    dL/dy_i)` sees each block's output gradient (MBQ's modality weights), last block first."""
     with torch.no_grad():
-        x = lw.embed(ids)
+        x = lw.embed(ids) if x is None else x
         kwargs = lw.block_kwargs(x)
         inputs = []
         for block in lw.blocks:
             inputs.append(x)
             x = _call(block, x, kwargs)
-    grad = loss_grad(norm, head, x, ids, chunk)
+    grad = loss_grad(norm, head, x, ids if targets is None else targets, chunk)
     for index in reversed(range(len(inputs))):
+        if on_output_grad is not None:
+            on_output_grad(index, grad)
         x = inputs.pop().detach().requires_grad_(True)
         with torch.enable_grad():
             y = _call(lw.blocks[index], x, kwargs)

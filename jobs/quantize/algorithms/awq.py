@@ -16,6 +16,7 @@ d_g^T G_gg d_g with G_gg the group's diagonal block of x^T x (scaled by 1/s afte
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from itertools import takewhile
 from typing import Any
@@ -81,12 +82,13 @@ class AWQ(QuantAlgorithm):
             formats = [self.fmt_of(name) for name in m.linear_names]
             losses = torch.zeros(self.cfg.n_grid, dtype=torch.float64, device=originals[0].device)
             try:
-                for k, s in enumerate(self._candidates(prior, m.key)):
+                for k, s in enumerate(self._candidates(prior, m)):
                     for lin, w, fmt in zip(m.linears, originals, formats, strict=True):
                         scaled = w.float() * s  # an FP consumer (mixed precision) keeps its function exactly
                         lin.weight.copy_(((fake_quant(scaled, fmt) if fmt else scaled) / s).to(w.dtype))
-                    for (args, kwargs, y_ref), mask in zip(captured, masks, strict=True):
-                        losses[k] += _sse(_first(scope(*args, **kwargs)), y_ref, mask)
+                    with self.scoring(m, s):
+                        for (args, kwargs, y_ref), mask in zip(captured, masks, strict=True):
+                            losses[k] += _sse(_first(scope(*args, **kwargs)), y_ref, mask)
             finally:
                 for lin, w in zip(m.linears, originals, strict=True):
                     lin.weight.copy_(w)
@@ -134,7 +136,7 @@ class AWQ(QuantAlgorithm):
                 raise ValueError("awq: apply needs the merged stats of both observe passes (see base.py)")
             losses = stats[f"awq_loss/{m.prev_name}"]
             best = int(torch.argmin(losses))
-            s = self._candidates(stats, m.key)[best]
+            s = self._candidates(stats, m)[best]
             fold_scales(m, s)
             result.smoothing[m.prev_name] = s
             input_scale[m.key] = s
@@ -145,8 +147,13 @@ class AWQ(QuantAlgorithm):
     def _mappings(self, block: nn.Module) -> tuple[list[ResolvedMapping], list[str]]:
         return resolve_mappings(block, self.family)
 
-    def _candidates(self, stats: Stats, key: str) -> torch.Tensor:
+    def scoring(self, m: ResolvedMapping, s: torch.Tensor) -> AbstractContextManager:
+        """Context of scoring one candidate scale `s` of mapping `m` (subclasses: activation fake quant)."""
+        return nullcontext()
+
+    def _candidates(self, stats: Stats, m: ResolvedMapping) -> torch.Tensor:
         """[n_grid, in] scales mean|x|^alpha, normalized so that max * min = 1 (as llm-awq)."""
+        key = m.key
         mean = (stats[f"absx/{key}"] / stats[f"tokens/{key}"]).float()
         alphas = torch.arange(self.cfg.n_grid, device=mean.device, dtype=torch.float32) / self.cfg.n_grid
         s = mean[None, :].pow(alphas[:, None]).clamp(min=1e-4)
@@ -192,6 +199,7 @@ def _first(y: Any) -> torch.Tensor:
 
 
 def _sse(y: torch.Tensor, y_ref: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Squared error summed over tokens; `mask` [B, T] drops (0/False) or weights (float, MBQ) each token."""
     err = (y.float() - y_ref.float()).square().sum(-1)  # per token
     if mask is not None:
         err = err * mask.to(err.device, err.dtype)

@@ -81,6 +81,8 @@ class QuantAlgorithm:
     Config: ClassVar[type[AlgorithmConfig]] = AlgorithmConfig
     n_passes: ClassVar[int] = 1
     needs_gram: ClassVar[bool] = False
+    # MBQ: the driver runs a gradient pass first and hands per-block modality weights to token_masks
+    needs_modality_grads: ClassVar[bool] = False
 
     def __init__(self, cfg: AlgorithmConfig | Mapping[str, Any] | None = None) -> None:
         self.cfg = build_config(self.Config, cfg, f"quant.{self.name}")
@@ -145,6 +147,14 @@ class QuantAlgorithm:
         if self.fmt.act_bits:  # the block now behaves as deployed: later blocks see its real output
             install_act_quant(block, list(result.layers), self.fmt.act_bits)
         return result
+
+    def token_masks(self, modality: torch.Tensor | None, weights: Mapping[str, Any] | None) -> torch.Tensor | None:
+        """The per-token mask of one batch, from its modality codes [B, T] (core/data/calib_mm.py: 0 = padding)
+        and this block's modality weights (MBQ only): None when every token counts once, else a bool mask
+        dropping the padding. Subclasses may return float weights (AWQ's loss multiplies each token's error)."""
+        if modality is None or bool((modality != 0).all()):
+            return None
+        return modality != 0
 
     # -- for subclasses ------------------------------------------------------------------------------
 

@@ -1,0 +1,73 @@
+"""MBQ's gradient pass: per decoder block, the mean |dL/dY| of the caption loss over vision tokens and over
+text tokens, from one FP pass over the calibration rows. The model runs block by block (jobs/sensitivity/
+scoring.py's backward_by_block: a no-grad forward keeping block inputs, then each block recomputed with grad
+from the last down), so no whole-model activation graph is ever held.
+
+Sums and counts are float64 Stats (sum-reduced), so data-parallel workers' shards add up to the whole pass;
+the driver turns the reduced sums into weights (`modality_weights`) and keeps them in
+<job>/blocks/modality_weights.json (a resume reuses them) and the export.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from core.data.calib_mm import TEXT, VISION, CalibRows
+from jobs.quantize.algorithms.stats import Stats
+from jobs.quantize.layerwise import Layerwise
+
+MODALITIES = (("vision", VISION), ("text", TEXT))
+
+
+def modality_grad_stats(lw: Layerwise, batches: Sequence[CalibRows],
+                        embed: Callable[[CalibRows], torch.Tensor]) -> Stats:
+    """Per block i: "grad/<modality>/i" = sum of |dL/dY_i| over that modality's token elements and
+    "count/<modality>/i" their number, L = the caption loss (next-token CE on the rows' labels, summed)."""
+    from jobs.sensitivity.scoring import backward_by_block, final_norm
+
+    model = lw.model
+    model.requires_grad_(False)  # input gradients only
+    norm, head = final_norm(model, lw), model.get_output_embeddings()
+    stats = Stats()
+    for batch in batches:
+        device = next(model.parameters()).device
+        modality = torch.tensor(batch.modality, device=device)
+
+        def on_grad(index: int, grad: torch.Tensor, modality: torch.Tensor = modality) -> None:
+            magnitude = grad.detach().abs()
+            for name, code in MODALITIES:
+                mask = modality == code
+                stats.add(f"grad/{name}/{index}", magnitude[mask].double().sum())
+                stats.add(f"count/{name}/{index}",
+                          torch.tensor(float(mask.sum().item() * grad.shape[-1]), dtype=torch.float64))
+
+        ids = torch.tensor(batch.ids, device=device)
+        backward_by_block(lw, norm, head, ids, x=embed(batch), targets=torch.tensor(batch.labels, device=device),
+                          on_output_grad=on_grad)
+    return stats
+
+
+def modality_weights(stats: Stats, num_blocks: int, tokens: dict[str, int]) -> dict[str, Any]:
+    """{"tokens": {vision, text}, "blocks": [{grad_vision, grad_text, w_vision, w_text}, ...]}: g_m the mean
+    |dL/dY| over modality m's token elements; w_vision = g_v / g_t, w_text = 1."""
+    blocks = []
+    for i in range(num_blocks):
+        g = {name: (stats[f"grad/{name}/{i}"] / stats[f"count/{name}/{i}"].clamp_min(1)).item()
+             for name, _ in MODALITIES}
+        if g["text"] <= 0:
+            raise ValueError(f"mbq: block {i}: the caption loss has no gradient on text tokens")
+        blocks.append({"grad_vision": g["vision"], "grad_text": g["text"], "w_vision": g["vision"] / g["text"],
+                       "w_text": 1.0})
+    return {"tokens": dict(tokens), "blocks": blocks}
+
+
+def block_weights(weights: dict[str, Any] | None, index: int) -> dict[str, Any] | None:
+    """What MBQ.token_masks takes for block `index`."""
+    if not weights:
+        return None
+    b = weights["blocks"][index]
+    return {"w_vision": b["w_vision"], "w_text": b["w_text"], "n_vision": weights["tokens"]["vision"],
+            "n_text": weights["tokens"]["text"]}
