@@ -59,21 +59,39 @@ class GPTQ(QuantAlgorithm):
 
     def _solve(self, block: nn.Module, names: list[str], weights: list[torch.Tensor], gram: torch.Tensor,
                tokens: torch.Tensor, fmt: QuantFormat, result: BlockResult) -> None:
-        def hessian() -> torch.Tensor:
-            # float32 math; from float64 stats this rounding also makes the result independent of how
-            # the data was sharded (sums that differ in the last float64 bits round to the same float32)
-            return torch.mul(gram, 2).div_(tokens.to(gram.dtype)).float()
-
         cfg = self.cfg
+        hessian = LazyHessian(gram, tokens)
         q, scale, zero = gptq_quantize(torch.cat(weights), hessian, fmt, cfg.percdamp, cfg.blocksize, cfg.act_order)
         rows = [w.shape[0] for w in weights]
         for name, qi, si, zi in zip(names, q.split(rows), scale.split(rows), zero.split(rows), strict=True):
             self.commit(block, name, qi, si.float(), zi.float(), result, gram)
 
 
+class LazyHessian:
+    """H = 2 * gram / tokens (or H = matrix as given), formed on demand, in a column order, instead of kept:
+    the n x n matrices of down_proj in an 8B model are 0.8 GB each in float32.
+
+    float32 math; from float64 stats this rounding also makes the result independent of how the data was
+    sharded (sums that differ in the last float64 bits round to the same float32)."""
+
+    def __init__(self, matrix: torch.Tensor, tokens: torch.Tensor | None = None) -> None:
+        self.matrix, self.tokens = matrix, tokens
+
+    def _scaled(self, m: torch.Tensor) -> torch.Tensor:  # m: a fresh copy, scaled in place
+        return m if self.tokens is None else m.mul_(2).div_(self.tokens.to(m.dtype)).float()
+
+    def diag(self) -> torch.Tensor:
+        return self._scaled(torch.diag(self.matrix).clone())
+
+    def __call__(self, perm: torch.Tensor | None = None) -> torch.Tensor:
+        """A fresh H[perm][:, perm] gathered in one step (one n x n allocation)."""
+        m = self.matrix.clone() if perm is None else self.matrix[perm[:, None], perm]
+        return self._scaled(m)
+
+
 def gptq_quantize(
     weight: torch.Tensor,
-    hessian: torch.Tensor | Callable[[], torch.Tensor],
+    hessian: torch.Tensor | LazyHessian,
     fmt: QuantFormat,
     percdamp: float = 0.01,
     blocksize: int = 128,
@@ -81,17 +99,16 @@ def gptq_quantize(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(int8 q [out, in], scale, zero [out, n_groups]) for one Linear; math in the Hessian's dtype.
 
-    `hessian`: H, or a function returning a fresh H. Given a function, H is rebuilt where needed instead of
-    kept, so at most two n x n matrices are alive at once (down_proj of an 8B model: 0.8 GB each)."""
-    fresh = hessian if callable(hessian) else hessian.clone
-    H = fresh()
-    W = weight.detach().to(H.dtype, copy=True)
+    H is formed where needed from `hessian` and factored in place, so besides its source one n x n matrix is
+    alive at a time."""
+    lazy = hessian if isinstance(hessian, LazyHessian) else LazyHessian(hessian)
+    diag = lazy.diag()
+    W = weight.detach().to(diag.dtype, copy=True)
     del weight
     rows, cols = W.shape
     size = fmt.group_size or cols
-    dead = torch.diag(H) == 0  # inputs that were always 0: any weight works, use 0
-    perm = torch.argsort(torch.diag(H), descending=True) if act_order else None
-    del H
+    dead = diag == 0  # inputs that were always 0: any weight works, use 0
+    perm = torch.argsort(diag, descending=True) if act_order else None
     W[:, dead] = 0
     # Static qparams for per-channel, and for groups under act_order (contiguous groups on export).
     static = fmt.group_size is None or act_order
@@ -102,11 +119,11 @@ def gptq_quantize(
         scale = W.new_zeros(rows, cols // size)
         zero = W.new_zeros(rows, cols // size)
         blocksize = size  # one lazy batch per group: its params come from the weights updated so far
+    hinv = _inverse_hessian_cholesky(lambda: _prepared(lazy, dead, perm), percdamp)
     if perm is not None:
         W = W[:, perm]
     else:
         perm = torch.arange(cols, device=W.device)
-    hinv = _inverse_hessian_cholesky(lambda: _prepared(fresh, dead, perm if act_order else None), percdamp)
     group_of = perm // size
     run_batch = get_op("gptq_block")
     Q = torch.zeros(rows, cols, dtype=torch.int8, device=W.device)
@@ -124,30 +141,26 @@ def gptq_quantize(
     return (Q[:, torch.argsort(perm)] if act_order else Q), scale, zero
 
 
-def _prepared(fresh: Callable[[], torch.Tensor], dead: torch.Tensor, perm: torch.Tensor | None) -> torch.Tensor:
-    """A fresh H with dead inputs' diagonal set to 1, in act-order when `perm` is given (row then column
-    gather: two n x n matrices at a time, never three)."""
-    H = fresh()
-    H[dead, dead] = 1
-    if perm is not None:
-        H = H[perm]
-        H = H[:, perm]
+def _prepared(hessian: LazyHessian, dead: torch.Tensor, perm: torch.Tensor | None) -> torch.Tensor:
+    """A fresh H (in act-order when `perm` is given) with dead inputs' diagonal set to 1."""
+    H = hessian(perm)
+    d = dead if perm is None else dead[perm]
+    H[d, d] = 1
     return H
 
 
 def _inverse_hessian_cholesky(make_hessian: Callable[[], torch.Tensor], percdamp: float) -> torch.Tensor:
     """Upper Cholesky factor of (H + damp I)^-1, damp = percdamp * mean(diag H), 10x more per retry if H is
-    too ill-posed. Each step frees its input, so two n x n matrices are alive at most."""
+    too ill-posed. Every step writes over its input (out= the same matrix): one n x n matrix at a time."""
     for attempt in range(6):
-        H = make_hessian()
-        H.diagonal().add_(percdamp * 10**attempt * torch.diag(H).mean())
-        L, info = torch.linalg.cholesky_ex(H)
-        del H
+        M = make_hessian()
+        M.diagonal().add_(percdamp * 10**attempt * torch.diag(M).mean())
+        info = torch.empty((), dtype=torch.int32, device=M.device)
+        torch.linalg.cholesky_ex(M, out=(M, info))  # M = L
         if info.item() == 0:
-            inverse = torch.cholesky_inverse(L)
-            del L
-            U, info = torch.linalg.cholesky_ex(inverse, upper=True)
-            del inverse
+            torch.cholesky_inverse(M, out=M)  # M = (L L^T)^-1
+            torch.linalg.cholesky_ex(M, upper=True, out=(M, info))  # M = U
             if info.item() == 0:
-                return U
+                return M
+        del M
     raise RuntimeError("gptq: the Hessian is not positive definite even with 10^5 x damping")
