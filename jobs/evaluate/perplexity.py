@@ -1,4 +1,8 @@
-"""Perplexity on fixed token blocks: exp(mean next-token NLL over every predicted position)."""
+"""Perplexity on fixed token blocks: exp(mean next-token NLL over every predicted position).
+
+A vision-language model (its dir, or a quantized export of one) is scored on text tokens only: given no image
+inputs it is exactly its language model (tested to equality), so eval.compare_to=<base LLM dir> compares a
+VLM's text ability with the LLM it started from, over the same tokens (eval 6a of issue 5)."""
 
 from __future__ import annotations
 
