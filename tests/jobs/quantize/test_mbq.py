@@ -133,3 +133,17 @@ def test_weight_activation_alpha_search(tiny) -> None:
     assert set(result.info["alpha"].values()) <= {0.0, 0.25, 0.5, 0.75}
     assert type(block.self_attn.q_proj).__name__ == "ActQuantLinear"
     assert tiny.error(block) < 0.05
+
+
+def test_bad_mbq_input_is_one_line(tmp_path, cli_in_process) -> None:
+    """Refused before Ray starts: MBQ on text calibration, image calibration for a text model, a bad option."""
+    cases = [
+        (["model=llava_tiny", "quant=mbq"], "error: config error: calib: quant=mbq balances vision and text tokens"),
+        (["model=qwen3_tiny", "calib=image_caption"],
+         "error: config error: calib.format: mm_chat_jsonl calibration needs a vision-language model"),
+        (["model=llava_tiny", "quant=mbq", "calib=image_caption", "quant.options.normalize=sum"],
+         "error: config error: quant.options.normalize: must be one of modality, tokens, got 'sum'"),
+    ]
+    for extra, expected in cases:
+        result = cli_in_process(["job=quantize", *extra, "tracking.enabled=false"], tmp_path / "runs")
+        assert result.returncode == 2 and expected in result.stdout + result.stderr, result.stdout + result.stderr
