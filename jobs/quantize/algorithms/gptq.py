@@ -84,9 +84,12 @@ class LazyHessian:
         return self._scaled(torch.diag(self.matrix).clone())
 
     def __call__(self, perm: torch.Tensor | None = None) -> torch.Tensor:
-        """A fresh H[perm][:, perm] gathered in one step (one n x n allocation)."""
-        m = self.matrix.clone() if perm is None else self.matrix[perm[:, None], perm]
-        return self._scaled(m)
+        """A fresh H, in act-order when `perm` is given: rows then columns, so two n x n matrices at a time
+        (one gather with broadcast indices measured 3.8 GiB of temporaries for n = 14336 on an H200)."""
+        if perm is None:
+            return self._scaled(self.matrix.clone())
+        rows = self.matrix.index_select(0, perm)
+        return self._scaled(rows.index_select(1, perm))
 
 
 def gptq_quantize(
@@ -99,8 +102,8 @@ def gptq_quantize(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(int8 q [out, in], scale, zero [out, n_groups]) for one Linear; math in the Hessian's dtype.
 
-    H is formed where needed from `hessian` and factored in place, so besides its source one n x n matrix is
-    alive at a time."""
+    H is formed where needed from `hessian` instead of kept: besides its source, at most two n x n matrices
+    are alive at a time."""
     lazy = hessian if isinstance(hessian, LazyHessian) else LazyHessian(hessian)
     diag = lazy.diag()
     W = weight.detach().to(diag.dtype, copy=True)
@@ -151,16 +154,18 @@ def _prepared(hessian: LazyHessian, dead: torch.Tensor, perm: torch.Tensor | Non
 
 def _inverse_hessian_cholesky(make_hessian: Callable[[], torch.Tensor], percdamp: float) -> torch.Tensor:
     """Upper Cholesky factor of (H + damp I)^-1, damp = percdamp * mean(diag H), 10x more per retry if H is
-    too ill-posed. Every step writes over its input (out= the same matrix): one n x n matrix at a time."""
+    too ill-posed. Each step frees its input, so two n x n matrices are alive at most (out= the input matrix
+    measured more temporaries on CUDA, not fewer: 3.8 GiB for n = 14336)."""
     for attempt in range(6):
-        M = make_hessian()
-        M.diagonal().add_(percdamp * 10**attempt * torch.diag(M).mean())
-        info = torch.empty((), dtype=torch.int32, device=M.device)
-        torch.linalg.cholesky_ex(M, out=(M, info))  # M = L
+        H = make_hessian()
+        H.diagonal().add_(percdamp * 10**attempt * torch.diag(H).mean())
+        L, info = torch.linalg.cholesky_ex(H)
+        del H
         if info.item() == 0:
-            torch.cholesky_inverse(M, out=M)  # M = (L L^T)^-1
-            torch.linalg.cholesky_ex(M, upper=True, out=(M, info))  # M = U
+            inverse = torch.cholesky_inverse(L)
+            del L
+            U, info = torch.linalg.cholesky_ex(inverse, upper=True)
+            del inverse
             if info.item() == 0:
-                return M
-        del M
+                return U
     raise RuntimeError("gptq: the Hessian is not positive definite even with 10^5 x damping")
