@@ -21,7 +21,7 @@ def _raises(fn, field: str, message: str) -> None:
 
 def test_unknown_algorithm() -> None:
     _raises(lambda: ALGORITHMS.get("gptqq"), "quant.algorithm",
-            "unknown quantization algorithm 'gptqq' (known: awq, gptq, rtn, smoothquant)")
+            "unknown quantization algorithm 'gptqq' (known: awq, gptq, mbq, rtn, smoothquant)")
 
 
 def test_unknown_or_bad_options() -> None:
