@@ -54,5 +54,9 @@ bench-quant:
 bench-sensitivity:
 	$(BENCH_PY) -m benchmarks.sensitivity $(ARGS)
 
+.PHONY: bench-vlm
+bench-vlm:
+	$(BENCH_PY) -m benchmarks.vlm $(ARGS)
+
 clean:
 	rm -rf runs .cache .pytest_cache

@@ -65,14 +65,23 @@ def _image_processor(**fields: Any) -> Any:
     return cls(do_convert_rgb=True, **MEAN_STD, **fields)
 
 
-def llava_tiny_processor(tokenizer: PreTrainedTokenizerBase) -> Any:
+def llava_processor(tokenizer: PreTrainedTokenizerBase, pixels: int = 64, patch: int = 8) -> Any:
+    """LLaVA-1.5's processor (CLIP resize + centre crop to `pixels`, (pixels/patch)^2 tokens per image)."""
     from transformers import LlavaProcessor
 
-    images = _image_processor(class_name="CLIPImageProcessor", size={"shortest_edge": 64},
-                              crop_size={"height": 64, "width": 64})
-    return LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=8, image_token=IMAGE_TOKEN,
+    images = _image_processor(class_name="CLIPImageProcessor", size={"shortest_edge": pixels},
+                              crop_size={"height": pixels, "width": pixels})
+    return LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=patch, image_token=IMAGE_TOKEN,
                           vision_feature_select_strategy="default", num_additional_image_tokens=1,
                           chat_template=tokenizer.chat_template)
+
+
+def llava_tiny_processor(tokenizer: PreTrainedTokenizerBase) -> Any:
+    return llava_processor(tokenizer, pixels=64, patch=8)
+
+
+def llava15_processor(tokenizer: PreTrainedTokenizerBase) -> Any:
+    return llava_processor(tokenizer, pixels=336, patch=14)
 
 
 def llava_next_processor(tokenizer: PreTrainedTokenizerBase) -> Any:
@@ -110,4 +119,20 @@ LLAVA_NEXT_SMALL = ConfigBuiltModel(
                image_token_id=IMAGE_TOKEN_ID, image_grid_pinpoints=LLAVA_16_PINPOINTS, vision_feature_layer=-2,
                vision_feature_select_strategy="default", projector_hidden_act="gelu", tie_word_embeddings=False),
     make_processor=llava_next_processor,
+)
+
+# LLaVA-1.5-7B's shape for GPU benchmarks: CLIP ViT-L/14-336 (24 layers, hidden 1024: 576 tokens per image,
+# features of layer -2), 2-layer GELU MLP projector, Llama-2-7B language model (vocab 32000 as the original,
+# of which the byte tokenizer uses the first few hundred ids). Random init; about 7.1B parameters.
+LLAVA15_7B = ConfigBuiltModel(
+    vlm_config("LlavaConfig",
+               vision=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                           image_size=336, patch_size=14, projection_dim=768),
+               text_class_name="LlamaConfig",
+               text=dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                         num_key_value_heads=32, max_position_embeddings=4096, vocab_size=32000,
+                         tie_word_embeddings=False),
+               image_token_id=IMAGE_TOKEN_ID, vision_feature_layer=-2, vision_feature_select_strategy="default",
+               image_seq_length=576, projector_hidden_act="gelu", tie_word_embeddings=False),
+    make_processor=llava15_processor,
 )

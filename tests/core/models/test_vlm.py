@@ -134,3 +134,16 @@ def test_model_hf_text_dir_has_no_processor_and_vlm_dir_without_one_fails(tmp_pa
     _source()[0].tokenizer(ModelConfig(name="llava_tiny")).save_pretrained(bare_vlm)  # no processor config
     with pytest.raises(ConfigError, match="model.path: .*a vision-language model without an image processor"):
         MODELS.get("hf").processor(ModelConfig(name="hf", path=str(bare_vlm)))
+
+
+def test_llava15_7b_shape_matches_the_published_model() -> None:
+    """The benchmark model (benchmarks/vlm.py) on the meta device: llava-hf/llava-1.5-7b-hf has 7,063,427,072
+    parameters with its 32064-row vocabulary; ours has 32000 rows (2 x 64 x 4096 fewer) and 576 tokens per image."""
+    source, cfg = _source("llava15_7b")
+    with torch.device("meta"):
+        model = source.build(cfg, source.hf_config(cfg), torch.bfloat16)
+    assert sum(p.numel() for p in model.parameters()) == 7_063_427_072 - 2 * 64 * 4096
+    proc = source.processor(cfg)
+    assert proc.tokens_per_image((336, 336)) == proc.tokens_per_image((64, 64)) == 576  # (336/14)^2
+    enc = proc.encode("<image>", [Image.new("RGB", (64, 64), RED)])
+    assert enc.images["pixel_values"].shape == (1, 3, 336, 336) and len(enc.input_ids) == 576
