@@ -14,10 +14,10 @@ from tests.conftest import run_cli
          "config error: trainer.max_steps: Value 'abc' of type 'str' could not be converted to Integer"),
         ("trainer.no_such_key=1",
          "config error: trainer.no_such_key: unknown key 'no_such_key' (not a field of TrainerConfig)"),
-        ("model=nope", "config error: model: unknown option 'nope' (available: hf, llava_next_small, llava_tiny, "
-                       "qwen3_1p7b, qwen3_tiny)"),
-        ("model.name=nope", "config error: model.name: unknown model 'nope' (known: hf, llava_next_small, llava_tiny, "
-                            "qwen3_1p7b, qwen3_tiny)"),
+        ("model=nope", "config error: model: unknown option 'nope' (available: hf, llava15_7b, llava_next_small, "
+                       "llava_tiny, qwen3_1p7b, qwen3_tiny)"),
+        ("model.name=nope", "config error: model.name: unknown model 'nope' (known: hf, llava15_7b, llava_next_small, "
+                            "llava_tiny, qwen3_1p7b, qwen3_tiny)"),
         ("job.kind=nope", "config error: job.kind: unknown job kind 'nope'"),
         ("data.datasets.0.sample_ratio=lots", "config error: data.datasets[0].sample_ratio: Value 'lots'"),
     ],
