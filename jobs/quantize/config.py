@@ -1,3 +1,4 @@
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,10 @@ class CalibConfig:
 class QuantConfig:
     algorithm: str = "rtn"  # a key of jobs.quantize.algorithms.ALGORITHMS
     format: str = "w4g128"  # kernels.quant.parse_format: w{bits}[a8][g{group}]
+    # the long spelling of `format`: quant.bits=3 quant.group_size=128 means format=w3g128 (group_size 0: per
+    # channel); either one replaces that part of `format`, activation bits are kept
+    bits: int | None = None
+    group_size: int | None = None
     symmetric: bool = True
     options: dict[str, Any] = field(default_factory=dict)  # the algorithm's own config (e.g. awq n_grid)
     num_workers: int = 1  # calibration actors (one per GPU, or CPU actors)
@@ -44,3 +49,12 @@ class QuantConfig:
     # mixed precision (conf/quant/mixed.yaml): a sensitivity report (its dir or report.json, local or s3://)
     # or the sensitivity job's MLflow run id; each block Linear gets the format chosen there
     recipe: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.bits is None and self.group_size is None:
+            return
+        match = re.fullmatch(r"w(\d+)(a\d+)?(?:g(\d+))?", str(self.format).strip().lower())
+        bits, act, group = match.groups() if match else ("4", None, "128")
+        bits = bits if self.bits is None else self.bits
+        group = group if self.group_size is None else (self.group_size or None)
+        self.format = f"w{bits}{act or ''}" + (f"g{group}" if group else "")

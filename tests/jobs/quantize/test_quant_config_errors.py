@@ -58,3 +58,23 @@ def test_awq_needs_known_wiring() -> None:
     block = nn.Sequential(nn.LayerNorm(64), nn.Linear(64, 64))
     _raises(lambda: ALGORITHMS.get("awq")().prepare(block, parse_format("w4g32")), "quant.algorithm",
             "awq needs the wiring of block 'Sequential', which matches no known family (known: llama (")
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    (["quant.bits=3", "quant.group_size=128"], "w3g128"),  # the spelling
+    (["quant.format=w8", "quant.group_size=64"], "w8g64"),
+    (["quant.group_size=0"], "w4"),  # per channel
+    (["quant=smoothquant", "quant.bits=4"], "w4a8"),  # activation bits kept
+    ([], "w4g128"),
+])
+def test_bits_and_group_size_fold_into_the_format(overrides: list[str], expected: str) -> None:
+    from orchestrator.compose import compose, to_spec
+
+    assert to_spec(compose(["job=quantize", *overrides])).quant.format == expected
+
+
+def test_unsupported_bits_from_the_long_spelling() -> None:
+    from orchestrator.compose import compose, to_spec
+
+    fmt = to_spec(compose(["job=quantize", "quant.bits=5"])).quant.format
+    _raises(lambda: parse_format(fmt), "quant.format", "unsupported weight bits 5 in 'w5g128'")
