@@ -14,6 +14,7 @@ projector, Llama-2-7B language model; random init, bf16) through the orchestrato
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
@@ -36,9 +37,30 @@ def sft(gpus: int, freeze: str, args: argparse.Namespace, work: Path) -> dict:
     return {**row, "kind": "sft", "freeze": freeze or "none"}
 
 
-def mbq(gpus: int, args: argparse.Namespace, work: Path) -> dict:
+def model_dir(work: Path, overrides: dict) -> Path:
+    """llava15_7b saved once as a model directory with its processor (random init built on the GPU: fast), so
+    the calibration workers load weights instead of each random-initialising 7B parameters on the CPU."""
+    import torch
+
+    from core.models import MODELS, ModelConfig
+
+    out = work / "llava15_7b"
+    if (out / "config.json").is_file():
+        return out
+    source, cfg = MODELS.get("llava15_7b"), ModelConfig(name="llava15_7b", overrides=overrides)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = source.build(cfg, source.hf_config(cfg), torch.bfloat16)
+    model.save_pretrained(out)
+    source.processor(cfg).save_pretrained(out)
+    del model
+    torch.cuda.empty_cache()
+    return out
+
+
+def mbq(gpus: int, model: Path, args: argparse.Namespace, work: Path) -> dict:
     name = f"mbq-w3g128-g{gpus}"
-    cmd = [sys.executable, "-m", "orchestrator", "job=quantize", "model=llava15_7b", "quant=mbq", "quant.bits=3",
+    cmd = [sys.executable, "-m", "orchestrator", "job=quantize", "model=hf", f"model.path={model}", "quant=mbq",
+           "quant.bits=3",
            "quant.group_size=128", "calib=image_caption", f"calib.num_samples={args.mbq_samples}", "calib.seq_len=1024",
            f"quant.num_workers={gpus}", "quant.export=false", "cluster.include_dashboard=false",
            f"job.storage={work}", f"job.name={name}", f"tracking.uri=file://{work}/mlruns", *args.extra.split()]
@@ -73,6 +95,7 @@ def main() -> None:
     parser.add_argument("--freeze", default=",vision", help="SFT variants: model.freeze lists, comma-separated")
     parser.add_argument("--mbq-gpus", default="1,2", help="'' to skip MBQ")
     parser.add_argument("--mbq-samples", type=int, default=128)
+    parser.add_argument("--mbq-overrides", default="{}", help="model.overrides of the MBQ model (JSON; CPU checks)")
     add_common_args(parser, "/tmp/bench-vlm")
     args = parser.parse_args()
     work = Path(args.work)
@@ -82,8 +105,10 @@ def main() -> None:
         for freeze in args.freeze.split(","):
             rows.append(sft(gpus, freeze, args, work))
             print(table(rows[-1:]), flush=True)
-    for gpus in [int(g) for g in args.mbq_gpus.split(",") if g]:
-        rows.append(mbq(gpus, args, work))
+    mbq_gpus = [int(g) for g in args.mbq_gpus.split(",") if g]
+    model = model_dir(work, json.loads(args.mbq_overrides)) if mbq_gpus else None
+    for gpus in mbq_gpus:
+        rows.append(mbq(gpus, model, args, work))
         print(table(rows[-1:]), flush=True)
     record(args.results, f"VLM, LLaVA-1.5-7B shape, SFT seq {args.seq} ZeRO-3 bf16 and MBQ w3g128", table(rows),
            args.commit)
