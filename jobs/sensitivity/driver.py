@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from core.cluster import compute_dtype, wants_gpu
-from core.data.calib import token_blocks
+from core.data.calib_mm import IMAGE_FORMATS, CalibRows, calibration_rows
 from core.errors import ConfigError
 from core.models import MODELS
 from jobs.base import RunContext
@@ -25,7 +25,7 @@ HANDLE_MODES = ("linear", "shared_input")
 
 @dataclass
 class Prepared:
-    ids: np.ndarray  # [samples, seq_len]
+    rows: CalibRows  # calibration token ids [samples, seq_len], caption labels and images (VLMs)
     groups: dict[str, list[str]]  # handle -> its Linears (full names)
     shapes: dict[str, tuple[int, int]]  # Linear -> (in_features, out_features)
     excluded: dict[str, str]  # module -> why it is not scored
@@ -50,18 +50,15 @@ def _ignored(name: str, patterns: list[str]) -> bool:
 
 def _handles(spec: Any) -> tuple[dict[str, list[str]], dict[str, tuple[int, int]], dict[str, str]]:
     """Handles over the decoder blocks' Linears, their shapes, and every other Linear with the reason."""
-    import torch
     from torch import nn
-    from transformers import AutoModelForCausalLM
 
+    from core.models.auto import meta_model
     from jobs.quantize.algorithms.mappings import input_groups
     from jobs.quantize.layerwise import Layerwise
     from jobs.sensitivity.recipe import handle_name
 
     source = MODELS.get(spec.model.name)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(source.hf_config(spec.model),
-                                                 trust_remote_code=spec.model.trust_remote_code)
+    model = meta_model(source, spec.model)  # causal LM or VLM class, no weights
     lw = Layerwise(model)
     groups: dict[str, list[str]] = {}
     for i, block in enumerate(lw.blocks):
@@ -74,9 +71,26 @@ def _handles(spec: Any) -> tuple[dict[str, list[str]], dict[str, tuple[int, int]
                 groups[handle_name(full)] = full
     shapes = {n: (m.in_features, m.out_features) for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     scored = {n for members in groups.values() for n in members}
-    excluded = {n: ("search.ignore" if _ignored(n, list(spec.search.ignore)) else "outside the decoder blocks")
-                for n in shapes if n not in scored}
+    fp_prefixes = tuple(f"{m}." for m in lw.fp_modules())
+
+    def why(name: str) -> str:
+        if _ignored(name, list(spec.search.ignore)):
+            return "search.ignore"
+        if name.startswith(fp_prefixes):
+            return "vision tower / projector: kept in 16-bit"
+        return "outside the decoder blocks"
+
+    excluded = {n: why(n) for n in shapes if n not in scored}
     return groups, {n: shapes[n] for n in scored}, excluded
+
+
+def _summary(excluded: dict[str, str]) -> str:
+    """Excluded Linears by reason, a few names each (a VLM's vision tower alone has ~100)."""
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in sorted(excluded.items()):
+        by_reason.setdefault(reason, []).append(name)
+    return "; ".join(f"{reason}: {', '.join(names[:3])}{f' (+{len(names) - 3} more)' if len(names) > 3 else ''}"
+                     for reason, names in by_reason.items()) or "none"
 
 
 def _search_handles(groups: dict[str, list[str]], shapes: dict[str, tuple[int, int]],
@@ -108,14 +122,14 @@ class SensitivityJob:
         groups, shapes, excluded = _handles(spec)
         zero = {h: {cand: 0.0 for cand in s.candidates} for h in groups}
         search(_search_handles(groups, shapes, zero), s.effective_bits)  # an infeasible budget fails here
-        ids = token_blocks(c.path, c.format, source.tokenizer(spec.model), c.num_samples, c.seq_len, c.seed,
-                           c.text_field)
-        if s.num_workers > -(-len(ids) // s.batch_size):
+        processor = source.processor(spec.model) if c.format in IMAGE_FORMATS else None
+        rows = calibration_rows(c, source.tokenizer(spec.model), processor)
+        if s.num_workers > -(-len(rows) // s.batch_size):
             raise ConfigError("search.num_workers", f"{s.num_workers} workers but only "
-                              f"{-(-len(ids) // s.batch_size)} calibration batches")
+                              f"{-(-len(rows) // s.batch_size)} calibration batches")
         log.info("sensitivity: %d handles over %d Linears, %d excluded (%s); %d x %d tokens", len(groups),
-                 len(shapes), len(excluded), ", ".join(sorted(excluded)) or "none", *ids.shape)
-        return Prepared(ids, groups, shapes, excluded)
+                 len(shapes), len(excluded), _summary(excluded), *rows.ids.shape)
+        return Prepared(rows, groups, shapes, excluded)
 
     def run(self, spec: Any, ctx: RunContext, prepared: Prepared) -> dict[str, Any]:
         import ray
@@ -128,7 +142,7 @@ class SensitivityJob:
         s, p = spec.search, prepared
         use_gpu = wants_gpu(s.use_gpu)
         dtype = compute_dtype(s.dtype, use_gpu)
-        batches = [p.ids[i:i + s.batch_size] for i in range(0, len(p.ids), s.batch_size)]
+        batches = p.rows.batches(s.batch_size)
         shards = [[batches[k] for k in part] for part in np.array_split(np.arange(len(batches)), s.num_workers)]
         task = ray.remote(num_cpus=s.cpus_per_worker, num_gpus=1 if use_gpu else 0)(score_shard)
         names = sorted(p.shapes)
@@ -142,7 +156,7 @@ class SensitivityJob:
         handles = _search_handles(p.groups, p.shapes, scores)
         result = search(handles, s.effective_bits)
         header = {"scheme": list(s.candidates), "model": spec.model.path or spec.model.name,
-                  "calibration": {"dataset": spec.calib.path, "samples": int(len(p.ids)),
+                  "calibration": {"dataset": spec.calib.path, "samples": len(p.rows),
                                   "max_samples": spec.calib.num_samples, "seq_len": spec.calib.seq_len,
                                   "batch_size": s.batch_size, "batches": len(batches)},
                   "budget": s.effective_bits, "excluded": p.excluded}

@@ -90,7 +90,8 @@ def _markdown(result: SearchResult, rows: list[dict[str, Any]], header: Mapping[
     search = "exact (Pareto dynamic program)" if result.exact else (
         f"frontier capped by epsilon-dominance merges; score is at most {result.gap_bound:.6g} above the optimum")
     lines = ["# Quantization sensitivity and mixed-precision search", ""]
-    lines += [f"- **{key}:** {_cell(value)}" for key, value in header.items()]
+    lines += [f"- **{key}:** {_cell(value)}" for key, value in header.items() if key != "excluded"]
+    lines += _excluded(header.get("excluded", {}))
     lines += [
         f"- **Effective bits:** {result.effective_bits:.4f} = {result.total_bits} bits / "
         f"{result.total_elements} elements (the sums of the table's Size Cost and Elements) = "
@@ -107,6 +108,14 @@ def _markdown(result: SearchResult, rows: list[dict[str, Any]], header: Mapping[
     lines += [f"| {r['layer']} | {r['elements']} | {r['format']} ({r['num_bits']:.4f}) | {r['score']:.4g} | "
               f"{r['sensitivity']:.4g} ({r['sensitivity_format']}) | {r['size_cost_bits']} |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def _excluded(excluded: Mapping[str, str]) -> list[str]:
+    """Linears not scored (kept as they are), one line per reason: a VLM's vision tower alone has dozens."""
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in excluded.items():
+        by_reason.setdefault(reason, []).append(name)
+    return [f"- **excluded ({reason}), {len(names)}:** {', '.join(names)}" for reason, names in by_reason.items()]
 
 
 def _md_table(text: str) -> list[list[str]]:

@@ -20,7 +20,7 @@ of one worker.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -149,10 +149,16 @@ def backward_by_block(lw: Layerwise, norm: nn.Module, head: nn.Module, ids: torc
         del x, y
 
 
-def score_batches(model: nn.Module, scorer: LinearScorer, batches: Iterable[torch.Tensor],
+class ScoringBatch(NamedTuple):
+    ids: torch.Tensor  # [B, T] token ids
+    x: torch.Tensor | None = None  # the first block's inputs (a VLM's merged embeddings); None: embed(ids)
+    targets: torch.Tensor | None = None  # next-token labels (IGNORE: no loss); None: ids
+
+
+def score_batches(model: nn.Module, scorer: LinearScorer, batches: Iterable[torch.Tensor | ScoringBatch],
                   chunk: int = LOGITS_CHUNK) -> None:
-    """The summed causal-LM loss per batch, back-propagated block by block, scoring each decoder-block
-    Linear of `scorer` as its output gradient arrives."""
+    """The summed causal-LM loss per batch (token ids, or a ScoringBatch), back-propagated block by block,
+    scoring each decoder-block Linear of `scorer` as its output gradient arrives."""
     model.requires_grad_(False)
     lw = Layerwise(model)
     norm, head = final_norm(model, lw), model.get_output_embeddings()
@@ -167,8 +173,9 @@ def score_batches(model: nn.Module, scorer: LinearScorer, batches: Iterable[torc
 
     handles = [lin.register_forward_hook(on_forward(name)) for name, lin in scorer.linears.items()]
     try:
-        for ids in batches:
-            backward_by_block(lw, norm, head, ids, chunk)
+        for batch in batches:
+            b = batch if isinstance(batch, ScoringBatch) else ScoringBatch(batch)
+            backward_by_block(lw, norm, head, b.ids, chunk, x=b.x, targets=b.targets)
     finally:
         for h in handles:
             h.remove()

@@ -5,15 +5,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import numpy as np
 import torch
 
+from core.data.calib_mm import CalibRows
 from core.models import MODELS
 from jobs.quantize.layerwise import Layerwise
-from jobs.sensitivity.scoring import LinearScorer, model_linears, score_batches
+from jobs.sensitivity.scoring import LinearScorer, ScoringBatch, model_linears, score_batches
 
 
-def score_shard(spec: Any, batches: list[np.ndarray], names: list[str], use_gpu: bool,
+def score_shard(spec: Any, batches: list[CalibRows], names: list[str], use_gpu: bool,
                 dtype: str) -> dict[str, Any]:
     """Scores of `names` over `batches`, with the load and scoring seconds and (on a GPU) the peak memory
     allocated by this task (torch.cuda.max_memory_allocated since it started)."""
@@ -33,13 +33,23 @@ def score_shard(spec: Any, batches: list[np.ndarray], names: list[str], use_gpu:
     lw = Layerwise(model)
     linears = model_linears(model, [lw.block_prefix(i) for i in range(len(lw.blocks))])
     scorer = LinearScorer({n: linears[n] for n in names}, list(s.candidates))
-    score_batches(model, scorer, (torch.as_tensor(b, device=device) for b in batches))
+    score_batches(model, scorer, (_inputs(lw, b, device) for b in batches))
     scores = scorer.scores  # reading the sums synchronizes
     out: dict[str, Any] = {"scores": scores, "load_seconds": loaded - began,
-                           "score_seconds": time.perf_counter() - loaded, "tokens": int(sum(b.size for b in batches))}
+                           "score_seconds": time.perf_counter() - loaded,
+                           "tokens": int(sum(b.ids.size for b in batches))}
     if use_gpu:
         out["gpu_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     return out
+
+
+def _inputs(lw: Layerwise, batch: CalibRows, device: torch.device) -> ScoringBatch:
+    """Token ids, the first block's inputs (a VLM's merged image+text embeddings; None: the token embeddings)
+    and the next-token targets (caption labels; for text rows the ids themselves)."""
+    ids = torch.as_tensor(batch.ids, device=device)
+    images = {k: v.to(device) for k, v in batch.image_inputs().items()}
+    x = lw.embed(ids, images) if images else None
+    return ScoringBatch(ids, x, torch.as_tensor(batch.labels, device=device))
 
 
 def _sync(device: torch.device) -> None:
