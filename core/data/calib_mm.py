@@ -108,6 +108,12 @@ def image_caption_rows(c: Any, tokenizer: Any, processor: Any) -> CalibRows:
     return rows.take(rng.permutation(len(rows)).tolist())
 
 
+def model_calibration_rows(c: Any, source: Any, model_cfg: Any) -> CalibRows:
+    """`calibration_rows` with the model's tokenizer, and its processor where the format has images."""
+    processor = source.processor(model_cfg) if c.format in IMAGE_FORMATS else None
+    return calibration_rows(c, source.tokenizer(model_cfg), processor)
+
+
 def calibration_rows(c: Any, tokenizer: Any, processor: Any | None) -> CalibRows:
     """The calibration rows `calib.*` asks for: text windows (formats of core.data.calib.TEXT_SOURCES) or
     image+caption chats (mm_chat_jsonl)."""

@@ -1,4 +1,3 @@
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,10 +50,7 @@ class QuantConfig:
     recipe: str | None = None
 
     def __post_init__(self) -> None:
-        if self.bits is None and self.group_size is None:
-            return
-        match = re.fullmatch(r"w(\d+)(a\d+)?(?:g(\d+))?", str(self.format).strip().lower())
-        bits, act, group = match.groups() if match else ("4", None, "128")
-        bits = bits if self.bits is None else self.bits
-        group = group if self.group_size is None else (self.group_size or None)
-        self.format = f"w{bits}{act or ''}" + (f"g{group}" if group else "")
+        if self.bits is not None or self.group_size is not None:
+            from kernels.quant.formats import format_name  # only then: composing a spec needs no torch
+
+            self.format = format_name(self.format, self.bits, self.group_size)

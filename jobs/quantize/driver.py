@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from core import storage
 from core.cluster import compute_dtype, wants_gpu
-from core.data.calib_mm import CalibRows, calibration_rows
+from core.data.calib_mm import CalibRows, model_calibration_rows
 from core.errors import ConfigError
 from core.models import MODELS
 from jobs.base import RunContext
@@ -148,9 +148,7 @@ class QuantizeJob:
         fmt = _check_quant(spec.quant)
         formats = _recipe(spec.quant, ctx.run.uri)
         hf_config, num_blocks, fp_modules = _check_model(spec, fmt, formats)
-        source = MODELS.get(spec.model.name)
-        processor = source.processor(spec.model) if spec.calib.format == "mm_chat_jsonl" else None
-        rows = calibration_rows(spec.calib, source.tokenizer(spec.model), processor)
+        rows = model_calibration_rows(spec.calib, MODELS.get(spec.model.name), spec.model)
         counts = rows.counts()
         if ALGORITHMS.get(spec.quant.algorithm).needs_modality_grads and not counts["vision"]:
             raise ConfigError("calib", f"quant={spec.quant.algorithm} balances vision and text tokens: give it "

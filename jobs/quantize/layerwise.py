@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.data.calib_mm import CalibRows
 from core.errors import ConfigError
 
 
@@ -94,6 +95,12 @@ class Layerwise:
         finally:
             handle.remove()
         return box["x"]
+
+    def embed_rows(self, batch: CalibRows) -> torch.Tensor:
+        """`embed` of a batch of calibration rows (their ids and any images), on the model's device."""
+        device = self.model.get_submodule(self.arch.embed).weight.device
+        images = {k: v.to(device) for k, v in batch.image_inputs().items()}
+        return self.embed(torch.as_tensor(batch.ids, device=device), images or None)
 
     def block_kwargs(self, x: torch.Tensor) -> dict[str, Any]:
         """What the model passes a block besides hidden states. Calibration rows are unpadded or right-padded

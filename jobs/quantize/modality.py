@@ -10,7 +10,7 @@ the driver turns the reduced sums into weights (`modality_weights`) and keeps th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -22,8 +22,7 @@ from jobs.quantize.layerwise import Layerwise
 MODALITIES = (("vision", VISION), ("text", TEXT))
 
 
-def modality_grad_stats(lw: Layerwise, batches: Sequence[CalibRows],
-                        embed: Callable[[CalibRows], torch.Tensor]) -> Stats:
+def modality_grad_stats(lw: Layerwise, batches: Sequence[CalibRows]) -> Stats:
     """Per block i: "grad/<modality>/i" = sum of |dL/dY_i| over that modality's token elements and
     "count/<modality>/i" their number, L = the caption loss (next-token CE on the rows' labels, summed)."""
     from jobs.sensitivity.scoring import backward_by_block, final_norm
@@ -45,8 +44,8 @@ def modality_grad_stats(lw: Layerwise, batches: Sequence[CalibRows],
                           torch.tensor(float(mask.sum().item() * grad.shape[-1]), dtype=torch.float64))
 
         ids = torch.tensor(batch.ids, device=device)
-        backward_by_block(lw, norm, head, ids, x=embed(batch), targets=torch.tensor(batch.labels, device=device),
-                          on_output_grad=on_grad)
+        backward_by_block(lw, norm, head, ids, x=lw.embed_rows(batch),
+                          targets=torch.tensor(batch.labels, device=device), on_output_grad=on_grad)
     return stats
 
 

@@ -77,21 +77,16 @@ class CalibWorker:
             self.inputs = self._activations(checkpoint.load_inputs(root, pos - 1, self.rank))
             self.pos = pos
         else:
-            self.inputs = self._activations(self._embed(b) for b in self.batches)
+            self.inputs = self._activations(self.lw.embed_rows(b) for b in self.batches)
             self.pos = 0
         return self.inputs.rows
-
-    def _embed(self, batch: CalibRows) -> torch.Tensor:
-        """The first block's inputs of a batch: token embeddings, or a VLM's merged image+text embeddings
-        (vision tower and projector in the model's FP dtype), computed once."""
-        return self.lw.embed(torch.tensor(batch.ids), batch.image_inputs() or None)
 
     def modality_grads(self) -> Any:
         """MBQ's gradient pass over this worker's batches (jobs/quantize/modality.py): the FP model on the
         device for the pass (its weights only: blocks are back-propagated one at a time), then back."""
         model = self.lw.model.to(self.device)
         try:
-            stats = modality_grad_stats(self.lw, self.batches, lambda b: self._embed(b).to(self.device))
+            stats = modality_grad_stats(self.lw, self.batches)
         finally:
             model.to("cpu")
         return stats.to("cpu")
@@ -162,15 +157,13 @@ class CalibWorker:
         quantized = self._activations()
         for x, y_ref, modality, padded in zip(self.inputs, self.fp_outputs, self.modality, self.padded, strict=True):
             y = self.lw.run_block(self.block, x)
+            err, upd = (y.float() - y_ref.float()).square(), (y_ref.float() - x.float()).square()
             if padded:  # right padding: not part of the error
                 keep = (modality != PAD).unsqueeze(-1)
-                sse += (y.float() - y_ref.float()).square().mul(keep).sum().item()
-                update += (y_ref.float() - x.float()).square().mul(keep).sum().item()
-                count += int(keep.sum().item()) * y.shape[-1]
-            else:
-                sse += (y.float() - y_ref.float()).square().sum().item()
-                update += (y_ref.float() - x.float()).square().sum().item()
-                count += y.numel()
+                err, upd = err.mul(keep), upd.mul(keep)
+            sse += err.sum().item()
+            update += upd.sum().item()
+            count += int(keep.sum().item()) * y.shape[-1] if padded else y.numel()
             if not self.propagate_fp:
                 quantized.append(y)
         outputs = self.fp_outputs if self.propagate_fp else quantized

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from core.cluster import compute_dtype, wants_gpu
-from core.data.calib_mm import IMAGE_FORMATS, CalibRows, calibration_rows
+from core.data.calib_mm import CalibRows, model_calibration_rows
 from core.errors import ConfigError
 from core.models import MODELS
 from jobs.base import RunContext
@@ -85,12 +85,11 @@ def _handles(spec: Any) -> tuple[dict[str, list[str]], dict[str, tuple[int, int]
 
 
 def _summary(excluded: dict[str, str]) -> str:
-    """Excluded Linears by reason, a few names each (a VLM's vision tower alone has ~100)."""
-    by_reason: dict[str, list[str]] = {}
-    for name, reason in sorted(excluded.items()):
-        by_reason.setdefault(reason, []).append(name)
+    """Excluded Linears by reason, a few names each, for the log line."""
+    from jobs.sensitivity.report import by_reason
+
     return "; ".join(f"{reason}: {', '.join(names[:3])}{f' (+{len(names) - 3} more)' if len(names) > 3 else ''}"
-                     for reason, names in by_reason.items()) or "none"
+                     for reason, names in by_reason(dict(sorted(excluded.items()))).items()) or "none"
 
 
 def _search_handles(groups: dict[str, list[str]], shapes: dict[str, tuple[int, int]],
@@ -122,8 +121,7 @@ class SensitivityJob:
         groups, shapes, excluded = _handles(spec)
         zero = {h: {cand: 0.0 for cand in s.candidates} for h in groups}
         search(_search_handles(groups, shapes, zero), s.effective_bits)  # an infeasible budget fails here
-        processor = source.processor(spec.model) if c.format in IMAGE_FORMATS else None
-        rows = calibration_rows(c, source.tokenizer(spec.model), processor)
+        rows = model_calibration_rows(c, source, spec.model)
         if s.num_workers > -(-len(rows) // s.batch_size):
             raise ConfigError("search.num_workers", f"{s.num_workers} workers but only "
                               f"{-(-len(rows) // s.batch_size)} calibration batches")

@@ -110,12 +110,17 @@ def _markdown(result: SearchResult, rows: list[dict[str, Any]], header: Mapping[
     return "\n".join(lines) + "\n"
 
 
-def _excluded(excluded: Mapping[str, str]) -> list[str]:
-    """Linears not scored (kept as they are), one line per reason: a VLM's vision tower alone has dozens."""
-    by_reason: dict[str, list[str]] = {}
+def by_reason(excluded: Mapping[str, str]) -> dict[str, list[str]]:
+    """Linears not scored, grouped by why (a VLM's vision tower alone has dozens)."""
+    groups: dict[str, list[str]] = {}
     for name, reason in excluded.items():
-        by_reason.setdefault(reason, []).append(name)
-    return [f"- **excluded ({reason}), {len(names)}:** {', '.join(names)}" for reason, names in by_reason.items()]
+        groups.setdefault(reason, []).append(name)
+    return groups
+
+
+def _excluded(excluded: Mapping[str, str]) -> list[str]:
+    return [f"- **excluded ({reason}), {len(names)}:** {', '.join(names)}"
+            for reason, names in by_reason(excluded).items()]
 
 
 def _md_table(text: str) -> list[list[str]]:

@@ -44,12 +44,10 @@ def score_shard(spec: Any, batches: list[CalibRows], names: list[str], use_gpu: 
 
 
 def _inputs(lw: Layerwise, batch: CalibRows, device: torch.device) -> ScoringBatch:
-    """Token ids, the first block's inputs (a VLM's merged image+text embeddings; None: the token embeddings)
-    and the next-token targets (caption labels; for text rows the ids themselves)."""
-    ids = torch.as_tensor(batch.ids, device=device)
-    images = {k: v.to(device) for k, v in batch.image_inputs().items()}
-    x = lw.embed(ids, images) if images else None
-    return ScoringBatch(ids, x, torch.as_tensor(batch.labels, device=device))
+    """Token ids, the first block's inputs (token embeddings, or a VLM's merged image+text embeddings) and the
+    next-token targets (caption labels; for text rows the ids themselves)."""
+    return ScoringBatch(torch.as_tensor(batch.ids, device=device), lw.embed_rows(batch),
+                        torch.as_tensor(batch.labels, device=device))
 
 
 def _sync(device: torch.device) -> None:

@@ -45,9 +45,7 @@ class QuantFormat:
 
     @property
     def name(self) -> str:
-        act = f"a{self.act_bits}" if self.act_bits else ""
-        group = f"g{self.group_size}" if self.group_size else ""
-        return f"w{self.weight_bits}{act}{group}"
+        return _name(self.weight_bits, self.act_bits, self.group_size)
 
     @property
     def qmin(self) -> int:
@@ -69,6 +67,20 @@ def parse_format(spec: str, symmetric: bool = True) -> QuantFormat:
                           "e.g. w4g128, w8, w8a8, w4a8g128")
     bits, act, group = match.groups()
     return QuantFormat(int(bits), int(group) if group else None, int(act) if act else None, symmetric)
+
+
+def _name(bits: int | str, act: int | str | None, group: int | str | None) -> str:
+    return f"w{bits}" + (f"a{act}" if act else "") + (f"g{group}" if group else "")
+
+
+def format_name(spec: str, bits: int | None = None, group_size: int | None = None) -> str:
+    """`spec` with its weight bits and/or group size replaced (group_size 0: per channel); not checked here:
+    parse_format checks the result. An unparsable `spec` is returned as is, for parse_format to report."""
+    match = _PATTERN.fullmatch(str(spec).strip().lower())
+    if match is None:
+        return spec
+    old_bits, act, group = match.groups()
+    return _name(old_bits if bits is None else bits, act, group if group_size is None else (group_size or None))
 
 
 UNQUANTIZED = ("fp16", "bf16")  # a per-module target that leaves the weights in 16 bits

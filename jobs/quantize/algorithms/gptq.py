@@ -81,7 +81,7 @@ class LazyHessian:
         return m if self.tokens is None else m.mul_(2).div_(self.tokens.to(m.dtype)).float()
 
     def diag(self) -> torch.Tensor:
-        return self._scaled(torch.diag(self.matrix).clone())
+        return self._scaled(torch.diag(self.matrix))  # a copy (torch.diagonal would be the view)
 
     def __call__(self, perm: torch.Tensor | None = None) -> torch.Tensor:
         """A fresh H, in act-order when `perm` is given: rows then columns, so two n x n matrices at a time

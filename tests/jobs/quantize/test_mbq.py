@@ -61,10 +61,7 @@ def test_gradient_pass_matches_full_model_autograd() -> None:
     rows = calibration_rows(calib(num_samples=3, text_ratio=0.34), source.tokenizer(cfg), source.processor(cfg))
     lw = Layerwise(model)
 
-    def embed(b):
-        return lw.embed(torch.tensor(b.ids), b.image_inputs() or None)
-
-    parts = [modality_grad_stats(lw, [b], embed) for b in rows.batches(2)]  # two "workers"
+    parts = [modality_grad_stats(lw, [b]) for b in rows.batches(2)]  # two "workers"
     got = modality_weights(reduce_stats(parts), 2, rows.counts())
     # reference: one autograd graph through the whole model, block outputs' gradients retained
     outs = []
@@ -75,7 +72,7 @@ def test_gradient_pass_matches_full_model_autograd() -> None:
     counts = dict.fromkeys(sums, 0)
     for b in rows.batches(4):
         outs.clear()
-        x = embed(b).requires_grad_(True)
+        x = lw.embed_rows(b).requires_grad_(True)
         logits = model(inputs_embeds=x, use_cache=False).logits
         labels = torch.tensor(b.labels)
         loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
