@@ -24,7 +24,7 @@ from jobs.quantize import checkpoint
 from jobs.quantize.activations import Activations
 from jobs.quantize.algorithms import ALGORITHMS
 from jobs.quantize.algorithms.stats import Stats
-from jobs.quantize.layerwise import Layerwise
+from jobs.quantize.layerwise import Layerwise, borrowed
 from jobs.quantize.modality import block_weights, modality_grad_stats
 from kernels.quant import parse_format, parse_target
 
@@ -77,19 +77,16 @@ class CalibWorker:
             self.inputs = self._activations(checkpoint.load_inputs(root, pos - 1, self.rank))
             self.pos = pos
         else:
-            self.inputs = self._activations(self.lw.embed_rows(b) for b in self.batches)
+            with self.lw.stem_on(self.device):
+                self.inputs = self._activations(self.lw.embed_rows(b) for b in self.batches)
             self.pos = 0
         return self.inputs.rows
 
     def modality_grads(self) -> Any:
         """MBQ's gradient pass over this worker's batches (jobs/quantize/modality.py): the FP model on the
         device for the pass (its weights only: blocks are back-propagated one at a time), then back."""
-        model = self.lw.model.to(self.device)
-        try:
-            stats = modality_grad_stats(self.lw, self.batches)
-        finally:
-            model.to("cpu")
-        return stats.to("cpu")
+        with borrowed(self.lw.model, [""], self.device):
+            return modality_grad_stats(self.lw, self.batches).to("cpu")
 
     def set_modality_weights(self, weights: dict[str, Any] | None) -> None:
         self.weights = weights

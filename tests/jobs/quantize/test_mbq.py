@@ -11,7 +11,7 @@ from core.models import MODELS, ModelConfig
 from jobs.quantize.algorithms.awq import AWQ, _sse
 from jobs.quantize.algorithms.mbq import MBQ, token_weights
 from jobs.quantize.algorithms.stats import Stats, reduce_stats
-from jobs.quantize.layerwise import Layerwise
+from jobs.quantize.layerwise import Layerwise, named_tensors
 from jobs.quantize.modality import block_weights, modality_grad_stats, modality_weights
 from kernels.quant import parse_format
 from tests.core.data.test_calib_mm import calib
@@ -144,3 +144,28 @@ def test_bad_mbq_input_is_one_line(tmp_path, cli_in_process) -> None:
     for extra, expected in cases:
         result = cli_in_process(["job=quantize", *extra, "tracking.enabled=false"], tmp_path / "runs")
         assert result.returncode == 2 and expected in result.stdout + result.stderr, result.stdout + result.stderr
+
+
+def test_stem_on_borrows_only_the_stem_and_gives_it_back() -> None:
+    """The worker embeds calibration rows with the embeddings, vision tower and projector on its GPU (on the
+    CPU the 7B shape's ViT took minutes); the blocks stay put and the CPU tensors come back untouched."""
+    from core.data.calib_mm import calibration_rows
+
+    cfg = ModelConfig(name="llava_tiny", overrides=SMALL)
+    source = MODELS.get("llava_tiny")
+    torch.manual_seed(0)
+    model = source.build(cfg, source.hf_config(cfg), torch.float32).eval()
+    lw = Layerwise(model)
+    stem = ("model.vision_tower.", "model.multi_modal_projector.", lw.arch.embed + ".")
+    borrowed = {id(t) for t in named_tensors(model, lw.stem())}
+    assert {n for n, p in model.named_parameters() if id(p) in borrowed} == {
+        n for n, _ in model.named_parameters() if n.startswith(stem)}
+    if torch.cuda.is_available():  # same embeddings from the GPU stem
+        rows = calibration_rows(calib(num_samples=2, text_ratio=0.0), source.tokenizer(cfg), source.processor(cfg))
+        batch = next(iter(rows.batches(2)))
+        before = {n: p.data for n, p in model.named_parameters()}
+        with lw.stem_on(torch.device("cuda")):
+            assert model.get_parameter(f"{lw.arch.embed}.weight").is_cuda
+            on_gpu = lw.embed_rows(batch).cpu()
+        assert all(p.data is before[n] for n, p in model.named_parameters())
+        torch.testing.assert_close(on_gpu, lw.embed_rows(batch), rtol=1e-4, atol=1e-5)
