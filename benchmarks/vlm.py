@@ -73,15 +73,16 @@ def mbq(gpus: int, model: Path, args: argparse.Namespace, work: Path) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| run | GPUs | vision tower | tokens/s/GPU | MFU | peak mem GiB | MBQ gradient pass s | calib wall s |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | GPUs | vision tower | tokens/s/GPU | MFU | peak mem GiB | MBQ load s | MBQ gradient pass s | "
+             "calib wall s |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["kind"] == "sft":
             lines.append(f"| {r['name']} | {r['gpus']} | {'frozen' if r['freeze'] != 'none' else 'trainable'} | "
-                         f"{r['tgs']:.0f} | {100 * r['mfu']:.1f}% | {r['mem']:.1f} | | |")
+                         f"{r['tgs']:.0f} | {100 * r['mfu']:.1f}% | {r['mem']:.1f} | | | |")
         else:
             lines.append(f"| {r['name']} | {r['gpus']} | FP (not quantized) | | | "
-                         f"{r.get('gpu_peak_gib', float('nan')):.1f} | {r['grad_seconds']:.1f} | "
+                         f"{r.get('gpu_peak_gib', float('nan')):.1f} | {r.get('load_seconds', float('nan')):.1f} | "
+                         f"{r['grad_seconds']:.1f} | "
                          f"{r.get('calib_wall_seconds', float('nan')):.1f} |")
     return "\n".join(lines)
 
