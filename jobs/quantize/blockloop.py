@@ -91,6 +91,28 @@ def run_blocks(workers: list, indices: Iterable[int], n_passes: int, root: str, 
     return history
 
 
+def balanced_runs(todo: list[int], n: int, fp_cost: float) -> list[list[int]]:
+    """`todo` (ascending block indices) cut into `n` non-empty contiguous runs, minimising the largest worker
+    cost: a run's blocks at 1 each, plus `fp_cost` per block its worker must only run forward first (every
+    block before the run's last that is not its own). Exact: min-max over cut points, O(n len^2)."""
+    m = len(todo)
+
+    def cost(s: int, e: int) -> float:  # the run todo[s:e]
+        return fp_cost * (todo[e - 1] + 1 - (e - s)) + (e - s)
+
+    # best[k][e]: (largest cost, cut) covering todo[:e] with k runs
+    best = [{e: (cost(0, e), 0) for e in range(1, m + 1)}]
+    for k in range(1, n):
+        best.append({e: min((max(best[k - 1][s][0], cost(s, e)), s) for s in range(k, e))
+                     for e in range(k + 1, m + 1)})
+    cuts, e = [], m
+    for k in reversed(range(n)):
+        s = best[k][e][1]
+        cuts.append((s, e))
+        e = s
+    return [todo[s:e] for s, e in reversed(cuts)]
+
+
 def run_alone(workers: list, assignments: list[list[int]], root: str, ctx: RunContext,
               progress: Any) -> list[dict[str, float]]:
     """Each worker calibrates its own blocks by itself (one worker, or blocks mode); all calls are queued

@@ -175,7 +175,7 @@ class QuantizeJob:
     def run(self, spec: Any, ctx: RunContext, prepared: Prepared) -> dict[str, Any]:
         import ray
 
-        from jobs.quantize.blockloop import export, run_alone, run_blocks
+        from jobs.quantize.blockloop import balanced_runs, export, run_alone, run_blocks
         from jobs.quantize.worker import CalibWorker
 
         q, p = spec.quant, prepared
@@ -198,7 +198,7 @@ class QuantizeJob:
                 weights = _modality_weights(workers, True, rows, p.num_blocks, root, ctx)
                 ray.get([w.set_modality_weights.remote(weights) for w in workers])
             began = time.perf_counter()
-            assignments = [[int(i) for i in part] for part in np.array_split(todo, n)]  # contiguous runs
+            assignments = balanced_runs(todo, n, ALGORITHMS.get(q.algorithm).fp_block_cost)
             history = run_alone(workers, assignments, root, ctx, progress)
         else:
             done = checkpoint.finished_blocks(root)
