@@ -78,7 +78,7 @@ class Layerwise:
         """What makes the first block's inputs (the token embeddings; a VLM's vision tower and projector) on
         `device` for the body, then back on its own tensors. On the CPU, LLaVA-1.5-7B's ViT-L over 128
         calibration images took about two and a half minutes of the job (benchmarks/RESULTS.md)."""
-        with borrowed(self.model, self.stem(), device):
+        with borrowed(named_tensors(self.model, self.stem()), device):
             yield
 
     def stem(self) -> list[str]:
@@ -133,21 +133,21 @@ class Layerwise:
 
 
 def named_tensors(model: nn.Module, names: Iterable[str]) -> list[torch.Tensor]:
-    """The parameters and buffers of the named modules (or the named parameters) of `model`, each once."""
+    """The parameters and buffers of the named modules (or the named parameters) of `model`."""
     modules = dict(model.named_modules())
-    tensors: dict[int, torch.Tensor] = {}
-    for name in names:
-        found = [*modules[name].parameters(), *modules[name].buffers()] if name in modules else [
-            model.get_parameter(name)]
-        tensors.update({id(t): t for t in found})
-    return list(tensors.values())
+    return [t for name in names for t in (
+        module_tensors(modules[name]) if name in modules else [model.get_parameter(name)])]
+
+
+def module_tensors(*modules: nn.Module) -> list[torch.Tensor]:
+    return [t for m in modules for t in [*m.parameters(), *m.buffers()]]
 
 
 @contextmanager
-def borrowed(model: nn.Module, names: Iterable[str], device: torch.device) -> Iterator[None]:
-    """The named modules or parameters of `model` on `device` for the body (read-only use), then back on
-    their original tensors: nothing is copied back."""
-    homes = [(t, t.data) for t in named_tensors(model, names)]
+def borrowed(tensors: Iterable[torch.Tensor], device: torch.device) -> Iterator[None]:
+    """`tensors` (parameters, buffers) on `device` for the body (read-only use), then back on their original
+    data: nothing is copied back. A tensor listed twice (tied weights) moves once."""
+    homes = [(t, t.data) for t in {id(t): t for t in tensors}.values()]
     for t, data in homes:
         t.data = data.to(device)
     try:
@@ -155,6 +155,14 @@ def borrowed(model: nn.Module, names: Iterable[str], device: torch.device) -> It
     finally:
         for t, data in homes:
             t.data = data
+
+
+def fits_on(model: nn.Module, device: torch.device, share: float = 0.8) -> bool:
+    """Whether `model`'s weights fit in `share` of `device`'s free memory (always, off CUDA)."""
+    if device.type != "cuda":
+        return True
+    size = sum(t.numel() * t.element_size() for t in module_tensors(model))
+    return size <= share * torch.cuda.mem_get_info(device)[0]
 
 
 def block_linears_in_features(model: nn.Module) -> dict[str, int]:

@@ -10,21 +10,25 @@ the driver turns the reduced sums into weights (`modality_weights`) and keeps th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
+from torch import nn
 
 from core.data.calib_mm import TEXT, VISION, CalibRows
 from jobs.quantize.algorithms.stats import Stats
-from jobs.quantize.layerwise import Layerwise
+from jobs.quantize.layerwise import Layerwise, borrowed, module_tensors, named_tensors
 
 MODALITIES = (("vision", VISION), ("text", TEXT))
 
 
-def modality_grad_stats(lw: Layerwise, batches: Sequence[CalibRows]) -> Stats:
+def modality_grad_stats(lw: Layerwise, batches: Sequence[CalibRows],
+                        place: Callable[[nn.Module], AbstractContextManager] | None = None) -> Stats:
     """Per block i: "grad/<modality>/i" = sum of |dL/dY_i| over that modality's token elements and
-    "count/<modality>/i" their number, L = the caption loss (next-token CE on the rows' labels, summed)."""
+    "count/<modality>/i" their number, L = the caption loss (next-token CE on the rows' labels, summed).
+    `place`: as in backward_by_block (blocks streamed through the GPU)."""
     from jobs.sensitivity.scoring import backward_by_block, final_norm
 
     model = lw.model
@@ -32,7 +36,7 @@ def modality_grad_stats(lw: Layerwise, batches: Sequence[CalibRows]) -> Stats:
     norm, head = final_norm(model, lw), model.get_output_embeddings()
     stats = Stats()
     for batch in batches:
-        device = next(model.parameters()).device
+        device = model.get_submodule(lw.arch.embed).weight.device
         modality = torch.tensor(batch.modality, device=device)
 
         def on_grad(index: int, grad: torch.Tensor, modality: torch.Tensor = modality) -> None:
@@ -45,8 +49,24 @@ def modality_grad_stats(lw: Layerwise, batches: Sequence[CalibRows]) -> Stats:
 
         ids = torch.tensor(batch.ids, device=device)
         backward_by_block(lw, norm, head, ids, x=lw.embed_rows(batch),
-                          targets=torch.tensor(batch.labels, device=device), on_output_grad=on_grad)
+                          targets=torch.tensor(batch.labels, device=device), on_output_grad=on_grad, place=place)
     return stats
+
+
+def gradient_pass(lw: Layerwise, batches: Sequence[CalibRows], device: torch.device, stream: bool) -> Stats:
+    """modality_grad_stats with the model (kept on the CPU) borrowed onto `device`: whole, or with `stream` only
+    its stem, final norm and lm_head, each block borrowed for its own calls (twice per batch: the price of a
+    model larger than the GPU). Blocks are back-propagated one at a time, so either way the device holds
+    weights and one block's graph, never a whole-model graph."""
+    from jobs.sensitivity.scoring import final_norm
+
+    model = lw.model
+    if not stream:
+        with borrowed(module_tensors(model), device):
+            return modality_grad_stats(lw, batches)
+    ends = module_tensors(final_norm(model, lw), model.get_output_embeddings())
+    with borrowed(named_tensors(model, lw.stem()) + ends, device):
+        return modality_grad_stats(lw, batches, place=lambda block: borrowed(module_tensors(block), device))
 
 
 def modality_weights(stats: Stats, num_blocks: int, tokens: dict[str, int]) -> dict[str, Any]:

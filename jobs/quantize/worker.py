@@ -24,8 +24,8 @@ from jobs.quantize import checkpoint
 from jobs.quantize.activations import Activations
 from jobs.quantize.algorithms import ALGORITHMS
 from jobs.quantize.algorithms.stats import Stats
-from jobs.quantize.layerwise import Layerwise, borrowed
-from jobs.quantize.modality import block_weights, modality_grad_stats
+from jobs.quantize.layerwise import Layerwise, fits_on
+from jobs.quantize.modality import block_weights, gradient_pass
 from kernels.quant import parse_format, parse_target
 
 
@@ -83,10 +83,11 @@ class CalibWorker:
         return self.inputs.rows
 
     def modality_grads(self) -> Any:
-        """MBQ's gradient pass over this worker's batches (jobs/quantize/modality.py): the FP model on the
-        device for the pass (its weights only: blocks are back-propagated one at a time), then back."""
-        with borrowed(self.lw.model, [""], self.device):
-            return modality_grad_stats(self.lw, self.batches).to("cpu")
+        """MBQ's gradient pass over this worker's batches (jobs/quantize/modality.py), on its device."""
+        stream = not fits_on(self.lw.model, self.device)
+        if stream:
+            print(f"worker {self.rank}: mbq gradient pass: the model is larger than the GPU, streaming blocks")
+        return gradient_pass(self.lw, self.batches, self.device, stream).to("cpu")
 
     def set_modality_weights(self, weights: dict[str, Any] | None) -> None:
         self.weights = weights

@@ -20,6 +20,7 @@ of one worker.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, NamedTuple
 
 import torch
@@ -124,27 +125,31 @@ def loss_grad(norm: nn.Module, head: nn.Module, h: torch.Tensor, ids: torch.Tens
 
 def backward_by_block(lw: Layerwise, norm: nn.Module, head: nn.Module, ids: torch.Tensor,
                       chunk: int = LOGITS_CHUNK, *, x: torch.Tensor | None = None, targets: torch.Tensor | None = None,
-                      on_output_grad: Callable[[int, torch.Tensor], None] | None = None) -> None:
+                      on_output_grad: Callable[[int, torch.Tensor], None] | None = None,
+                      place: Callable[[nn.Module], AbstractContextManager] | None = None) -> None:
     """One batch: no-grad forward keeping block inputs, the loss gradient, then each block recomputed with
     grad and back-propagated from the last down (Linear output-gradient hooks fire in its backward).
     `x`: the first block's inputs (default: the embeddings of `ids`; a VLM's merged image+text embeddings);
     `targets`: next-token labels (default `ids`; IGNORE = -100 positions carry no loss); `on_output_grad(i,
-    dL/dy_i)` sees each block's output gradient (MBQ's modality weights), last block first."""
+    dL/dy_i)` sees each block's output gradient (MBQ's modality weights), last block first; `place(block)`:
+    a context each block call runs in (a model larger than the GPU: the block borrowed onto it)."""
+    place = place or (lambda _block: nullcontext())
     with torch.no_grad():
         x = lw.embed(ids) if x is None else x
         kwargs = lw.block_kwargs(x)
         inputs = []
         for block in lw.blocks:
             inputs.append(x)
-            x = _call(block, x, kwargs)
+            with place(block):
+                x = _call(block, x, kwargs)
     grad = loss_grad(norm, head, x, ids if targets is None else targets, chunk)
     for index in reversed(range(len(inputs))):
         if on_output_grad is not None:
             on_output_grad(index, grad)
         x = inputs.pop().detach().requires_grad_(True)
-        with torch.enable_grad():
+        with place(lw.blocks[index]), torch.enable_grad():
             y = _call(lw.blocks[index], x, kwargs)
-        y.backward(grad)
+            y.backward(grad)
         grad = x.grad
         del x, y
 

@@ -170,3 +170,44 @@ def test_stem_on_borrows_only_the_stem_and_gives_it_back() -> None:
             on_gpu = lw.embed_rows(batch).cpu()
         assert all(not p.is_cuda and p.data_ptr() == before[n] for n, p in model.named_parameters())
         torch.testing.assert_close(on_gpu, lw.embed_rows(batch), rtol=1e-4, atol=1e-5)
+
+
+def test_streamed_gradient_pass_equals_whole_model() -> None:
+    """A model larger than the GPU: each block is placed for its own calls (forward, then recompute and
+    backward: twice per batch) and the stats equal the whole-model pass. On CPU the placement is recorded;
+    on a GPU the real borrow runs (model kept on the CPU) and matches to float32 rounding."""
+    from contextlib import contextmanager
+
+    from core.data.calib_mm import calibration_rows
+    from jobs.quantize.modality import gradient_pass
+
+    cfg = ModelConfig(name="llava_tiny", overrides=SMALL)
+    source = MODELS.get("llava_tiny")
+    torch.manual_seed(0)
+    model = source.build(cfg, source.hf_config(cfg), torch.float32).eval()
+    rows = calibration_rows(calib(num_samples=3, text_ratio=0.34), source.tokenizer(cfg), source.processor(cfg))
+    lw = Layerwise(model)
+    batches = list(rows.batches(2))
+    whole = modality_grad_stats(lw, batches)
+
+    placed: list[int] = []
+
+    @contextmanager
+    def record(block):
+        placed.append(next(i for i, b in enumerate(lw.blocks) if b is block))
+        yield
+
+    streamed = modality_grad_stats(lw, batches, place=record)
+    assert sorted(streamed) == sorted(whole)
+    assert all(torch.equal(streamed[k], whole[k]) for k in whole)
+    assert placed == [0, 1, 1, 0] * len(batches)  # forward up, backward down, per batch
+    for stream in (False, True):  # the worker's two modes, on the CPU: no moves, same numbers
+        got = gradient_pass(lw, batches, torch.device("cpu"), stream)
+        assert all(torch.equal(got[k], whole[k]) for k in whole)
+    if torch.cuda.is_available():
+        torch.backends.cudnn.allow_tf32 = False
+        for stream in (False, True):
+            got = gradient_pass(lw, batches, torch.device("cuda"), stream).to("cpu")
+            for k in whole:
+                torch.testing.assert_close(got[k], whole[k], rtol=1e-4, atol=1e-9)
+            assert all(not p.is_cuda for p in model.parameters())
