@@ -96,6 +96,10 @@ def balanced_runs(todo: list[int], n: int, fp_cost: float) -> list[list[int]]:
     cost: a run's blocks at 1 each, plus `fp_cost` per block its worker must only run forward first (every
     block before the run's last that is not its own). Exact: min-max over cut points, O(n len^2)."""
     m = len(todo)
+    if not todo:  # every block finished (a rerun): nothing to split, the job goes on to export
+        return [[] for _ in range(n)]
+    if not 1 <= n <= m:
+        raise ValueError(f"cannot cut {m} blocks into {n} non-empty runs")
 
     def cost(s: int, e: int) -> float:  # the run todo[s:e]
         return fp_cost * (todo[e - 1] + 1 - (e - s)) + (e - s)

@@ -148,9 +148,9 @@ def borrowed(tensors: Iterable[torch.Tensor], device: torch.device) -> Iterator[
     """`tensors` (parameters, buffers) on `device` for the body (read-only use), then back on their original
     data: nothing is copied back. A tensor listed twice (tied weights) moves once."""
     homes = [(t, t.data) for t in {id(t): t for t in tensors}.values()]
-    for t, data in homes:
-        t.data = data.to(device)
-    try:
+    try:  # moves inside: an out-of-memory error halfway still puts every tensor back
+        for t, data in homes:
+            t.data = data.to(device)
         yield
     finally:
         for t, data in homes:
@@ -162,7 +162,8 @@ def fits_on(model: nn.Module, device: torch.device, share: float = 0.8) -> bool:
     if device.type != "cuda":
         return True
     size = sum(t.numel() * t.element_size() for t in module_tensors(model))
-    return size <= share * torch.cuda.mem_get_info(device)[0]
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)  # free to torch, not CUDA
+    return size <= share * (torch.cuda.mem_get_info(device)[0] + cached)
 
 
 def block_linears_in_features(model: nn.Module) -> dict[str, int]:

@@ -85,7 +85,7 @@ class QuantAlgorithm:
     needs_modality_grads: ClassVar[bool] = False
     # An FP forward of one block (its weights to the device included) relative to calibrating it: blocks
     # mode gives a later worker, which first runs the FP blocks before its own, a shorter run
-    # (blockloop.balanced_runs). On the 8B shape: GPTQ about 0.13 (benchmarks/RESULTS.md, run 6).
+    # (blockloop.balanced_runs). Measured on the 8B shape: GPTQ about 0.13 (benchmarks/RESULTS.md, run 6).
     fp_block_cost: ClassVar[float] = 0.15
 
     def __init__(self, cfg: AlgorithmConfig | Mapping[str, Any] | None = None) -> None:

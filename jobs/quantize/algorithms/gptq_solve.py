@@ -68,5 +68,7 @@ def upper_inverse_factor_(h_reversed: torch.Tensor, block: int = BLOCK) -> bool:
     if not cholesky_lower_(h_reversed, block):
         return False
     tril_inverse_(h_reversed, block)
+    if not bool(torch.isfinite(h_reversed.diagonal()).all()):  # a tiny pivot overflowed: damp more
+        return False
     rotate_180_(h_reversed, block)
     return True

@@ -34,6 +34,7 @@ class SmoothQuantConfig(AlgorithmConfig):
 
 class SmoothQuant(QuantAlgorithm):
     name = "smoothquant"
+    fp_block_cost = 0.3  # an estimate, not measured: a stats pass, the smoothing, an error forward
     Config = SmoothQuantConfig
 
     def prepare(self, block: nn.Module, fmt: QuantFormat, run_block: RunBlock | None = None,

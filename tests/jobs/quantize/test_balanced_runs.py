@@ -37,3 +37,9 @@ def test_split_is_optimal_contiguous_and_complete(seed: int) -> None:
 def test_later_workers_get_fewer_blocks() -> None:
     assert [len(r) for r in balanced_runs(list(range(32)), 2, 0.0)] == [16, 16]
     assert [len(r) for r in balanced_runs(list(range(32)), 2, 0.13)] == [17, 15]
+
+
+def test_nothing_left_and_too_many_workers() -> None:
+    assert balanced_runs([], 1, 0.15) == [[]]  # a rerun of a finished job goes on to export
+    with pytest.raises(ValueError, match="3 blocks into 4"):
+        balanced_runs([0, 1, 2], 4, 0.15)

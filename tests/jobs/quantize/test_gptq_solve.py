@@ -60,3 +60,34 @@ def test_not_positive_definite_is_reported() -> None:
     h = spd(40, torch.float64, "cpu")
     h[30, 30] = -1.0  # fails in a later panel, not the first
     assert not cholesky_lower_(h, 8)
+
+
+@pytest.mark.parametrize("act_order", [False, True])
+@pytest.mark.parametrize("retry", [False, True])
+def test_gptq_factor_matches_the_library_route(act_order: bool, retry: bool) -> None:
+    """gptq._inverse_hessian_factor (reversed order, dead inputs, damping retries re-filling the buffer) against
+    H[perm][:, perm] with dead diagonals 1, damped, and torch.linalg's Cholesky of its inverse, in float64."""
+    from jobs.quantize.algorithms.gptq import LazyHessian, _inverse_hessian_factor
+
+    n = 70
+    h = spd(n, torch.float64, "cpu")
+    dead = torch.zeros(n, dtype=torch.bool)
+    dead[[3, 40]] = True
+    h[dead, :] = 0
+    h[:, dead] = 0
+    if retry:  # shifted to a smallest eigenvalue of -5% of the mean diagonal: 1% damping fails, 10% works
+        live = ~dead
+        lowest = torch.linalg.eigvalsh(h[live][:, live]).min()
+        mean = (torch.diag(h)[live].sum() + dead.sum()) / n  # dead diagonals count as 1
+        shift = (lowest + 0.05 * mean) / (1 - 0.05 * live.sum() / n)
+        h[live, live] -= shift
+    perm = torch.argsort(torch.diag(h), descending=True) if act_order else None
+    got = _inverse_hessian_factor(LazyHessian(h), dead, perm, 0.01, n, torch.float64)
+
+    order = perm if act_order else torch.arange(n)
+    ref = h[order][:, order].clone()
+    ref[dead[order], dead[order]] = 1
+    damp = (0.1 if retry else 0.01) * torch.diag(ref).mean()
+    ref += damp * torch.eye(n, dtype=torch.float64)
+    ref_u = torch.linalg.cholesky(torch.linalg.inv(ref), upper=True)
+    torch.testing.assert_close(got, ref_u, rtol=0, atol=1e-10 * ref_u.abs().max().item())

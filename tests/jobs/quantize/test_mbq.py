@@ -146,7 +146,7 @@ def test_bad_mbq_input_is_one_line(tmp_path, cli_in_process) -> None:
         assert result.returncode == 2 and expected in result.stdout + result.stderr, result.stdout + result.stderr
 
 
-def test_stem_on_borrows_only_the_stem_and_gives_it_back() -> None:
+def test_stem_on_borrows_only_the_stem_and_gives_it_back(monkeypatch) -> None:
     """The worker embeds calibration rows with the embeddings, vision tower and projector on its GPU (on the
     CPU the 7B shape's ViT took minutes); the blocks stay put and the CPU tensors come back untouched."""
     from core.data.calib_mm import calibration_rows
@@ -164,7 +164,7 @@ def test_stem_on_borrows_only_the_stem_and_gives_it_back() -> None:
         rows = calibration_rows(calib(num_samples=2, text_ratio=0.0), source.tokenizer(cfg), source.processor(cfg))
         batch = next(iter(rows.batches(2)))
         before = {n: p.data_ptr() for n, p in model.named_parameters()}
-        torch.backends.cudnn.allow_tf32 = False  # the ViT's patch conv in TF32 by default: 1e-3 off, not a bug
+        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # the ViT's patch conv in TF32: 1e-3 off
         with lw.stem_on(torch.device("cuda")):
             assert model.get_parameter(f"{lw.arch.embed}.weight").is_cuda
             on_gpu = lw.embed_rows(batch).cpu()
@@ -172,7 +172,7 @@ def test_stem_on_borrows_only_the_stem_and_gives_it_back() -> None:
         torch.testing.assert_close(on_gpu, lw.embed_rows(batch), rtol=1e-4, atol=1e-5)
 
 
-def test_streamed_gradient_pass_equals_whole_model() -> None:
+def test_streamed_gradient_pass_equals_whole_model(monkeypatch) -> None:
     """A model larger than the GPU: each block is placed for its own calls (forward, then recompute and
     backward: twice per batch) and the stats equal the whole-model pass. On CPU the placement is recorded;
     on a GPU the real borrow runs (model kept on the CPU) and matches to float32 rounding."""
@@ -205,9 +205,50 @@ def test_streamed_gradient_pass_equals_whole_model() -> None:
         got = gradient_pass(lw, batches, torch.device("cpu"), stream)
         assert all(torch.equal(got[k], whole[k]) for k in whole)
     if torch.cuda.is_available():
-        torch.backends.cudnn.allow_tf32 = False
+        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
         for stream in (False, True):
             got = gradient_pass(lw, batches, torch.device("cuda"), stream).to("cpu")
             for k in whole:
                 torch.testing.assert_close(got[k], whole[k], rtol=1e-4, atol=1e-9)
             assert all(not p.is_cuda for p in model.parameters())
+
+
+def test_streamed_pass_borrows_everything_it_uses(monkeypatch) -> None:
+    """Every weight the streamed pass touches must be borrowed first: here the model holds NaN and a borrow
+    hands a tensor its real values, so a module used without being borrowed turns the stats into NaN."""
+    from contextlib import contextmanager
+
+    import jobs.quantize.modality as modality
+    from core.data.calib_mm import calibration_rows
+
+    cfg = ModelConfig(name="llava_tiny", overrides=SMALL)
+    source = MODELS.get("llava_tiny")
+    torch.manual_seed(0)
+    model = source.build(cfg, source.hf_config(cfg), torch.float32).eval()
+    rows = calibration_rows(calib(num_samples=3, text_ratio=0.34), source.tokenizer(cfg), source.processor(cfg))
+    lw = Layerwise(model)
+    batches = list(rows.batches(2))
+    whole = modality_grad_stats(lw, batches)
+
+    rotary = {id(t) for t in lw.rotary.buffers()}  # moves itself to the inputs' device (block_kwargs)
+    real = {id(t): t.data for t in [*model.parameters(), *model.buffers()] if id(t) not in rotary}
+    for t in [*model.parameters(), *model.buffers()]:
+        if id(t) in real and t.is_floating_point():
+            t.data = torch.full_like(t.data, float("nan"))
+
+    @contextmanager
+    def poisoned_borrow(tensors, _device):
+        tensors = list({id(t): t for t in tensors}.values())
+        away = [t.data for t in tensors]
+        try:
+            for t in tensors:
+                t.data = real[id(t)]
+            yield
+        finally:
+            for t, data in zip(tensors, away, strict=True):
+                t.data = data
+
+    monkeypatch.setattr(modality, "borrowed", poisoned_borrow)
+    got = modality.gradient_pass(lw, batches, torch.device("cpu"), stream=True)
+    for k in whole:
+        assert torch.equal(got[k], whole[k]), k
