@@ -10,7 +10,7 @@ The vision tower and projector are never calibrated or quantized here (`Arch.fp_
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -83,6 +83,27 @@ class Layerwise:
 
     def stem(self) -> list[str]:
         return [self.arch.embed, *self.fp_modules()]
+
+    def final_norm(self) -> nn.Module:
+        """The norm between the last block and lm_head (`<decoder>.norm` in the Llama family)."""
+        name = self.arch.layers.rsplit(".", 1)[0] + ".norm"
+        try:
+            return self.model.get_submodule(name)
+        except AttributeError:
+            raise ConfigError("model", f"no final norm at {name!r}: a gradient pass needs it") from None
+
+    @contextmanager
+    def weights_on(self, device: torch.device, stream: bool) -> Iterator[Callable[[nn.Module], Any] | None]:
+        """The model's weights borrowed onto `device` for a block-by-block pass (backward_by_block): all of them,
+        or with `stream` (a model larger than the device) the stem, final norm and lm_head, yielding the `place`
+        that borrows each block for its own calls."""
+        if not stream:
+            with borrowed(module_tensors(self.model), device):
+                yield None
+            return
+        ends = module_tensors(self.final_norm(), self.model.get_output_embeddings())
+        with borrowed(named_tensors(self.model, self.stem()) + ends, device):
+            yield lambda block: borrowed(module_tensors(block), device)
 
     @torch.no_grad()
     def embed(self, ids: torch.Tensor, images: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
@@ -157,11 +178,16 @@ def borrowed(tensors: Iterable[torch.Tensor], device: torch.device) -> Iterator[
             t.data = data
 
 
-def fits_on(model: nn.Module, device: torch.device, share: float = 0.8) -> bool:
-    """Whether `model`'s weights fit in `share` of `device`'s free memory (always, off CUDA)."""
+def weight_bytes(model: nn.Module, dtype: torch.dtype | None = None) -> int:
+    """The bytes of `model`'s parameters and buffers, in `dtype` where given (a meta model's estimate)."""
+    return sum(t.numel() * (dtype.itemsize if dtype and t.is_floating_point() else t.element_size())
+               for t in module_tensors(model))
+
+
+def fits_on(size: int, device: torch.device, share: float = 0.8) -> bool:
+    """Whether `size` bytes of weights fit in `share` of `device`'s free memory (always, off CUDA)."""
     if device.type != "cuda":
         return True
-    size = sum(t.numel() * t.element_size() for t in module_tensors(model))
     cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)  # free to torch, not CUDA
     return size <= share * (torch.cuda.mem_get_info(device)[0] + cached)
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from core.data.calib_mm import TEXT, VISION, CalibRows
 from jobs.quantize.algorithms.stats import Stats
-from jobs.quantize.layerwise import Layerwise, borrowed, module_tensors, named_tensors
+from jobs.quantize.layerwise import Layerwise
 
 MODALITIES = (("vision", VISION), ("text", TEXT))
 
@@ -29,11 +29,11 @@ def modality_grad_stats(lw: Layerwise, batches: Sequence[CalibRows],
     """Per block i: "grad/<modality>/i" = sum of |dL/dY_i| over that modality's token elements and
     "count/<modality>/i" their number, L = the caption loss (next-token CE on the rows' labels, summed).
     `place`: as in backward_by_block (blocks streamed through the GPU)."""
-    from jobs.sensitivity.scoring import backward_by_block, final_norm
+    from jobs.sensitivity.scoring import backward_by_block
 
     model = lw.model
     model.requires_grad_(False)  # input gradients only
-    norm, head = final_norm(model, lw), model.get_output_embeddings()
+    norm, head = lw.final_norm(), model.get_output_embeddings()
     stats = Stats()
     for batch in batches:
         device = model.get_submodule(lw.arch.embed).weight.device
@@ -54,19 +54,11 @@ def modality_grad_stats(lw: Layerwise, batches: Sequence[CalibRows],
 
 
 def gradient_pass(lw: Layerwise, batches: Sequence[CalibRows], device: torch.device, stream: bool) -> Stats:
-    """modality_grad_stats with the model (kept on the CPU) borrowed onto `device`: whole, or with `stream` only
-    its stem, final norm and lm_head, each block borrowed for its own calls (twice per batch: the price of a
-    model larger than the GPU). Blocks are back-propagated one at a time, so either way the device holds
-    weights and one block's graph, never a whole-model graph."""
-    from jobs.sensitivity.scoring import final_norm
-
-    model = lw.model
-    if not stream:
-        with borrowed(module_tensors(model), device):
-            return modality_grad_stats(lw, batches)
-    ends = module_tensors(final_norm(model, lw), model.get_output_embeddings())
-    with borrowed(named_tensors(model, lw.stem()) + ends, device):
-        return modality_grad_stats(lw, batches, place=lambda block: borrowed(module_tensors(block), device))
+    """modality_grad_stats with the model (kept on the CPU) borrowed onto `device` (Layerwise.weights_on: whole,
+    or with `stream` each block for its own calls, twice per batch: the price of a model larger than the GPU).
+    Blocks are back-propagated one at a time, so the device never holds a whole-model graph."""
+    with lw.weights_on(device, stream) as place:
+        return modality_grad_stats(lw, batches, place=place)
 
 
 def modality_weights(stats: Stats, num_blocks: int, tokens: dict[str, int]) -> dict[str, Any]:

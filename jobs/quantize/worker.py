@@ -24,7 +24,7 @@ from jobs.quantize import checkpoint
 from jobs.quantize.activations import Activations
 from jobs.quantize.algorithms import ALGORITHMS
 from jobs.quantize.algorithms.stats import Stats
-from jobs.quantize.layerwise import Layerwise, fits_on
+from jobs.quantize.layerwise import Layerwise, fits_on, weight_bytes
 from jobs.quantize.modality import block_weights, gradient_pass
 from kernels.quant import parse_format, parse_target
 
@@ -84,7 +84,7 @@ class CalibWorker:
 
     def modality_grads(self) -> Any:
         """MBQ's gradient pass over this worker's batches (jobs/quantize/modality.py), on its device."""
-        stream = not fits_on(self.lw.model, self.device)
+        stream = not fits_on(weight_bytes(self.lw.model), self.device)
         if stream:
             print(f"worker {self.rank}: mbq gradient pass: the model is larger than the GPU, streaming blocks")
         return gradient_pass(self.lw, self.batches, self.device, stream).to("cpu")

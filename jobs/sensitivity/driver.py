@@ -147,9 +147,10 @@ class SensitivityJob:
         began = time.perf_counter()
         parts = ray.get([task.remote(spec, shard, names, use_gpu, dtype) for shard in shards])
         timing = _timing(parts, time.perf_counter() - began)
-        log.info("scoring: %d task(s) in %.1f s (slowest: load %.1f s, score %.1f s)%s", len(parts),
+        log.info("scoring: %d task(s) in %.1f s (slowest: load %.1f s, score %.1f s)%s%s", len(parts),
                  timing["scan_seconds"], timing["load_seconds"], timing["score_seconds"],
-                 f", GPU peak {timing['gpu_peak_gib']:.2f} GiB" if "gpu_peak_gib" in timing else "")
+                 f", GPU peak {timing['gpu_peak_gib']:.2f} GiB" if "gpu_peak_gib" in timing else "",
+                 "; the model did not fit the GPU: blocks streamed" if any(p.get("streamed") for p in parts) else "")
         scores = group_scores(reduce_scores([part["scores"] for part in parts]), p.groups)
         handles = _search_handles(p.groups, p.shapes, scores)
         result = search(handles, s.effective_bits)

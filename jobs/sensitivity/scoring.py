@@ -26,7 +26,6 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from core.errors import ConfigError
 from jobs.quantize.layerwise import Layerwise
 from kernels.quant import QuantFormat, get_op, parse_target
 
@@ -82,15 +81,6 @@ def token_products(g: torch.Tensor, terms: list[tuple[torch.Tensor, torch.Tensor
 
 def _rowdot(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return (p.float() * q.float()).sum(-1)
-
-
-def final_norm(model: nn.Module, lw: Layerwise) -> nn.Module:
-    """The norm between the last block and lm_head (`<decoder>.norm` in the Llama family)."""
-    name = lw.arch.layers.rsplit(".", 1)[0] + ".norm"
-    try:
-        return model.get_submodule(name)
-    except AttributeError:
-        raise ConfigError("model", f"no final norm at {name!r}: sensitivity scoring needs it") from None
 
 
 def _call(block: nn.Module, x: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
@@ -161,12 +151,13 @@ class ScoringBatch(NamedTuple):
 
 
 def score_batches(model: nn.Module, scorer: LinearScorer, batches: Iterable[torch.Tensor | ScoringBatch],
-                  chunk: int = LOGITS_CHUNK) -> None:
+                  chunk: int = LOGITS_CHUNK,
+                  place: Callable[[nn.Module], AbstractContextManager] | None = None) -> None:
     """The summed causal-LM loss per batch (token ids, or a ScoringBatch), back-propagated block by block,
-    scoring each decoder-block Linear of `scorer` as its output gradient arrives."""
+    scoring each decoder-block Linear of `scorer` as its output gradient arrives (`place`: backward_by_block's)."""
     model.requires_grad_(False)
     lw = Layerwise(model)
-    norm, head = final_norm(model, lw), model.get_output_embeddings()
+    norm, head = lw.final_norm(), model.get_output_embeddings()
     saved: dict[str, torch.Tensor] = {}
 
     def on_forward(name: str):
@@ -180,7 +171,7 @@ def score_batches(model: nn.Module, scorer: LinearScorer, batches: Iterable[torc
     try:
         for batch in batches:
             b = batch if isinstance(batch, ScoringBatch) else ScoringBatch(batch)
-            backward_by_block(lw, norm, head, b.ids, chunk, x=b.x, targets=b.targets)
+            backward_by_block(lw, norm, head, b.ids, chunk, x=b.x, targets=b.targets, place=place)
     finally:
         for h in handles:
             h.remove()

@@ -1,4 +1,5 @@
-"""A scoring task (Ray): the whole model on its device, its shard of calibration batches."""
+"""A scoring task (Ray): the model on its device (or, larger than the GPU, streamed block by block), its shard of
+calibration batches."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import torch
 
 from core.data.calib_mm import CalibRows
 from core.models import MODELS
-from jobs.quantize.layerwise import Layerwise
+from core.models.auto import meta_model
+from jobs.quantize.layerwise import Layerwise, fits_on, weight_bytes
 from jobs.sensitivity.scoring import LinearScorer, ScoringBatch, model_linears, score_batches
 
 
@@ -25,17 +27,20 @@ def score_shard(spec: Any, batches: list[CalibRows], names: list[str], use_gpu: 
     began = time.perf_counter()
     source = MODELS.get(spec.model.name)
     torch.manual_seed(s.seed)
-    with device:  # transformers loads the weights straight onto the context's device (no CPU copy first)
+    # a model larger than the GPU stays on the CPU and its blocks are streamed (Layerwise.weights_on)
+    stream = not fits_on(weight_bytes(meta_model(source, spec.model), getattr(torch, dtype)), device)
+    with torch.device("cpu") if stream else device:  # transformers loads straight onto the context's device
         model = source.build(spec.model, source.hf_config(spec.model), getattr(torch, dtype))
-    model = model.eval().to(device)
+    model = model.eval()
     _sync(device)
     loaded = time.perf_counter()
     lw = Layerwise(model)
     linears = model_linears(model, [lw.block_prefix(i) for i in range(len(lw.blocks))])
     scorer = LinearScorer({n: linears[n] for n in names}, list(s.candidates))
-    score_batches(model, scorer, (_inputs(lw, b, device) for b in batches))
-    scores = scorer.scores  # reading the sums synchronizes
-    out: dict[str, Any] = {"scores": scores, "load_seconds": loaded - began,
+    with lw.weights_on(device, stream) as place:
+        score_batches(model, scorer, (_inputs(lw, b, device) for b in batches), place=place)
+        scores = scorer.scores  # reading the sums synchronizes
+    out: dict[str, Any] = {"scores": scores, "streamed": stream, "load_seconds": loaded - began,
                            "score_seconds": time.perf_counter() - loaded,
                            "tokens": int(sum(b.ids.size for b in batches))}
     if use_gpu:

@@ -216,10 +216,9 @@ def test_streamed_gradient_pass_equals_whole_model(monkeypatch) -> None:
 def test_streamed_pass_borrows_everything_it_uses(monkeypatch) -> None:
     """Every weight the streamed pass touches must be borrowed first: here the model holds NaN and a borrow
     hands a tensor its real values, so a module used without being borrowed turns the stats into NaN."""
-    from contextlib import contextmanager
-
     import jobs.quantize.modality as modality
     from core.data.calib_mm import calibration_rows
+    from tests.jobs.poison import poison_unborrowed
 
     cfg = ModelConfig(name="llava_tiny", overrides=SMALL)
     source = MODELS.get("llava_tiny")
@@ -230,25 +229,7 @@ def test_streamed_pass_borrows_everything_it_uses(monkeypatch) -> None:
     batches = list(rows.batches(2))
     whole = modality_grad_stats(lw, batches)
 
-    rotary = {id(t) for t in lw.rotary.buffers()}  # moves itself to the inputs' device (block_kwargs)
-    real = {id(t): t.data for t in [*model.parameters(), *model.buffers()] if id(t) not in rotary}
-    for t in [*model.parameters(), *model.buffers()]:
-        if id(t) in real and t.is_floating_point():
-            t.data = torch.full_like(t.data, float("nan"))
-
-    @contextmanager
-    def poisoned_borrow(tensors, _device):
-        tensors = list({id(t): t for t in tensors}.values())
-        away = [t.data for t in tensors]
-        try:
-            for t in tensors:
-                t.data = real[id(t)]
-            yield
-        finally:
-            for t, data in zip(tensors, away, strict=True):
-                t.data = data
-
-    monkeypatch.setattr(modality, "borrowed", poisoned_borrow)
+    poison_unborrowed(monkeypatch, lw)
     got = modality.gradient_pass(lw, batches, torch.device("cpu"), stream=True)
     for k in whole:
         assert torch.equal(got[k], whole[k]), k

@@ -148,3 +148,16 @@ def test_bf16_token_products_match_the_definition(fmt: str, shape: tuple[int, in
     exact = ((xq @ wq.T - x.double() @ w.double().T) * g.double()).sum(-1).square().sum()
     ours = token_products(g, delta_terms(x, w, f)).double().square().sum()
     assert ours.item() == pytest.approx(exact.item(), rel=2e-3)
+
+
+def test_streamed_scoring_borrows_everything_it_uses(monkeypatch) -> None:
+    """A model larger than the GPU (score_shard): stem, final norm and lm_head borrowed, each block for its own
+    calls; with every unborrowed weight NaN the scores still equal the plain ones."""
+    from tests.jobs.poison import poison_unborrowed
+
+    plain = _scores(_model(), _batches())
+    model = _model()
+    lw = Layerwise(model)
+    poison_unborrowed(monkeypatch, lw)
+    with lw.weights_on(torch.device("cpu"), stream=True) as place:
+        assert _scores(model, _batches(), place=place) == plain
