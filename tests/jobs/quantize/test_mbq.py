@@ -22,6 +22,19 @@ SMALL = {"text_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidde
                            "num_attention_heads": 2}}
 
 
+def tiny_llava(dtype: torch.dtype, num_samples: int = 3, text_ratio: float = 0.34) -> tuple:
+    """(model, Layerwise, calibration rows) of a seeded small llava_tiny."""
+    from core.data.calib_mm import calibration_rows
+
+    cfg = ModelConfig(name="llava_tiny", overrides=SMALL)
+    source = MODELS.get("llava_tiny")
+    torch.manual_seed(0)
+    model = source.build(cfg, source.hf_config(cfg), dtype).eval()
+    rows = calibration_rows(calib(num_samples=num_samples, text_ratio=text_ratio), source.tokenizer(cfg),
+                            source.processor(cfg))
+    return model, Layerwise(model), rows
+
+
 def test_token_weights_hand_built() -> None:
     modality = torch.tensor([[VISION, VISION, TEXT, TEXT, PAD], [VISION, TEXT, TEXT, PAD, PAD]])
     w = {"w_vision": 0.5, "w_text": 1.0, "n_vision": 3, "n_text": 4}
@@ -52,14 +65,8 @@ def test_weighted_loss_matches_float64_reference() -> None:
 
 
 def test_gradient_pass_matches_full_model_autograd() -> None:
-    from core.data.calib_mm import calibration_rows
 
-    cfg = ModelConfig(name="llava_tiny", overrides=SMALL)
-    source = MODELS.get("llava_tiny")
-    torch.manual_seed(0)
-    model = source.build(cfg, source.hf_config(cfg), torch.float64).eval()
-    rows = calibration_rows(calib(num_samples=3, text_ratio=0.34), source.tokenizer(cfg), source.processor(cfg))
-    lw = Layerwise(model)
+    model, lw, rows = tiny_llava(torch.float64)
 
     parts = [modality_grad_stats(lw, [b]) for b in rows.batches(2)]  # two "workers"
     got = modality_weights(reduce_stats(parts), 2, rows.counts())
@@ -149,19 +156,12 @@ def test_bad_mbq_input_is_one_line(tmp_path, cli_in_process) -> None:
 def test_stem_on_borrows_only_the_stem_and_gives_it_back(monkeypatch) -> None:
     """The worker embeds calibration rows with the embeddings, vision tower and projector on its GPU (on the
     CPU the 7B shape's ViT took minutes); the blocks stay put and the CPU tensors come back untouched."""
-    from core.data.calib_mm import calibration_rows
-
-    cfg = ModelConfig(name="llava_tiny", overrides=SMALL)
-    source = MODELS.get("llava_tiny")
-    torch.manual_seed(0)
-    model = source.build(cfg, source.hf_config(cfg), torch.float32).eval()
-    lw = Layerwise(model)
+    model, lw, rows = tiny_llava(torch.float32, num_samples=2, text_ratio=0.0)
     stem = ("model.vision_tower.", "model.multi_modal_projector.", lw.arch.embed + ".")
     borrowed = {id(t) for t in named_tensors(model, lw.stem())}
     assert {n for n, p in model.named_parameters() if id(p) in borrowed} == {
         n for n, _ in model.named_parameters() if n.startswith(stem)}
     if torch.cuda.is_available():  # same embeddings from the GPU stem
-        rows = calibration_rows(calib(num_samples=2, text_ratio=0.0), source.tokenizer(cfg), source.processor(cfg))
         batch = next(iter(rows.batches(2)))
         before = {n: p.data_ptr() for n, p in model.named_parameters()}
         monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # the ViT's patch conv in TF32: 1e-3 off
@@ -178,15 +178,9 @@ def test_streamed_gradient_pass_equals_whole_model(monkeypatch) -> None:
     on a GPU the real borrow runs (model kept on the CPU) and matches to float32 rounding."""
     from contextlib import contextmanager
 
-    from core.data.calib_mm import calibration_rows
     from jobs.quantize.modality import gradient_pass
 
-    cfg = ModelConfig(name="llava_tiny", overrides=SMALL)
-    source = MODELS.get("llava_tiny")
-    torch.manual_seed(0)
-    model = source.build(cfg, source.hf_config(cfg), torch.float32).eval()
-    rows = calibration_rows(calib(num_samples=3, text_ratio=0.34), source.tokenizer(cfg), source.processor(cfg))
-    lw = Layerwise(model)
+    model, lw, rows = tiny_llava(torch.float32)
     batches = list(rows.batches(2))
     whole = modality_grad_stats(lw, batches)
 
@@ -217,15 +211,9 @@ def test_streamed_pass_borrows_everything_it_uses(monkeypatch) -> None:
     """Every weight the streamed pass touches must be borrowed first: here the model holds NaN and a borrow
     hands a tensor its real values, so a module used without being borrowed turns the stats into NaN."""
     import jobs.quantize.modality as modality
-    from core.data.calib_mm import calibration_rows
     from tests.jobs.poison import poison_unborrowed
 
-    cfg = ModelConfig(name="llava_tiny", overrides=SMALL)
-    source = MODELS.get("llava_tiny")
-    torch.manual_seed(0)
-    model = source.build(cfg, source.hf_config(cfg), torch.float32).eval()
-    rows = calibration_rows(calib(num_samples=3, text_ratio=0.34), source.tokenizer(cfg), source.processor(cfg))
-    lw = Layerwise(model)
+    model, lw, rows = tiny_llava(torch.float32)
     batches = list(rows.batches(2))
     whole = modality_grad_stats(lw, batches)
 
