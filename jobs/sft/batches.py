@@ -92,9 +92,14 @@ class BatchPlan:
         return batches
 
 
-def causal_lm_loss(model: torch.nn.Module, batch: MicroBatch, num_items: float) -> torch.Tensor:
+def causal_lm_loss(model: torch.nn.Module, batch: MicroBatch, num_items: float, chunk_tokens: int = 0) -> torch.Tensor:
     """Sum of token losses / num_items. No attention_mask and no KV cache: transformers then builds
-    a block-diagonal causal mask from the restarting position ids (packed samples stay apart)."""
+    a block-diagonal causal mask from the restarting position ids (packed samples stay apart).
+    `chunk_tokens` > 0: the same loss without the whole logits (jobs/sft/chunked_loss.py)."""
+    if chunk_tokens > 0:
+        from jobs.sft.chunked_loss import chunked_lm_loss
+
+        return chunked_lm_loss(model, batch, num_items, chunk_tokens)
     out = model(input_ids=batch.input_ids, position_ids=batch.position_ids, labels=batch.labels,
                 num_items_in_batch=num_items, use_cache=False, **batch.images)
     return out.loss

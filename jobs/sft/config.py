@@ -45,6 +45,8 @@ class TrainerConfig:
     grad_accum: int = 1
     bf16: str = "auto"  # auto: on where the accelerator supports it | true | false
     activation_checkpointing: bool = False
+    # > 0: the loss a chunk of this many target tokens at a time, never the whole logits (jobs/sft/chunked_loss.py)
+    loss_chunk_tokens: int = 0
     seed: int = 0
     log_every: int = 1
     peak_tflops: float | None = None  # per device; None: look it up by device name (no MFU on CPU)

@@ -28,6 +28,8 @@ def _check_trainer(t: Any) -> None:
     for name, value in positive.items():
         if value < 1:
             raise ConfigError(f"trainer.{name}", f"must be >= 1 (got {value})")
+    if t.loss_chunk_tokens < 0:
+        raise ConfigError("trainer.loss_chunk_tokens", f"must be >= 0 (0: the model's loss), got {t.loss_chunk_tokens}")
     for name in ("use_gpu", "bf16"):
         if str(getattr(t, name)).lower() not in TRI_STATE:
             raise ConfigError(f"trainer.{name}", f"must be one of {', '.join(TRI_STATE)}")

@@ -113,7 +113,7 @@ def _global_sum(values: list[float], device: torch.device) -> list[float]:
     return tensor.tolist()
 
 
-def train_step(engine: Any, micro_batches: list, env: WorkerEnv) -> tuple[float, int, int]:
+def train_step(engine: Any, micro_batches: list, env: WorkerEnv, chunk_tokens: int = 0) -> tuple[float, int, int]:
     """One optimizer step; returns (global mean loss per target token, global targets, global tokens)."""
     local_targets = sum(b.targets for b in micro_batches)
     local_tokens = sum(b.tokens for b in micro_batches)
@@ -124,7 +124,7 @@ def train_step(engine: Any, micro_batches: list, env: WorkerEnv) -> tuple[float,
     loss_sum = 0.0
     for batch in micro_batches:
         batch = batch.to(env.device)
-        loss = causal_lm_loss(engine, batch, divisor)
+        loss = causal_lm_loss(engine, batch, divisor, chunk_tokens)
         engine.backward(loss)
         engine.step()
         loss_sum += loss.item() * divisor
@@ -186,7 +186,7 @@ def train_loop(config: dict[str, Any]) -> None:
         micro_batches = plan.step(step)
         data_time = time.perf_counter() - began
         lr = scheduler.get_last_lr()[0]
-        loss, targets, tokens = train_step(engine, micro_batches, env)
+        loss, targets, tokens = train_step(engine, micro_batches, env, t.loss_chunk_tokens)
         if env.device.type == "cuda":
             torch.cuda.synchronize()
         step_time = time.perf_counter() - began

@@ -149,3 +149,15 @@ def test_export_reloads_with_the_trained_weights(reference: dict, storage: Path)
                                         add_generation_prompt=True, return_dict=True)["input_ids"]
     with torch.no_grad():
         assert torch.equal(exported(ids).logits, trained(ids).logits)
+
+
+def test_chunked_loss_trains_like_the_models_loss(reference: dict, storage: Path) -> None:
+    """trainer.loss_chunk_tokens under ZeRO-3 (2 workers over gloo: lm_head gathered by its own hooks for each
+    chunk and its recompute): the reference run's losses, step by step, up to float32 summation order."""
+    proc, log = _start(storage, "chunked", "trainer.loss_chunk_tokens=64")
+    proc.wait(timeout=900)
+    assert proc.returncode == 0, log.read_text()[-4000:]
+    losses = {e["step"]: e["loss"] for e in json.loads((storage / "chunked" / "summary.json").read_text())["losses"]}
+    assert sorted(losses) == sorted(reference["losses"])
+    for step, loss in losses.items():
+        assert abs(loss - reference["losses"][step]) < 1e-4 * reference["losses"][step], (step, loss)
