@@ -30,3 +30,13 @@ def test_chunked_loss_and_gradients_equal_the_models(chunk: int) -> None:
     assert set(got_grads) == set(want_grads)
     for name, grad in want_grads.items():
         torch.testing.assert_close(got_grads[name], grad, rtol=1e-5, atol=1e-7 * grad.abs().max().item())
+
+
+def test_negative_chunk_is_a_config_error() -> None:
+    from core.errors import ConfigError
+    from jobs.sft.config import TrainerConfig
+    from jobs.sft.driver import _check_trainer
+
+    _check_trainer(TrainerConfig(loss_chunk_tokens=0))
+    with pytest.raises(ConfigError, match=r"trainer.loss_chunk_tokens.*must be >= 0"):
+        _check_trainer(TrainerConfig(loss_chunk_tokens=-1))
