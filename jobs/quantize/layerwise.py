@@ -164,18 +164,36 @@ def module_tensors(*modules: nn.Module) -> list[torch.Tensor]:
     return [t for m in modules for t in [*m.parameters(), *m.buffers()]]
 
 
+class Borrow:
+    """`tensors` (parameters, buffers) moved onto `device` until `give_back`, which puts their original data back
+    (nothing is copied back unless `keep`: then the device values are copied into the originals first). A
+    tensor listed twice (tied weights) moves once."""
+
+    def __init__(self, tensors: Iterable[torch.Tensor], device: torch.device) -> None:
+        self.homes = [(t, t.data) for t in {id(t): t for t in tensors}.values()]
+        try:
+            for t, data in self.homes:
+                t.data = data.to(device)
+        except BaseException:  # an out-of-memory error halfway still puts every tensor back
+            self.give_back()
+            raise
+
+    def give_back(self, keep: bool = False) -> None:
+        for t, data in self.homes:
+            if keep and t.data.data_ptr() != data.data_ptr():
+                data.copy_(t.data)
+            t.data = data
+        self.homes = []
+
+
 @contextmanager
 def borrowed(tensors: Iterable[torch.Tensor], device: torch.device) -> Iterator[None]:
-    """`tensors` (parameters, buffers) on `device` for the body (read-only use), then back on their original
-    data: nothing is copied back. A tensor listed twice (tied weights) moves once."""
-    homes = [(t, t.data) for t in {id(t): t for t in tensors}.values()]
-    try:  # moves inside: an out-of-memory error halfway still puts every tensor back
-        for t, data in homes:
-            t.data = data.to(device)
+    """`tensors` on `device` for the body (read-only use), then back on their original data (Borrow)."""
+    borrow = Borrow(tensors, device)
+    try:
         yield
     finally:
-        for t, data in homes:
-            t.data = data
+        borrow.give_back()
 
 
 def weight_bytes(model: nn.Module, dtype: torch.dtype | None = None) -> int:

@@ -24,7 +24,7 @@ from jobs.quantize import checkpoint
 from jobs.quantize.activations import Activations
 from jobs.quantize.algorithms import ALGORITHMS
 from jobs.quantize.algorithms.stats import Stats
-from jobs.quantize.layerwise import Layerwise, fits_on, weight_bytes
+from jobs.quantize.layerwise import Borrow, Layerwise, fits_on, module_tensors, weight_bytes
 from jobs.quantize.modality import block_weights, gradient_pass
 from kernels.quant import parse_format, parse_target
 
@@ -93,20 +93,15 @@ class CalibWorker:
         self.weights = weights
 
     def _on_device(self, index: int) -> torch.nn.Module:
-        """Block `index` moved to the device; its CPU tensors are kept aside (`_release` puts them back),
-        so nothing is copied back to the CPU unless the quantized weights are needed there."""
+        """Block `index` borrowed onto the device (`_release` gives its CPU tensors back), so nothing is copied
+        back to the CPU unless the quantized weights are needed there."""
         block = self.lw.blocks[index]
-        self._cpu_tensors = {k: t.data for k, t in _tensors(block)}
-        return block.to(self.device)
+        self._borrow = Borrow(module_tensors(block), self.device)
+        return block
 
-    def _release(self, block: torch.nn.Module, keep_weights: bool) -> None:
+    def _release(self, keep_weights: bool) -> None:
         """Back to the CPU tensors, after copying the device values into them when `keep_weights`."""
-        for name, t in _tensors(block):
-            cpu = self._cpu_tensors[name]
-            if keep_weights and cpu is not t.data:
-                cpu.copy_(t.data)
-            t.data = cpu
-        self._cpu_tensors = {}
+        self._borrow.give_back(keep=keep_weights)
 
     @torch.no_grad()
     def advance_fp(self, index: int) -> None:
@@ -119,7 +114,7 @@ class CalibWorker:
         for i in range(self.pos, index):
             block = self._on_device(i)
             xs = [self.lw.run_block(block, x) for x in xs]
-            self._release(block, keep_weights=False)
+            self._release(keep_weights=False)
         self.inputs = self._activations(xs)
         self.pos = index
 
@@ -182,7 +177,7 @@ class CalibWorker:
             quantized = {f"{name}.weight" for name in result.layers}  # stored as integers instead
             out["state"] = {k: v.cpu() for k, v in self.block.state_dict().items() if k not in quantized}
         # sequential: later blocks run on top of this one, so its CPU copy takes the quantized weights
-        self._release(self.block, keep_weights=not self.propagate_fp)
+        self._release(keep_weights=not self.propagate_fp)
         return out
 
     def calibrate(self, index: int, root: str) -> dict[str, float]:
@@ -209,10 +204,6 @@ class CalibWorker:
         if self._writing is not None:
             self._writing.result()
             self._writing = None
-
-
-def _tensors(block: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
-    return [*block.named_parameters(), *block.named_buffers()]
 
 
 def _to_cpu(result: Any) -> Any:

@@ -11,7 +11,8 @@ from jobs.quantize.algorithms.gptq_solve import (
     upper_inverse_factor_,
 )
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="CUDA copy of the CPU checks (cuSOLVER/cuBLAS paths): no GPU here"))]
 SIZES = [(1, 4), (5, 2), (130, 32), (257, 64), (300, 512)]
 
 
