@@ -9,8 +9,7 @@ Two observe passes, both reducible by summation, so any number of workers gives 
           and quantized, where scope is the smallest module holding them (attention for q/k/v, the MLP
           for gate/up, the Linear itself for o and down), as in llm-awq: its inputs are captured once
           per mapping and each candidate is quantized once per shard. `apply` picks the argmin.
-The clip search needs no third pass: the per-(row, group) output error of a weight change d_g is
-d_g^T G_gg d_g with G_gg the group's diagonal block of x^T x (scaled by 1/s after smoothing).
+The clip search (clip.py) needs no third pass: it uses x^T x, scaled by 1/s after smoothing.
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ from torch import nn
 
 from core.errors import ConfigError
 from jobs.quantize.algorithms.base import AlgorithmConfig, BlockResult, QuantAlgorithm, RunBlock
+from jobs.quantize.algorithms.clip import ClipSearchConfig, search_clip
 from jobs.quantize.algorithms.mappings import (
     ResolvedMapping,
     fold_scales,
@@ -37,22 +37,14 @@ from kernels.quant import QuantFormat, get_op
 
 
 @dataclass
-class AWQConfig(AlgorithmConfig):
+class AWQConfig(ClipSearchConfig, AlgorithmConfig):
     n_grid: int = 20  # alphas k / n_grid, k = 0..n_grid-1; alpha 0 (s = 1) is plain RTN
-    clip: bool = True
-    clip_grid: int = 20  # clip ratios 1 - k / clip_grid ...
-    max_shrink: float = 0.5  # ... down to 1 - max_shrink
-    # llm-awq skips q/k: their error reaches the output through softmax(q k^T), which the per-output
-    # MSE used by the clip search does not model.
-    clip_skip: tuple[str, ...] = ("q_proj", "k_proj")
 
     def validate(self, field_name: str) -> None:
         super().validate(field_name)
-        for key in ("n_grid", "clip_grid"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{field_name}.{key}", f"must be >= 1, got {getattr(self, key)}")
-        if not 0 <= self.max_shrink < 1:
-            raise ConfigError(f"{field_name}.max_shrink", f"must be in [0, 1), got {self.max_shrink}")
+        self.validate_clip(field_name)
+        if self.n_grid < 1:
+            raise ConfigError(f"{field_name}.n_grid", f"must be >= 1, got {self.n_grid}")
 
 
 class AWQ(QuantAlgorithm):
@@ -121,7 +113,7 @@ class AWQ(QuantAlgorithm):
             if s is not None:  # inputs are now x / s
                 gram = gram / (s[:, None] * s[None, :]).to(gram.dtype)
             clip = 1.0
-            if self.cfg.clip and not any(part in name for part in self.cfg.clip_skip):
+            if self.cfg.clips(name):
                 clip = search_clip(lin.weight, gram, fmt, self.cfg.clip_grid, self.cfg.max_shrink)
             q, scale, zero = quantize_weight(lin.weight, fmt, clip)
             self.commit(block, name, q, scale, zero, result, gram)
@@ -159,28 +151,6 @@ class AWQ(QuantAlgorithm):
         alphas = torch.arange(self.cfg.n_grid, device=mean.device, dtype=torch.float32) / self.cfg.n_grid
         s = mean[None, :].pow(alphas[:, None]).clamp(min=1e-4)
         return s / (s.amax(1, keepdim=True) * s.amin(1, keepdim=True)).sqrt()
-
-
-def search_clip(
-    weight: torch.Tensor, gram: torch.Tensor, fmt: QuantFormat, grid: int = 20, max_shrink: float = 0.5
-) -> torch.Tensor:
-    """Per (row, group) range ratio in {1, 1 - 1/grid, ...} > 1 - max_shrink minimising d^T G_gg d."""
-    w = weight.detach().float()
-    rows, cols = w.shape
-    size = fmt.group_size or cols
-    n_groups = cols // size
-    blocks = gram.float().reshape(n_groups, size, n_groups, size).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
-    best_loss = torch.full((rows, n_groups), float("inf"), device=w.device)
-    best = torch.ones(rows, n_groups, device=w.device)
-    fake_quant = get_op("fake_quant")
-    for k in range(max(1, int(max_shrink * grid))):
-        ratio = 1 - k / grid
-        d = (w - fake_quant(w, fmt, ratio)).reshape(rows, n_groups, size)
-        loss = torch.einsum("rgi,gij,rgj->rg", d, blocks, d)
-        better = loss < best_loss
-        best_loss = torch.where(better, loss, best_loss)
-        best = torch.where(better, torch.full_like(best, ratio), best)
-    return best
 
 
 class _Captured(Exception):
