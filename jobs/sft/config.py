@@ -49,6 +49,7 @@ class TrainerConfig:
     loss_chunk_tokens: int = 0
     seed: int = 0
     log_every: int = 1
+    profile_step: int = 0  # > 0: that step runs under torch.profiler (jobs/sft/profile.py)
     peak_tflops: float | None = None  # per device; None: look it up by device name (no MFU on CPU)
     max_failures: int = 2  # worker-group restarts from the last checkpoint
     optim: OptimConfig = field(default_factory=OptimConfig)

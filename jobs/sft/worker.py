@@ -26,6 +26,7 @@ from jobs.sft.batches import BatchPlan, causal_lm_loss
 from jobs.sft.deepspeed_config import build_ds_config
 from jobs.sft.export import gather_state_dict, write_export
 from jobs.sft.metrics import Throughput, flops_per_token, memory_stats, peak_tflops
+from jobs.sft.profile import profiled
 from jobs.sft.schedule import lr_multiplier
 
 log = logging.getLogger("jobs.sft")
@@ -186,7 +187,8 @@ def train_loop(config: dict[str, Any]) -> None:
         micro_batches = plan.step(step)
         data_time = time.perf_counter() - began
         lr = scheduler.get_last_lr()[0]
-        loss, targets, tokens = train_step(engine, micro_batches, env, t.loss_chunk_tokens)
+        with profiled(step, t.profile_step, env.device, env.rank, run):
+            loss, targets, tokens = train_step(engine, micro_batches, env, t.loss_chunk_tokens)
         if env.device.type == "cuda":
             torch.cuda.synchronize()
         step_time = time.perf_counter() - began

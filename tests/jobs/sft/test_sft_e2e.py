@@ -153,11 +153,22 @@ def test_export_reloads_with_the_trained_weights(reference: dict, storage: Path)
 
 def test_chunked_loss_trains_like_the_models_loss(reference: dict, storage: Path) -> None:
     """trainer.loss_chunk_tokens under ZeRO-3 (2 workers over gloo: lm_head gathered by its own hooks for each
-    chunk and its recompute): the reference run's losses, step by step, up to float32 summation order."""
-    proc, log = _start(storage, "chunked", "trainer.loss_chunk_tokens=64")
+    chunk and its recompute): the reference run's losses, step by step, up to float32 summation order.
+    The same run profiles step 3 (trainer.profile_step), which must not change its loss either."""
+    proc, log = _start(storage, "chunked", "trainer.loss_chunk_tokens=64", "trainer.profile_step=3")
     proc.wait(timeout=900)
-    assert proc.returncode == 0, log.read_text()[-4000:]
+    output = log.read_text()
+    assert proc.returncode == 0, output[-4000:]
     losses = {e["step"]: e["loss"] for e in json.loads((storage / "chunked" / "summary.json").read_text())["losses"]}
     assert sorted(losses) == sorted(reference["losses"])
     for step, loss in losses.items():
         assert abs(loss - reference["losses"][step]) < 1e-4 * reference["losses"][step], (step, loss)
+    assert "profile of step 3 (rank 0):" in output
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{storage / 'mlflow.db'}")
+    run_id = run_id_of(output)
+    assert {a.path for a in client.list_artifacts(run_id, "profile")} == {
+        "profile/step3_ops.txt", "profile/step3_trace.json"}
+    ops = client.download_artifacts(run_id, "profile/step3_ops.txt", str(storage.parent))
+    assert "aten::mm" in Path(ops).read_text()  # the step's matmuls were recorded
