@@ -60,9 +60,9 @@ def model_dir(work: Path, overrides: dict) -> Path:
 def mbq(gpus: int, model: Path, args: argparse.Namespace, work: Path) -> dict:
     name = f"mbq-w3g128-g{gpus}"
     cmd = [sys.executable, "-m", "orchestrator", "job=quantize", "model=hf", f"model.path={model}", "quant=mbq",
-           "quant.bits=3",
-           "quant.group_size=128", "calib=image_caption", f"calib.num_samples={args.mbq_samples}", "calib.seq_len=1024",
-           f"quant.num_workers={gpus}", "quant.export=false", "cluster.include_dashboard=false",
+           "quant.bits=3", "quant.group_size=128", "calib=image_caption", f"calib.num_samples={args.mbq_samples}",
+           "calib.seq_len=1024", f"quant.num_workers={gpus}", "quant.parallel=blocks", "quant.export=false",
+           "cluster.include_dashboard=false",
            f"job.storage={work}", f"job.name={name}", f"tracking.uri=file://{work}/mlruns", *args.extra.split()]
     out = run_logged(cmd, work / f"{name}.log")
     found = {key: float(m.group(1)) for key in ("calib_wall_seconds", "gpu_peak_gib", "load_seconds")
