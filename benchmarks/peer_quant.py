@@ -27,20 +27,31 @@ def recipe(algo: str):
     return AWQModifier(targets=["Linear"], scheme="W4A16", ignore=["lm_head"])
 
 
-def on_grid(block: torch.nn.Module) -> torch.nn.Module:
-    """A copy of a block as the peer's export runs it: every quantized Linear's weight fake-quantized with its
-    own scale and zero point by compressed-tensors. After `oneshot`, AWQ's weights are still FP (they are
-    rounded only when the model is compressed); GPTQ's are already on the grid, which this leaves unchanged."""
+def on_grid(block: torch.nn.Module) -> tuple[torch.nn.Module, str]:
+    """A copy of a block as the peer's export runs it, and how its weights were put on the grid. A Linear
+    that carries its scale (compressed-tensors' `weight_scale`) is fake-quantized with it by compressed-tensors;
+    one that does not (AWQ after `oneshot` leaves weights FP and drops its observers: they are rounded when
+    the model is compressed) is rounded to W4A16's grid, symmetric int4 in groups of 128 with min/max scales
+    (absmax / 7.5, as compressed-tensors' min/max observer), by kernels.quant's reference. GPTQ's weights are
+    already on the grid: either way leaves them unchanged."""
     from compressed_tensors.quantization.lifecycle.forward import fake_quantize
 
-    block = copy.deepcopy(block)
+    from kernels.quant import parse_format, reference
+
+    block, used = copy.deepcopy(block), set()
     with torch.no_grad():
         for module in block.modules():
+            if not isinstance(module, torch.nn.Linear):
+                continue
             scheme = getattr(module, "quantization_scheme", None)
             if scheme is not None and scheme.weights is not None and hasattr(module, "weight_scale"):
                 module.weight.copy_(fake_quantize(module.weight, module.weight_scale,
                                                   getattr(module, "weight_zero_point", None), scheme.weights))
-    return block
+                used.add("own scales")
+            else:
+                module.weight.copy_(reference.fake_quant(module.weight, parse_format("w4g128")))
+                used.add("min/max w4g128")
+    return block, "+".join(sorted(used))
 
 
 def main() -> None:
@@ -69,12 +80,14 @@ def main() -> None:
     layers = model.model.layers
     as_run = block_errors(args.model, ids, [layers[i] for i in range(args.eval_blocks)])
     try:
-        errors = block_errors(args.model, ids, [on_grid(layers[i]) for i in range(args.eval_blocks)])
+        gridded = [on_grid(layers[i]) for i in range(args.eval_blocks)]
+        errors = block_errors(args.model, ids, [b for b, _ in gridded])
+        grid = sorted({how for _, how in gridded})
     except Exception as err:  # keep the timing row; the table then shows the as-run errors, flagged
         print(f"on_grid failed: {type(err).__name__}: {err}", flush=True)
-        errors = []
+        errors, grid = [], ["failed: as run"]
     print("PEER_RESULT " + json.dumps({"algo": args.algo, "wall": wall, "blocks": len(layers), "peak_gib": peak,
-                                       "block_rel_err": errors or as_run, "on_grid": bool(errors),
+                                       "block_rel_err": errors or as_run, "grid": grid,
                                        "as_run_block_rel_err": as_run, "fp_self_check": self_check}),
           flush=True)
 
