@@ -5,7 +5,9 @@ A Llama-3-8B-shaped model (random init, bf16; --layers cuts the depth) saved as 
 GPUs (quant.parallel=blocks: blocks are independent, calibrated on FP inputs), the peer as
 benchmarks/peer_quant.py on 1 GPU with the same token ids. Reported per run: calibration wall time
 (model loading excluded on both sides), seconds per block, peak GPU memory, and the block output error
-of the first blocks on FP inputs (benchmarks/quant_error.py). Rows go to --results with device, date, commit.
+of the first blocks on FP inputs (benchmarks/quant_error.py: the peer's read from its compressed export; ours
+as the job records them, or with --export-errors from our export too). Rows go to --results with device,
+date, commit.
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ def ours(algo: str, gpus: int, parallel: str, model: Path, calib: Path, work: Pa
                                                           args.extra.split()) if args.extra else "")
     cmd = [sys.executable, "-m", "orchestrator", "job=quantize", "model=hf", f"model.path={model}",
            f"quant={algo}", "quant.format=w4g128", f"quant.num_workers={gpus}", f"quant.parallel={parallel}",
-           f"quant.batch_size={args.batch_size}", "quant.export=false", "quant.cpus_per_worker=4",
+           f"quant.batch_size={args.batch_size}", f"quant.export={str(args.export_errors and gpus == 1).lower()}",
+           "quant.cpus_per_worker=4",
            f"calib.path={calib}", f"calib.num_samples={args.samples}", f"calib.seq_len={args.seq_len}",
            f"job.storage={work}", f"job.name={name}", f"tracking.uri=file://{work}/mlruns",
            "cluster.include_dashboard=false", *args.extra.split()]
@@ -73,6 +76,11 @@ def ours(algo: str, gpus: int, parallel: str, model: Path, calib: Path, work: Pa
     blocks = work / name / "blocks"
     errors = [json.loads((blocks / f"block_{i:03d}" / "metrics.json").read_text())["metrics"]["block_rel_err"]
               for i in range(args.eval_blocks) if (blocks / f"block_{i:03d}" / "metrics.json").is_file()]
+    if args.export_errors and gpus == 1:  # read the way the peer's are: from the packed export
+        from benchmarks.quant_error import block_errors, blocks_from_export
+
+        errors = block_errors(str(model), np.load(work / "ids.npy"),
+                              blocks_from_export(work / name / "export", str(model), args.eval_blocks))
     wall = float(summary.get("calib_wall_seconds", "nan"))
     return {"name": name, "algo": algo, "gpus": gpus, "wall": wall, "blocks": int(summary.get("blocks", 0)),
             "peak_gib": float(summary.get("gpu_peak_gib", "nan")), "block_rel_err": errors,
@@ -82,7 +90,7 @@ def ours(algo: str, gpus: int, parallel: str, model: Path, calib: Path, work: Pa
 def peer(algo: str, model: Path, ids: Path, work: Path, args) -> dict:
     name = f"peer-{algo}-g1"
     cmd = [sys.executable, "-m", "benchmarks.peer_quant", "--algo", algo, "--model", str(model), "--ids", str(ids),
-           "--eval-blocks", str(args.eval_blocks)]
+           "--eval-blocks", str(args.eval_blocks), "--export", str(work / f"{name}-export")]
     found = re.search(r"^PEER_RESULT (.*)$", run_logged(cmd, work / f"{name}.log"), flags=re.M)
     result = json.loads(found.group(1)) if found else {"wall": float("nan"), "blocks": 0, "peak_gib": float("nan"),
                                                        "block_rel_err": []}
@@ -115,6 +123,8 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--eval-blocks", type=int, default=4)
+    parser.add_argument("--export-errors", action="store_true",
+                        help="1-GPU runs export, and their block errors are read from the export, as the peer's")
     add_common_args(parser, "/tmp/bench-quant")
     args = parser.parse_args()
     work = Path(args.work)

@@ -16,7 +16,7 @@ from safetensors import safe_open
 from jobs.quantize.algorithms.metrics import block_output_error
 
 
-def _tensors(model_dir: Path, prefix: str) -> dict[str, torch.Tensor]:
+def tensors_with_prefix(model_dir: Path, prefix: str) -> dict[str, torch.Tensor]:
     index = model_dir / "model.safetensors.index.json"
     files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else [
         "model.safetensors"]
@@ -37,7 +37,7 @@ def block_errors(model_dir: str, ids: np.ndarray, q_blocks: list[torch.nn.Module
     # a standalone layer has no attention implementation set; eager without a mask would run non-causal
     # attention, while the quantized blocks (from a loaded model) run sdpa's causal path
     config._attn_implementation = "sdpa"
-    embed = _tensors(root, "model.embed_tokens.")["weight"].to(dev)
+    embed = tensors_with_prefix(root, "model.embed_tokens.")["weight"].to(dev)
     rotary = LlamaRotaryEmbedding(config).to(dev)
     xs = [embed[torch.as_tensor(ids[i:i + batch], device=dev)] for i in range(0, len(ids), batch)]
     def run(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -48,8 +48,29 @@ def block_errors(model_dir: str, ids: np.ndarray, q_blocks: list[torch.nn.Module
     errors = []
     for index, q_block in enumerate(q_blocks):
         fp = LlamaDecoderLayer(config, index).to(dev, torch.bfloat16)
-        fp.load_state_dict({k: v for k, v in _tensors(root, f"model.layers.{index}.").items()})
+        fp.load_state_dict({k: v for k, v in tensors_with_prefix(root, f"model.layers.{index}.").items()})
         errors.append(block_output_error(fp, copy.deepcopy(q_block).to(dev), run, xs)["rel_err"])
         xs = [run(fp, x) for x in xs]  # the next block's FP inputs
         del fp
     return errors
+
+
+def blocks_from_export(export: Path, model_dir: str, count: int) -> list[torch.nn.Module]:
+    """Llama blocks rebuilt from a pack-quantized export, weights dequantized by our loader
+    (jobs/quantize/load.py), in bf16."""
+    from transformers import AutoConfig
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+    from jobs.quantize.load import dequantized_state, quant_config_of
+
+    qc = quant_config_of(export)
+    if qc is None or qc.get("format") != "pack-quantized":
+        raise ValueError(f"{export}: not a pack-quantized export ({qc and qc.get('format')})")
+    config = AutoConfig.from_pretrained(model_dir)
+    config._attn_implementation = "sdpa"  # as the FP reference in quant_error.py: a standalone layer has none
+    blocks = []
+    for index in range(count):
+        block = LlamaDecoderLayer(config, index)
+        block.load_state_dict(dequantized_state(tensors_with_prefix(export, f"model.layers.{index}."), qc))
+        blocks.append(block.to(torch.bfloat16))
+    return blocks

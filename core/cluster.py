@@ -12,6 +12,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
+_embedded = False  # set while connect() holds a cluster it started itself
 
 
 @dataclass
@@ -85,7 +86,39 @@ def connect(cfg: ClusterConfig) -> Iterator[str]:
         runtime_env={"env_vars": {**_loopback_env(), **_worker_env()}},
         log_to_driver=True,
     )
+    global _embedded
+    _embedded = True
     try:
         yield "embedded"
     finally:
+        _embedded = False
         ray.shutdown()
+
+
+def check_fits(section: str, workers: int, cpus: float, gpus: float, gpu_field: str = "use_gpu") -> None:
+    """Fail fast when `workers` workers of (cpus, gpus) each cannot all be placed at once: Ray would keep them
+    pending forever, and a job whose workers wait for each other would hang. The error names the field: the
+    per-worker request when no node can host even one, else `<section>.num_workers`. An attached cluster may
+    grow (autoscaler), so there it is only a warning."""
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+
+    def slots(res: dict[str, float]) -> float:
+        by_cpu = res.get("CPU", 0) // cpus if cpus else float("inf")
+        by_gpu = res.get("GPU", 0) // gpus if gpus else float("inf")
+        return min(by_cpu, by_gpu)
+
+    if sum(slots(r) for r in nodes) >= workers:
+        return
+    short = "GPU" if gpus and all(r.get("CPU", 0) >= cpus for r in nodes) else "CPU"
+    field = f"{section}.num_workers" if any(slots(r) for r in nodes) else (
+        f"{section}.{gpu_field}" if short == "GPU" else f"{section}.cpus_per_worker")
+    have = ", ".join(f"{r.get('CPU', 0):g} CPU + {r.get('GPU', 0):g} GPU" for r in nodes) or "no live nodes"
+    message = (f"{workers} worker(s) of {cpus:g} CPU + {gpus:g} GPU each do not fit the cluster's nodes ({have}); "
+               "Ray would wait for them forever")
+    if _embedded:
+        from core.errors import ConfigError
+
+        raise ConfigError(field, message)
+    log.warning("%s: %s (unless an autoscaler adds nodes)", field, message)

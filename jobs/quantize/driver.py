@@ -14,7 +14,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from core import storage
-from core.cluster import compute_dtype, wants_gpu
+from core.cluster import check_fits, compute_dtype, wants_gpu
 from core.data.calib_mm import CalibRows, model_calibration_rows
 from core.errors import ConfigError
 from core.models import MODELS
@@ -182,6 +182,9 @@ class QuantizeJob:
         use_gpu = wants_gpu(q.use_gpu)  # needs Ray: resolved here, not in prepare
         dtype = compute_dtype(q.dtype, use_gpu)
         log.info("calibrating in %s on %s", dtype, "GPU" if use_gpu else "CPU")
+        # blocks mode starts at most one worker per block; every started worker must be placed at once
+        needed = min(q.num_workers, p.num_blocks - len(p.finished)) if q.parallel == "blocks" else q.num_workers
+        check_fits("quant", max(1, needed), q.cpus_per_worker, 1 if use_gpu else 0)
         actor = ray.remote(num_cpus=q.cpus_per_worker, num_gpus=1 if use_gpu else 0)(CalibWorker)
         rows, weights = p.rows, None
         needs_weights = ALGORITHMS.get(q.algorithm).needs_modality_grads

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from core.cluster import compute_dtype, wants_gpu
+from core.cluster import check_fits, compute_dtype, wants_gpu
 from core.data.calib_mm import CalibRows, model_calibration_rows
 from core.errors import ConfigError
 from core.models import MODELS
@@ -142,6 +142,7 @@ class SensitivityJob:
         dtype = compute_dtype(s.dtype, use_gpu)
         batches = p.rows.batches(s.batch_size)
         shards = [[batches[k] for k in part] for part in np.array_split(np.arange(len(batches)), s.num_workers)]
+        check_fits("search", 1, s.cpus_per_worker, 1 if use_gpu else 0)  # tasks beyond the capacity just queue
         task = ray.remote(num_cpus=s.cpus_per_worker, num_gpus=1 if use_gpu else 0)(score_shard)
         names = sorted(p.shapes)
         began = time.perf_counter()

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core import storage
-from core.cluster import wants_gpu
+from core.cluster import check_fits, wants_gpu
 from core.data.sft import SFTData, build_sft_data
 from core.errors import ConfigError
 from core.models import MODELS
@@ -89,6 +89,8 @@ class SFTJob:
         os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
         use_gpu = wants_gpu(t.use_gpu)
         resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if use_gpu else {})}
+        check_fits("trainer", t.num_workers, t.cpus_per_worker, t.gpus_per_worker if use_gpu else 0,
+                   gpu_field="gpus_per_worker")
         config = {"spec": spec, "run": ctx.run, "job_dir": str(ctx.job_dir), "job_uri": ctx.job_uri,
                   "rows": ray.put(prepared.data.rows), "bf16": _bf16(t, use_gpu), "resume_from": prepared.resume_from}
         trainer = TorchTrainer(

@@ -1,0 +1,35 @@
+"""Placement checks (core/cluster.py) on a real embedded Ray cluster of 2 CPUs and no GPU."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from core.cluster import ClusterConfig, check_fits, connect
+from core.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def two_cpus():
+    with connect(ClusterConfig(num_cpus=2, num_gpus=0, include_dashboard=False,
+                               tmp_dir=f"/tmp/orch-fits-{os.getpid()}")) as mode:
+        yield mode
+
+
+def test_what_fits_passes(two_cpus: str) -> None:
+    assert two_cpus == "embedded"
+    check_fits("quant", 2, 1, 0)
+    check_fits("search", 1, 2, 0)
+
+
+@pytest.mark.parametrize(("args", "field"), [
+    (("quant", 1, 4, 0), "quant.cpus_per_worker"),  # no node can host one worker
+    (("quant", 3, 1, 0), "quant.num_workers"),  # one fits, three do not at once
+    (("trainer", 1, 1, 1, "gpus_per_worker"), "trainer.gpus_per_worker"),  # no GPU anywhere
+])
+def test_what_cannot_be_placed_names_its_field(two_cpus: str, args: tuple, field: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        check_fits(*args)
+    assert err.value.field == field
+    assert "do not fit the cluster's nodes (2 CPU + 0 GPU); Ray would wait for them forever" in str(err.value)
