@@ -19,13 +19,20 @@ from kernels.quant import parse_target
 log = logging.getLogger("jobs.quantize")
 
 
-def _calibrate(workers: list, n_passes: int) -> Stats:
+def _calibrate(workers: list, n_passes: int, seconds: dict[str, float]) -> Stats:
+    """The block's stats, reduced over the workers pass by pass; adds to `seconds` the time spent waiting
+    for the workers' shards (their compute and the transfer here) and reducing them."""
     import ray
 
     stats = Stats()
     for p in range(n_passes):
+        began = time.perf_counter()
         prior = ray.put(stats)
-        stats = stats.merged(reduce_stats(ray.get([w.observe.remote(p, prior) for w in workers])))
+        parts = ray.get([w.observe.remote(p, prior) for w in workers])
+        reduced = time.perf_counter()
+        stats = stats.merged(reduce_stats(parts))
+        seconds["observe"] += reduced - began
+        seconds["reduce"] += time.perf_counter() - reduced
     return stats
 
 
@@ -78,13 +85,21 @@ def run_blocks(workers: list, indices: Iterable[int], n_passes: int, root: str, 
     for index in indices:
         began = time.perf_counter()
         ray.get([w.begin_block.remote(index) for w in workers])
-        stats = ray.put(_calibrate(workers, n_passes))
+        seconds = {"begin": time.perf_counter() - began, "observe": 0.0, "reduce": 0.0}
+        stats = ray.put(_calibrate(workers, n_passes, seconds))
         token = uuid.uuid4().hex[:12]
+        applying = time.perf_counter()
         outs = ray.get([w.apply.remote(stats, str(root), token) for w in workers])
+        seconds["apply"] = time.perf_counter() - applying
         if len({o["digest"] for o in outs}) != 1:  # apply must be deterministic given the reduced stats
             raise RuntimeError(f"block {index}: workers quantized differently (digests {[o['digest'] for o in outs]})")
         metrics = block_metrics(outs, outs[0]["result"], time.perf_counter() - began)
+        checkpointing = time.perf_counter()
         finish_block(root, index, outs, token, metrics, with_inputs=True)
+        seconds["checkpoint"] = time.perf_counter() - checkpointing
+        # where a data-parallel block's time goes (workers' compute vs moving stats and checkpoints)
+        metrics.update({f"seconds_{k}": v for k, v in seconds.items()})
+        log.info("block %d phases: %s", index, " ".join(f"{k} {v:.2f}s" for k, v in seconds.items()))
         _record(index, metrics, ctx, progress)
         history.append(metrics)
     progress.close()
