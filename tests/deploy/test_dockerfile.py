@@ -188,3 +188,14 @@ def test_no_secrets_baked_in(text):
             assert not any(SECRET_NAME.search(n) for n in names), rest
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".git", ".venv", "**/.env"} <= set(ignored)
+
+
+def test_matplotlib_font_cache_is_built_into_the_image(text):
+    """A fresh pod must not spend its first plot building the font cache: built at image build time, in the
+    directory the runtime points matplotlib at, owned by the runtime user."""
+    steps = instructions(text)
+    env = " ".join(rest for instr, rest in steps if instr == "ENV")
+    cache = re.search(r"\bMPLCONFIGDIR=(\S+)", env).group(1)
+    runs = " ".join(rest for instr, rest in steps if instr == "RUN")
+    assert f'MPLCONFIGDIR={cache} python -c "import matplotlib.font_manager"' in runs
+    assert f"chown -R app:app {cache}" in runs
