@@ -170,6 +170,7 @@ def main() -> None:
     shape = SHAPES[args.shape]
     model = build_model(work / f"{args.shape}-{args.layers}l", args.layers, shape)
     _release_gpu()
+    import matplotlib.font_manager  # noqa: F401  the font cache, as the project's image ships it (docker/Dockerfile)
     calib, ids = write_calib(work, args.samples, args.seq_len)
     ours_budget, peer_budget = budgets(shape, args.layers, args.block_bits)
     print(f"model ready in {time.perf_counter() - started:.0f} s; budgets: ours {ours_budget}, peer "
