@@ -33,21 +33,37 @@ def storage(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("sft-freeze") / "runs"
 
 
-@pytest.fixture(scope="module")
-def frozen_run(storage: Path) -> str:
+def _train_frozen(storage: Path, name: str, entries: list[str], *extra: str) -> str:
     shapes = storage.parent / "shapes"
-    subprocess.run([sys.executable, str(REPO / "data/shapes/make_shapes.py"), "--out", str(shapes), "--train", "16",
-                    "--heldout", "0"], check=True)
-    freeze = "model.freeze=[" + ",".join(f'"{e}"' for e in ENTRIES) + "]"  # quoted: ^ ! ( are Hydra syntax
+    if not (shapes / "train.jsonl").is_file():
+        subprocess.run([sys.executable, str(REPO / "data/shapes/make_shapes.py"), "--out", str(shapes), "--train",
+                        "16", "--heldout", "0"], check=True)
+    freeze = "model.freeze=[" + ",".join(f'"{e}"' for e in entries) + "]"  # quoted: ^ ! ( are Hydra syntax
     data = f"data.datasets=[{{path: {shapes / 'train.jsonl'}, format: mm_chat_jsonl}}]"
     result = run_cli([*FAST_SFT, "model=llava_tiny", data, freeze, f"trainer.max_steps={STEPS}", "trainer.seed=0",
-                      "job.name=freeze"], storage)
+                      f"job.name={name}", *extra], storage)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return run_id_of(result.stdout)
 
 
-def _params(name: str, path: str | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
-    source, cfg = MODELS.get(name), ModelConfig(name=name, path=path)
+@pytest.fixture(scope="module")
+def frozen_run(storage: Path) -> str:
+    return _train_frozen(storage, "freeze", ENTRIES)
+
+
+def _assert_frozen_exactly(initial: dict[str, torch.Tensor], export: Path, frozen: set[str]) -> None:
+    exported = _params("hf", str(export))  # loads through model=hf (with its processor)
+    assert exported.keys() == initial.keys()
+    for name, start in initial.items():
+        if name in frozen:
+            assert torch.equal(exported[name], start), f"{name} changed though frozen"
+        else:
+            assert not torch.equal(exported[name], start), f"{name} did not train"
+
+
+def _params(name: str, path: str | None = None, seed: int = 0,
+            overrides: dict | None = None) -> dict[str, torch.Tensor]:
+    source, cfg = MODELS.get(name), ModelConfig(name=name, path=path, overrides=overrides or {})
     torch.manual_seed(seed)  # trainer.seed + rank 0
     model = source.build(cfg, source.hf_config(cfg), torch.float32)
     return {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -55,15 +71,9 @@ def _params(name: str, path: str | None = None, seed: int = 0) -> dict[str, torc
 
 def test_frozen_weights_are_bit_identical_and_trainable_ones_changed(frozen_run: str, storage: Path) -> None:
     initial = _params("llava_tiny")
-    exported = _params("hf", str(storage / "freeze" / "export"))  # loads through model=hf (with its processor)
-    assert exported.keys() == initial.keys()
     frozen = {n for n in initial if FROZEN.match(n)}
     assert len(frozen) == 53 and len(initial) - len(frozen) == 41  # 94 tensors in llava_tiny
-    for name, start in initial.items():
-        if name in frozen:
-            assert torch.equal(exported[name], start), f"{name} changed though frozen"
-        else:
-            assert not torch.equal(exported[name], start), f"{name} did not train"
+    _assert_frozen_exactly(initial, storage / "freeze" / "export", frozen)
     assert MODELS.get("hf").processor(ModelConfig(name="hf", path=str(storage / "freeze" / "export"))) is not None
 
 
@@ -84,6 +94,21 @@ def test_trainable_names_and_counts_are_logged(frozen_run: str, storage: Path) -
     params = mlflow_run(storage, frozen_run).data.params
     assert params["model.trainable_params"] == str(trainable_count)
     assert json.loads(params["model.freeze"]) == ENTRIES
+
+
+def test_language_and_lm_head_groups_freeze_under_zero3(storage: Path) -> None:
+    """The other two groups by name, with lm_head untied from the embeddings so that it is its own tensor:
+    language model and lm_head frozen; vision tower, projector and embeddings train. The tower's
+    post_layernorm is frozen too: LLaVA reads the encoder's hidden states, so it gets no gradient."""
+    untie = {"tie_word_embeddings": False, "text_config": {"tie_word_embeddings": False}}
+    _train_frozen(storage, "freeze-language", ["language", "lm_head", r"re:^model\.vision_tower\.post_layernorm\."],
+                  "+model.overrides.tie_word_embeddings=false",
+                  "+model.overrides.text_config={tie_word_embeddings: false}")
+    initial = _params("llava_tiny", overrides=untie)
+    frozen = {n for n in initial if n == "lm_head.weight" or n.startswith("model.vision_tower.post_layernorm.")
+              or (n.startswith("model.language_model.") and "embed_tokens" not in n)}
+    assert "lm_head.weight" in frozen and len(initial) == 95
+    _assert_frozen_exactly(initial, storage / "freeze-language" / "export", frozen)
 
 
 @pytest.mark.parametrize(("entry", "message"), [
