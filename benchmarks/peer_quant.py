@@ -53,13 +53,17 @@ def main() -> None:
     data = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": np.ones_like(ids).tolist()})
     # the measure's own check: the unquantized blocks must come out at ~0 (same layer, same attention path)
     self_check = block_errors(args.model, ids, [model.model.layers[i] for i in range(args.eval_blocks)])
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
+    cuda = torch.cuda.is_available()  # on CPU (quality checks) there is no peak to report
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    else:  # llm-compressor's AWQ pins its activation cache, which needs an accelerator: on CPU, keep it as is
+        torch.Tensor.pin_memory = lambda self, *args, **kwargs: self
     began = time.perf_counter()
     oneshot(model=model, dataset=data, recipe=recipe(args.algo), num_calibration_samples=len(ids),
             max_seq_length=ids.shape[1])
     wall = time.perf_counter() - began
-    peak = torch.cuda.max_memory_allocated() / 2**30
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
     layers = model.model.layers
     as_run = block_errors(args.model, ids, [layers[i] for i in range(args.eval_blocks)])
     try:

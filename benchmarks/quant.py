@@ -26,6 +26,10 @@ from benchmarks.common import add_common_args, record, run_logged
 LLAMA3_8B = {"hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32,
              "num_key_value_heads": 8, "vocab_size": 128256, "max_position_embeddings": 8192,
              "rope_theta": 500000.0, "tie_word_embeddings": False}
+# Llama-3's vocabulary and head layout at width 512: the side-by-side quality check that runs on a CPU
+SHAPES = {"llama3-8b": LLAMA3_8B,
+          "llama3-small": {**LLAMA3_8B, "hidden_size": 512, "intermediate_size": 1792, "num_attention_heads": 8,
+                           "num_key_value_heads": 2}}
 
 
 def build_model(out: Path, layers: int, shape: dict | None = None) -> Path:
@@ -67,7 +71,7 @@ def ours(algo: str, gpus: int, parallel: str, model: Path, calib: Path, work: Pa
     cmd = [sys.executable, "-m", "orchestrator", "job=quantize", "model=hf", f"model.path={model}",
            f"quant={algo}", "quant.format=w4g128", f"quant.num_workers={gpus}", f"quant.parallel={parallel}",
            f"quant.batch_size={args.batch_size}", f"quant.export={str(args.export_errors and gpus == 1).lower()}",
-           "quant.cpus_per_worker=4",
+           f"quant.cpus_per_worker={args.cpus_per_worker}",
            f"calib.path={calib}", f"calib.num_samples={args.samples}", f"calib.seq_len={args.seq_len}",
            f"job.storage={work}", f"job.name={name}", f"tracking.uri=file://{work}/mlruns",
            "cluster.include_dashboard=false", *args.extra.split()]
@@ -123,13 +127,15 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--eval-blocks", type=int, default=4)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="llama3-8b")
+    parser.add_argument("--cpus-per-worker", type=int, default=4)
     parser.add_argument("--export-errors", action="store_true",
                         help="1-GPU runs export, and their block errors are read from the export, as the peer's")
     add_common_args(parser, "/tmp/bench-quant")
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    model = build_model(work / f"llama3-8b-shape-{args.layers}l", args.layers)
+    model = build_model(work / f"{args.shape}-shape-{args.layers}l", args.layers, SHAPES[args.shape])
     calib, ids = write_calib(work, args.samples, args.seq_len)
     rows = []
     for algo in filter(None, args.algos.split(",")):
@@ -139,8 +145,8 @@ def main() -> None:
         if algo in args.peer.split(","):
             rows.append(peer(algo, model, ids, work, args))
             print(table(rows[-1:]), flush=True)
-    record(args.results, f"Quantize, Llama-3-8B shape ({args.layers} blocks), {args.samples} x {args.seq_len} tokens, "
-           f"w4g128, parallel={args.parallel}", table(rows), args.commit)
+    record(args.results, f"Quantize, {args.shape} shape ({args.layers} blocks), {args.samples} x {args.seq_len} "
+           f"tokens, w4g128, parallel={args.parallel}", table(rows), args.commit)
 
 if __name__ == "__main__":
     main()
