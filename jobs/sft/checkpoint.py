@@ -5,6 +5,7 @@ rank 0 commits, which writes the storage's COMPLETE marker last: a checkpoint co
 
 from __future__ import annotations
 
+import json
 import random
 import uuid
 from pathlib import Path
@@ -76,3 +77,16 @@ def load(engine: Any, uri: str, rank: int) -> int:
         # numpy's RNG state holds arrays that weights_only loading refuses; our own file, written above
         _set_rng_state(torch.load(rng_file, weights_only=False))
     return int(client_state["step"])
+
+
+def record_resume(job_uri: str, source: str, step: int) -> list[dict[str, Any]]:
+    """Append a resume to the job's history (<job>/resumes.json; rank 0 only) and return the history. The
+    summary reports it: the "resumed from" line is worker stdout, which Ray relays best effort (one was
+    seen lost under load)."""
+    history = resumes(job_uri) + [{"step": step, "from": source}]
+    storage.write_text(storage.join(job_uri, "resumes.json"), json.dumps(history))
+    return history
+
+
+def resumes(job_uri: str) -> list[dict[str, Any]]:
+    return json.loads(storage.read_text(storage.join(job_uri, "resumes.json")) or "[]")

@@ -174,6 +174,7 @@ def train_loop(config: dict[str, Any]) -> None:
     if start and env.rank == 0:
         print(f"resumed from {resume_from} at step {start}", flush=True)  # workers' INFO logging is off
         run.set_tags({"resumed_from": resume_from, "resumed_at_step": start})
+        checkpoint.record_resume(config["job_uri"], resume_from, start)
 
     rows = ray.get(config["rows"])
     plan = BatchPlan(rows, t.micro_batch_size, t.grad_accum, env.world, env.rank, spec.data.seed,
@@ -210,7 +211,8 @@ def train_loop(config: dict[str, Any]) -> None:
             saver = MODELS.get(spec.model.name).processor(spec.model) or tokenizer  # a VLM's processor saves both
             export = write_export(state, hf_config, saver, storage.join(config["job_uri"], "export"), run)
     if env.rank == 0:
-        summary = {"final_step": t.max_steps, "resumed_at": start, "losses": history, "export": export}
+        summary = {"final_step": t.max_steps, "resumed_at": start, "resumes": checkpoint.resumes(config["job_uri"]),
+                   "losses": history, "export": export}
         # in the job's storage: rank 0 may run on another node than the driver
         storage.write_text(storage.join(config["job_uri"], "summary.json"), json.dumps(summary, indent=2))
     dist.barrier()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -102,8 +101,9 @@ def test_killed_run_then_killed_worker_resume_with_the_same_losses(reference_run
     assert proc.returncode == 0, output[-4000:]
     summary = json.loads((job_dir / "summary.json").read_text())
     assert summary["final_step"] == STEPS and summary["resumed_at"] >= resumed_at + 2, summary
-    resumes = [int(m) for m in re.findall(r"resumed from \S+/killed/checkpoints/step_\d+ at step (\d+)", output)]
-    assert resumes == [resumed_at, summary["resumed_at"]], (resumes, output[-4000:])  # the rerun, the restart
+    # the rerun, then the restart; each from this job's own checkpoint (the job's record, not relayed stdout)
+    assert [r["step"] for r in summary["resumes"]] == [resumed_at, summary["resumed_at"]], summary["resumes"]
+    assert all(r["from"].endswith(f"/killed/checkpoints/step_{r['step']:06d}") for r in summary["resumes"])
     reference = request.getfixturevalue("reference")
     _assert_losses_match({e["step"]: e["loss"] for e in summary["losses"]}, reference)
     client = MlflowClient(tracking_uri=f"sqlite:///{storage / 'mlflow.db'}")
