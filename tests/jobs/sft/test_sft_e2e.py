@@ -68,6 +68,17 @@ def _wait_for(path: Path, proc: subprocess.Popen, log: Path, timeout: float = 30
         time.sleep(0.5)
 
 
+def _kill_and_wait(pid: int, timeout: float = 30) -> None:
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        proc.kill()
+        proc.wait(timeout)
+    except psutil.NoSuchProcess:
+        pass
+
+
 def _assert_losses_match(losses: dict, reference: dict) -> None:
     assert losses, "no steps ran"
     for step, loss in losses.items():
@@ -90,6 +101,11 @@ def test_killed_run_then_killed_worker_resume_with_the_same_losses(reference_run
     os.killpg(proc.pid, signal.SIGKILL)  # the driver, its embedded Ray and its workers
     proc.wait()
     kill_under(f"/tmp/orch-killed-{os.getpid()}")
+    # Ray retitles its worker processes ("ray::RayTrainWorker..."): kill_under cannot see them, and an orphaned
+    # pair trained on for a few seconds and wrote the next checkpoint (seen twice). Kill them by their pid files.
+    for pid_file in (job_dir / "workers").glob("rank*.pid"):
+        _kill_and_wait(int(pid_file.read_text()))
+        pid_file.unlink()
     assert not (job_dir / "summary.json").exists(), "killed too late: the job had finished"
     resumed_at = max(int(p.parent.name.split("_")[1]) for p in (job_dir / "checkpoints").glob("step_*/COMPLETE"))
     assert resumed_at <= 4, f"killed too late (step {resumed_at}): no room left for the worker kill"
