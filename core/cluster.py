@@ -111,9 +111,12 @@ def check_fits(section: str, workers: int, cpus: float, gpus: float, gpu_field: 
 
     if sum(slots(r) for r in nodes) >= workers:
         return
-    short = "GPU" if gpus and all(r.get("CPU", 0) >= cpus for r in nodes) else "CPU"
-    field = f"{section}.num_workers" if any(slots(r) for r in nodes) else (
-        f"{section}.{gpu_field}" if short == "GPU" else f"{section}.cpus_per_worker")
+    if any(slots(r) for r in nodes):
+        field = f"{section}.num_workers"
+    elif gpus and all(r.get("CPU", 0) >= cpus for r in nodes):  # the CPUs are there: the GPUs are not
+        field = f"{section}.{gpu_field}"
+    else:
+        field = f"{section}.cpus_per_worker"
     have = ", ".join(f"{r.get('CPU', 0):g} CPU + {r.get('GPU', 0):g} GPU" for r in nodes) or "no live nodes"
     message = (f"{workers} worker(s) of {cpus:g} CPU + {gpus:g} GPU each do not fit the cluster's nodes ({have}); "
                "Ray would wait for them forever")
