@@ -45,6 +45,8 @@ class TrainerConfig:
     grad_accum: int = 1
     bf16: str = "auto"  # auto: on where the accelerator supports it | true | false
     activation_checkpointing: bool = False
+    # RMSNorm, SwiGLU and rotary embedding compiled into fused kernels (kernels/fused); auto: on CUDA workers
+    fused_ops: str = "auto"  # auto | true | false
     # > 0: the loss a chunk of this many target tokens at a time, never the whole logits (jobs/sft/chunked_loss.py)
     loss_chunk_tokens: int = 0
     seed: int = 0

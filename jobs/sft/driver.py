@@ -30,7 +30,7 @@ def _check_trainer(t: Any) -> None:
             raise ConfigError(f"trainer.{name}", f"must be >= 1 (got {value})")
     if t.loss_chunk_tokens < 0:
         raise ConfigError("trainer.loss_chunk_tokens", f"must be >= 0 (0: the model's loss), got {t.loss_chunk_tokens}")
-    for name in ("use_gpu", "bf16"):
+    for name in ("use_gpu", "bf16", "fused_ops"):
         if str(getattr(t, name)).lower() not in TRI_STATE:
             raise ConfigError(f"trainer.{name}", f"must be one of {', '.join(TRI_STATE)}")
     lr_multiplier(t.optim, t.max_steps)

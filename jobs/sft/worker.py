@@ -28,6 +28,7 @@ from jobs.sft.export import gather_state_dict, write_export
 from jobs.sft.metrics import Throughput, flops_per_token, memory_stats, peak_tflops
 from jobs.sft.profile import profiled
 from jobs.sft.schedule import lr_multiplier
+from kernels.fused import fuse_model
 
 log = logging.getLogger("jobs.sft")
 
@@ -80,6 +81,15 @@ def build_model(spec: Any, ds_config: dict, dtype: torch.dtype) -> tuple[Any, An
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     return model, hf_config, tokenizer
+
+
+def _fuse_ops(model: Any, setting: str, env: WorkerEnv) -> None:
+    wanted = str(setting).lower()
+    if wanted == "false" or (wanted == "auto" and env.device.type != "cuda"):
+        return  # auto: off on CPU, where inductor's C++ compile costs more than the fusion saves
+    counts = fuse_model(model)
+    if env.rank == 0:
+        print(f"fused ops: {', '.join(f'{n} x{c}' for n, c in sorted(counts.items())) or 'none'}", flush=True)
 
 
 def _param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
@@ -164,6 +174,7 @@ def train_loop(config: dict[str, Any]) -> None:
     _seed_all(t.seed + env.rank)
     ds_config = build_ds_config(t, bf16=config["bf16"])
     model, hf_config, tokenizer = build_model(spec, ds_config, torch.bfloat16 if config["bf16"] else torch.float32)
+    _fuse_ops(model, t.fused_ops, env)
     info = _log_model(run, model, env)
     engine, scheduler = build_engine(spec, model, ds_config, env.device)
 

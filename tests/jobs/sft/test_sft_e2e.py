@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -170,8 +171,10 @@ def test_export_reloads_with_the_trained_weights(reference: dict, storage: Path)
 def test_chunked_loss_trains_like_the_models_loss(reference: dict, storage: Path) -> None:
     """trainer.loss_chunk_tokens under ZeRO-3 (2 workers over gloo: lm_head gathered by its own hooks for each
     chunk and its recompute): the reference run's losses, step by step, up to float32 summation order.
-    The same run profiles step 3 (trainer.profile_step), which must not change its loss either."""
-    proc, log = _start(storage, "chunked", "trainer.loss_chunk_tokens=64", "trainer.profile_step=3")
+    The same run profiles step 3 (trainer.profile_step) and runs the fused ops compiled (trainer.fused_ops, inductor
+    on this CPU), which must not change its loss either."""
+    proc, log = _start(storage, "chunked", "trainer.loss_chunk_tokens=64", "trainer.profile_step=3",
+                       "trainer.fused_ops=true")
     proc.wait(timeout=900)
     output = log.read_text()
     assert proc.returncode == 0, output[-4000:]
@@ -180,6 +183,7 @@ def test_chunked_loss_trains_like_the_models_loss(reference: dict, storage: Path
     for step, loss in losses.items():
         assert abs(loss - reference["losses"][step]) < 1e-4 * reference["losses"][step], (step, loss)
     assert "profile of step 3 (rank 0):" in output
+    assert re.search(r"fused ops: Qwen3Attention x1, Qwen3MLP x\d+, Qwen3RMSNorm x\d+", output), output[-4000:]
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{storage / 'mlflow.db'}")

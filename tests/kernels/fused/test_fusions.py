@@ -1,0 +1,91 @@
+"""Fused decoder ops (kernels/fused): a fused model's loss and every gradient equal the eager model's in
+float64, for each registered family, compiled by torch.compile (inductor's C++ backend on this CPU) and
+eager; modules the ops do not reproduce keep their own forward."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from kernels.fused import FUSIONS, fuse_model
+
+FAMILIES = ["llama", "mistral", "qwen2", "qwen3"]
+# The model runs in float64, but RMSNorm normalises in float32 by design (HF's math, kept by the fused op), so a
+# compiled norm may round differently from the eager one at float32's 6e-8: 1e-6 of each gradient's scale.
+# The eager fused ops run the eager modules' operations in the same order: 1e-12.
+REL_TOL = {False: 1e-12, True: 1e-6}
+
+
+def tiny_model(family: str, hidden_act: str = "silu") -> torch.nn.Module:
+    config = AutoConfig.for_model(family, vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, head_dim=16, hidden_act=hidden_act,
+                                  max_position_embeddings=64, tie_word_embeddings=False)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).to(torch.float64)
+    with torch.no_grad():  # norms start at 1.0: random scales make a wrong weight handling visible
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.uniform_(0.5, 1.5)
+    return model
+
+
+def loss_and_grads(model: torch.nn.Module) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    ids = torch.randint(0, 97, (2, 24), generator=torch.Generator().manual_seed(1))
+    model.zero_grad()
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.fixture
+def restore_rotary(monkeypatch: pytest.MonkeyPatch):
+    """install_rotary swaps a modeling file's global function for the process: put it back after each test."""
+    def keep(model: torch.nn.Module) -> None:
+        for module in model.modules():
+            if type(module).__name__.endswith("Attention"):
+                modeling = sys.modules[type(module).__module__]
+                monkeypatch.setattr(modeling, "apply_rotary_pos_emb", modeling.apply_rotary_pos_emb)
+    return keep
+
+
+def assert_close(expected: tuple, got: tuple, rel_tol: float) -> None:
+    (loss_e, grads_e), (loss_g, grads_g) = expected, got
+    assert torch.allclose(loss_g, loss_e, rtol=rel_tol, atol=0), (loss_g, loss_e)
+    for name, grad in grads_e.items():
+        scale = grad.abs().max().item()
+        assert scale > 0, f"{name} has no gradient: the comparison would be vacuous"
+        err = (grads_g[name] - grad).abs().max().item()
+        assert err <= rel_tol * scale, f"{name}: max |diff| {err:.3e} vs max |grad| {scale:.3e}"
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fused_model_equals_eager(family: str, compiled: bool, restore_rotary) -> None:
+    model = tiny_model(family)
+    restore_rotary(model)
+    expected = loss_and_grads(model)
+    counts = fuse_model(model, compiled=compiled)
+    prefix = type(model.model.norm).__name__.removesuffix("RMSNorm")
+    norms_per_layer = 4 if family == "qwen3" else 2  # Qwen3 also norms queries and keys per head
+    assert counts == {f"{prefix}RMSNorm": 2 * norms_per_layer + 1, f"{prefix}MLP": 2, f"{prefix}Attention": 1}
+    assert_close(expected, loss_and_grads(model), REL_TOL[compiled])
+
+
+def test_a_gelu_mlp_keeps_its_own_forward(restore_rotary) -> None:
+    model = tiny_model("llama", hidden_act="gelu")
+    restore_rotary(model)
+    expected = loss_and_grads(model)
+    counts = fuse_model(model, compiled=False)
+    assert "LlamaMLP" not in counts and counts["LlamaRMSNorm"] == 5
+    assert_close(expected, loss_and_grads(model), REL_TOL[False])
+
+
+def test_every_registered_family_is_tested() -> None:
+    families = {name.removesuffix(kind) for name in FUSIONS.names() for kind in ("RMSNorm", "MLP", "Attention")
+                if name.endswith(kind)}
+    tested = {type(tiny_model(f).model.norm).__name__.removesuffix("RMSNorm") for f in FAMILIES}
+    assert families == tested
