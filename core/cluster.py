@@ -31,7 +31,11 @@ def _loopback_env() -> dict[str, str]:
 
 def _worker_env() -> dict[str, str]:
     path = os.environ.get("PYTHONPATH", "")
-    return {"PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{path}" if path else str(REPO_ROOT)}
+    # Expandable segments unless the user chose: packed SFT steps on an H200 grew the caching allocator's
+    # reservation to 137 of 140 GiB from 76 GiB allocated (fragmentation), and steps slowed ~10% once it did.
+    alloc = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    return {"PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{path}" if path else str(REPO_ROOT),
+            "PYTORCH_CUDA_ALLOC_CONF": alloc}
 
 
 def wants_gpu(setting: str) -> bool:
