@@ -34,7 +34,7 @@ def tiny_model(family: str, hidden_act: str = "silu") -> torch.nn.Module:
 
 
 def loss_and_grads(model: torch.nn.Module) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    ids = torch.randint(0, 97, (2, 24), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(0, 97, (2, 24), generator=torch.Generator().manual_seed(1)).to(model.device)
     model.zero_grad()
     loss = model(input_ids=ids, labels=ids).loss
     loss.backward()
@@ -73,6 +73,17 @@ def test_fused_model_equals_eager(family: str, compiled: bool, restore_rotary) -
     norms_per_layer = 4 if family == "qwen3" else 2  # Qwen3 also norms queries and keys per head
     assert counts == {f"{prefix}RMSNorm": 2 * norms_per_layer + 1, f"{prefix}MLP": 2, f"{prefix}Attention": 1}
     assert_close(expected, loss_and_grads(model), REL_TOL[compiled])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="CUDA: inductor's Triton kernels; the CPU cases compile the same ops in C++")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fused_model_equals_eager_on_cuda(family: str, restore_rotary) -> None:
+    model = tiny_model(family).to("cuda")
+    restore_rotary(model)
+    expected = loss_and_grads(model)
+    assert len(fuse_model(model, compiled=True)) == 3
+    assert_close(expected, loss_and_grads(model), REL_TOL[True])
 
 
 def test_a_gelu_mlp_keeps_its_own_forward(restore_rotary) -> None:
