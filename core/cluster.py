@@ -31,11 +31,15 @@ def _loopback_env() -> dict[str, str]:
 
 def _worker_env() -> dict[str, str]:
     path = os.environ.get("PYTHONPATH", "")
-    # Expandable segments unless the user chose: packed SFT steps on an H200 grew the caching allocator's
-    # reservation to 137 of 140 GiB from 76 GiB allocated (fragmentation), and steps slowed ~10% once it did.
-    alloc = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
-    return {"PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{path}" if path else str(REPO_ROOT),
-            "PYTORCH_CUDA_ALLOC_CONF": alloc}
+    return {"PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{path}" if path else str(REPO_ROOT)}
+
+
+def _embedded_env() -> dict[str, str]:
+    """Extra worker environment on the embedded cluster only (an attached cluster's nodes keep their own; the
+    image sets the same default). Expandable segments unless the user chose: packed SFT steps on an H200 grew
+    the caching allocator's reservation to 137 of 140 GiB at 76 GiB allocated, and steps slowed ~10%."""
+    return {**_loopback_env(), "PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF",
+                                                                        "expandable_segments:True")}
 
 
 def wants_gpu(setting: str) -> bool:
@@ -87,7 +91,7 @@ def connect(cfg: ClusterConfig) -> Iterator[str]:
         dashboard_host="127.0.0.1",
         _node_ip_address="127.0.0.1",
         _temp_dir=cfg.tmp_dir,
-        runtime_env={"env_vars": {**_loopback_env(), **_worker_env()}},
+        runtime_env={"env_vars": {**_embedded_env(), **_worker_env()}},
         log_to_driver=True,
     )
     global _embedded

@@ -28,7 +28,7 @@ from jobs.sft.export import gather_state_dict, write_export
 from jobs.sft.metrics import Throughput, flops_per_token, memory_stats, peak_tflops
 from jobs.sft.profile import profiled
 from jobs.sft.schedule import lr_multiplier
-from kernels.fused import fuse_model
+from kernels.fused import compiler_works, fuse_model
 
 log = logging.getLogger("jobs.sft")
 
@@ -84,9 +84,11 @@ def build_model(spec: Any, ds_config: dict, dtype: torch.dtype) -> tuple[Any, An
 
 
 def _fuse_ops(model: Any, setting: str, env: WorkerEnv) -> None:
+    """true: compiled fused ops (a broken toolchain fails the step); auto: the same on CUDA workers where
+    torch.compile works, else off (on CPU inductor's C++ compile costs more than the fusion saves)."""
     wanted = str(setting).lower()
-    if wanted == "false" or (wanted == "auto" and env.device.type != "cuda"):
-        return  # auto: off on CPU, where inductor's C++ compile costs more than the fusion saves
+    if wanted == "false" or (wanted == "auto" and (env.device.type != "cuda" or not compiler_works(env.device))):
+        return
     counts = fuse_model(model)
     if env.rank == 0:
         print(f"fused ops: {', '.join(f'{n} x{c}' for n, c in sorted(counts.items())) or 'none'}", flush=True)

@@ -1,15 +1,17 @@
 """Fused decoder-block ops for training (`trainer.fused_ops`): RMSNorm, the SwiGLU product and rotary
-embedding are memory-bound chains of small kernels in eager PyTorch (an SFT step of Qwen3-1.7B on an H200
-spent more GPU time in elementwise mul/copy kernels than in attention). `fuse_model` swaps them, module by
+embedding are memory-bound chains of small kernels in eager PyTorch (the profile of an SFT step of Qwen3-1.7B on
+an H200 put more GPU time in elementwise mul/copy kernels than in attention). `fuse_model` swaps them, module by
 module, for the same math in kernels/fused/ops.py, compiled by torch.compile (or left eager: the reference).
 
-One registry, keyed by module class name: an entry installs the fused forward on one module. Only classes
-whose math the ops reproduce are registered (each is checked against its own forward in float64 by
-tests/kernels/fused/test_fusions.py); anything else keeps its own forward.
+One registry, keyed by module class name, for the classes of transformers' own modeling files only (a
+trust_remote_code copy with the same name may compute something else): an entry installs the fused forward on
+one module. Each registered class is checked against its own forward by tests/kernels/fused/test_fusions.py;
+anything else keeps its own forward.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import types
 from collections import Counter
@@ -19,9 +21,12 @@ from functools import cache
 
 import torch
 from torch import nn
+from transformers.activations import SiLUActivation
 
 from core.registry import Registry
 from kernels.fused import ops
+
+log = logging.getLogger("kernels.fused")
 
 
 @dataclass(frozen=True)
@@ -31,15 +36,29 @@ class FusedOps:
     rotary: Callable
 
 
-Installer = Callable[[nn.Module, FusedOps], bool]  # True when it changed something
+Installer = Callable[[nn.Module, FusedOps], bool]  # True when it installed something on this module
 FUSIONS: Registry[Installer] = Registry("fused module", "trainer.fused_ops")
+_OWN_MODELING = "transformers.models."
 
 
 @cache
 def fused_ops(compiled: bool) -> FusedOps:
-    """The ops, compiled once per process (recompiled per new input shape by torch.compile's guards)."""
-    wrap = (lambda fn: torch.compile(fn, fullgraph=True)) if compiled else (lambda fn: fn)
+    """The ops, compiled once per process. Not fullgraph: past torch.compile's recompile limit (hidden and
+    per-head norms, changing batch shapes) a function falls back to eager instead of failing the step."""
+    wrap = torch.compile if compiled else (lambda fn: fn)
     return FusedOps(wrap(ops.rms_norm), wrap(ops.silu_mul), wrap(ops.rotary))
+
+
+def compiler_works(device: torch.device) -> bool:
+    """Whether torch.compile can build a kernel on `device` here (Triton needs a C compiler and Python's headers
+    at first use); a throwaway function, so the real ops' compiled shapes are not touched."""
+    try:
+        torch.compile(lambda x: x * 2 + 1)(torch.ones(8, device=device))
+        return True
+    except Exception as err:  # noqa: BLE001 (any toolchain failure means: do not compile)
+        log.warning("torch.compile does not work on %s here (%s): fused ops stay off", device,
+                    str(err).splitlines()[0] if str(err) else type(err).__name__)
+        return False
 
 
 def _norm_forward(self: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -57,7 +76,7 @@ def install_rms_norm(module: nn.Module, fused: FusedOps) -> bool:
 
 
 def install_gated_mlp(module: nn.Module, fused: FusedOps) -> bool:
-    if not isinstance(module.act_fn, nn.SiLU) and type(module.act_fn).__name__ != "SiLUActivation":
+    if not isinstance(module.act_fn, nn.SiLU | SiLUActivation):
         return False  # a GELU-gated MLP keeps its own forward
     module._fused_ops = fused
     module.forward = types.MethodType(_gated_mlp_forward, module)
@@ -65,10 +84,11 @@ def install_gated_mlp(module: nn.Module, fused: FusedOps) -> bool:
 
 
 def install_rotary(module: nn.Module, fused: FusedOps) -> bool:
-    """The attention classes call their modeling file's `apply_rotary_pos_emb` by global name: swap it there
-    (once per modeling file, for the whole process: every model of that family in this worker)."""
+    """The attention classes call their modeling file's `apply_rotary_pos_emb` by global name: swap it there,
+    once per modeling file and for the whole process (every model of that family in this worker; not undone)."""
     modeling = sys.modules[type(module).__module__]
-    if getattr(modeling, "apply_rotary_pos_emb", None) is fused.rotary:
+    current = getattr(modeling, "apply_rotary_pos_emb", None)
+    if current is None or current is fused.rotary:
         return False
     modeling.apply_rotary_pos_emb = fused.rotary
     return True
@@ -80,11 +100,13 @@ for _family in ("Llama", "Mistral", "Qwen2", "Qwen3"):
     FUSIONS.register(f"{_family}Attention", install_rotary)
 
 
-def fuse_model(model: nn.Module, compiled: bool = True) -> dict[str, int]:
-    """Install the fused forward on every registered module of `model`; returns how many per class."""
-    fused, counts = fused_ops(compiled), Counter()
+def fuse_model(model: nn.Module, fused: FusedOps | None = None) -> dict[str, int]:
+    """Install the fused forward on every registered module of `model` (the compiled ops unless `fused` is
+    given); returns how many per class."""
+    fused, counts = fused or fused_ops(compiled=True), Counter()
     for module in model.modules():
-        name = type(module).__name__
-        if name in FUSIONS and FUSIONS.get(name)(module, fused):
-            counts[name] += 1
+        cls = type(module)
+        if cls.__name__ in FUSIONS and cls.__module__.startswith(_OWN_MODELING) \
+                and FUSIONS.get(cls.__name__)(module, fused):
+            counts[cls.__name__] += 1
     return dict(counts)

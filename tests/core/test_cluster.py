@@ -33,3 +33,16 @@ def test_what_cannot_be_placed_names_its_field(two_cpus: str, args: tuple, field
         check_fits(*args)
     assert err.value.field == field
     assert "do not fit the cluster's nodes (2 CPU + 0 GPU); Ray would wait for them forever" in str(err.value)
+
+
+def test_embedded_workers_get_expandable_segments_unless_the_user_chose(two_cpus: str,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
+    from core.cluster import _embedded_env
+
+    expected = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    seen = ray.get(ray.remote(lambda: os.environ.get("PYTORCH_CUDA_ALLOC_CONF")).remote())
+    assert seen == expected  # what a real worker process of the embedded cluster sees
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "backend:cudaMallocAsync")
+    assert _embedded_env()["PYTORCH_CUDA_ALLOC_CONF"] == "backend:cudaMallocAsync"

@@ -5,12 +5,14 @@ eager; modules the ops do not reproduce keep their own forward."""
 from __future__ import annotations
 
 import sys
+from collections import Counter
+from collections.abc import Callable
 
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from kernels.fused import FUSIONS, fuse_model
+from kernels.fused import FUSIONS, FusedOps, fuse_model, fused_ops, ops
 
 FAMILIES = ["llama", "mistral", "qwen2", "qwen3"]
 # The model runs in float64, but RMSNorm normalises in float32 by design (HF's math, kept by the fused op), so a
@@ -42,7 +44,7 @@ def loss_and_grads(model: torch.nn.Module) -> tuple[torch.Tensor, dict[str, torc
 
 
 @pytest.fixture
-def restore_rotary(monkeypatch: pytest.MonkeyPatch):
+def restore_rotary(monkeypatch: pytest.MonkeyPatch) -> Callable[[torch.nn.Module], None]:
     """install_rotary swaps a modeling file's global function for the process: put it back after each test."""
     def keep(model: torch.nn.Module) -> None:
         for module in model.modules():
@@ -68,7 +70,7 @@ def test_fused_model_equals_eager(family: str, compiled: bool, restore_rotary) -
     model = tiny_model(family)
     restore_rotary(model)
     expected = loss_and_grads(model)
-    counts = fuse_model(model, compiled=compiled)
+    counts = fuse_model(model, fused_ops(compiled))
     prefix = type(model.model.norm).__name__.removesuffix("RMSNorm")
     norms_per_layer = 4 if family == "qwen3" else 2  # Qwen3 also norms queries and keys per head
     assert counts == {f"{prefix}RMSNorm": 2 * norms_per_layer + 1, f"{prefix}MLP": 2, f"{prefix}Attention": 1}
@@ -82,7 +84,8 @@ def test_fused_model_equals_eager_on_cuda(family: str, restore_rotary) -> None:
     model = tiny_model(family).to("cuda")
     restore_rotary(model)
     expected = loss_and_grads(model)
-    assert len(fuse_model(model, compiled=True)) == 3
+    assert set(fuse_model(model)) == {f"{p}{kind}" for p in [type(model.model.norm).__name__[:-7]]
+                                      for kind in ("RMSNorm", "MLP", "Attention")}
     assert_close(expected, loss_and_grads(model), REL_TOL[True])
 
 
@@ -90,7 +93,7 @@ def test_a_gelu_mlp_keeps_its_own_forward(restore_rotary) -> None:
     model = tiny_model("llama", hidden_act="gelu")
     restore_rotary(model)
     expected = loss_and_grads(model)
-    counts = fuse_model(model, compiled=False)
+    counts = fuse_model(model, fused_ops(compiled=False))
     assert "LlamaMLP" not in counts and counts["LlamaRMSNorm"] == 5
     assert_close(expected, loss_and_grads(model), REL_TOL[False])
 
@@ -100,3 +103,42 @@ def test_every_registered_family_is_tested() -> None:
                 if name.endswith(kind)}
     tested = {type(tiny_model(f).model.norm).__name__.removesuffix("RMSNorm") for f in FAMILIES}
     assert families == tested
+
+
+def test_the_fused_ops_are_what_the_model_runs(restore_rotary) -> None:
+    """Counting wrappers around the eager ops: one forward calls each norm, each MLP's product and each layer's
+    rotary once, so the swapped global is what the attention classes really call."""
+    calls: Counter = Counter()
+
+    def counted(name: str, fn: Callable) -> Callable:
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    model = tiny_model("qwen3")
+    restore_rotary(model)
+    fuse_model(model, FusedOps(*(counted(n, getattr(ops, n)) for n in ("rms_norm", "silu_mul", "rotary"))))
+    loss_and_grads(model)
+    assert calls == {"rms_norm": 9, "silu_mul": 2, "rotary": 2}
+
+
+def test_changing_shapes_and_no_grad_never_fail(restore_rotary) -> None:
+    """Hidden and per-head norms and a new shape per batch recompile the same functions past torch.compile's
+    limit; they must fall back to eager, not fail the step (fullgraph would raise)."""
+    model = tiny_model("qwen3")
+    restore_rotary(model)
+    fuse_model(model, fused_ops(compiled=True))
+    for length in range(5, 17):
+        ids = torch.randint(0, 97, (1 + length % 3, length))
+        model(input_ids=ids, labels=ids).loss.backward()
+        with torch.no_grad():
+            assert torch.isfinite(model(input_ids=ids).logits).all()
+
+
+def test_a_same_named_class_outside_transformers_is_left_alone() -> None:
+    """trust_remote_code copies reuse transformers' class names with other signatures."""
+    LlamaRMSNorm = type("LlamaRMSNorm", (torch.nn.Module,), {"forward": lambda self, x: x})  # noqa: N806
+    module = LlamaRMSNorm()
+    assert fuse_model(torch.nn.Sequential(module), fused_ops(compiled=False)) == {}
+    assert "forward" not in vars(module)
