@@ -7,36 +7,57 @@ import datetime
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+_clock = {"end": None}  # monotonic time by which every run must have ended (--deadline); set by parse_args
+
+
+def parse_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """The arguments, starting the --deadline clock: a benchmark bounded this way ends inside a device call's
+    limit with the rows it has, instead of being killed from outside with none."""
+    args = parser.parse_args()
+    _clock["end"] = None if args.deadline is None else time.monotonic() + args.deadline
+    return args
+
+
+def _time_left(timeout: float | None) -> float | None:
+    if _clock["end"] is None:
+        return timeout
+    left = max(1.0, _clock["end"] - time.monotonic())
+    return left if timeout is None else min(timeout, left)
 
 
 def run_logged(cmd: list[str], log: Path, timeout: float | None = None) -> str:
-    """stdout + stderr of `cmd` (run from the repo), also written to `log`; a failure is printed, not raised:
-    one failed configuration leaves the others' rows. Past `timeout` seconds its whole process group is
-    killed (Ray daemons included) and the output so far comes back, ending with a TIMED OUT line."""
+    """stdout + stderr of `cmd` (run from the repo), written to `log` as they come (a benchmark killed from outside
+    still leaves every run's log so far) and returned; a failure is printed, not raised: one failed
+    configuration leaves the others' rows. Past `timeout` seconds its whole process group is killed (Ray
+    daemons included) and the output ends with a TIMED OUT line; --deadline bounds `timeout` too."""
+    timeout = _time_left(timeout)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_ALLOW_FILE_STORE": "true"}
     alone = timeout is not None  # its own process group, to kill it whole
-    with subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                          start_new_session=alone) as proc:
+    with open(log, "w") as sink, subprocess.Popen(cmd, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, text=True,
+                                                  env=env, start_new_session=alone) as proc:
         try:
-            out, err = proc.communicate(timeout=timeout)
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-            out, err = proc.communicate()  # what was read before the timeout is kept
-            err += f"\nTIMED OUT after {timeout:.0f} s\n"
+            proc.wait()
+            sink.write(f"\nTIMED OUT after {timeout:.0f} s\n")
         except BaseException:  # interrupted (SIGTERM/SIGINT handlers): do not leave it running
             os.killpg(proc.pid, signal.SIGKILL) if alone else proc.kill()
             raise
-    log.write_text(out + err)
+    out = log.read_text()
     if proc.returncode != 0:
-        print(f"FAILED ({proc.returncode}): {' '.join(cmd)}\n{(out + err)[-3000:]}", flush=True)
-    return out + err
+        print(f"FAILED ({proc.returncode}): {' '.join(cmd)}\n{out[-3000:]}", flush=True)
+    return out
 
 
-def add_common_args(parser: argparse.ArgumentParser, work: str) -> None:
+def add_common_args(parser: argparse.ArgumentParser, work: str, deadline: float | None = None) -> None:
     parser.add_argument("--work", default=work)
+    parser.add_argument("--deadline", type=float, default=deadline,
+                        help="seconds for the whole benchmark: each run gets what is left, then is killed")
     parser.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"))
     parser.add_argument("--extra", default="", help="extra overrides for ours, space-separated")
     parser.add_argument("--commit", default=None, help="when the tree has no .git (device copies)")

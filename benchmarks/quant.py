@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import add_common_args, record, run_logged
+from benchmarks.common import add_common_args, parse_args, record, run_logged
 
 LLAMA3_8B = {"hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32,
              "num_key_value_heads": 8, "vocab_size": 128256, "max_position_embeddings": 8192,
@@ -132,7 +132,7 @@ def main() -> None:
     parser.add_argument("--export-errors", action="store_true",
                         help="1-GPU runs export, and their block errors are read from the export, as the peer's")
     add_common_args(parser, "/tmp/bench-quant")
-    args = parser.parse_args()
+    args = parse_args(parser)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     model = build_model(work / f"{args.shape}-shape-{args.layers}l", args.layers, SHAPES[args.shape])

@@ -31,7 +31,7 @@ import time
 from importlib.util import find_spec
 from pathlib import Path
 
-from benchmarks.common import add_common_args, record, run_logged
+from benchmarks.common import add_common_args, parse_args, record, run_logged
 from benchmarks.quant import LLAMA3_8B, build_model, write_calib
 
 SHAPES = {"llama3-8b": LLAMA3_8B,
@@ -54,7 +54,7 @@ def _choices(report: Path) -> dict:
     return json.loads((report / "report.json").read_text()) if (report / "report.json").is_file() else {}
 
 
-def ours(gpus: int, model: Path, calib: Path, work: Path, budget: float, args, timeout: float) -> dict:
+def ours(gpus: int, model: Path, calib: Path, work: Path, budget: float, args) -> dict:
     import torch
 
     name = f"ours-g{gpus}-{args.layers}l"
@@ -66,7 +66,7 @@ def ours(gpus: int, model: Path, calib: Path, work: Path, budget: float, args, t
            f"search.cpus_per_worker={4 if gpu else 1}", f"job.storage={work}", f"job.name={name}",
            f"tracking.uri=file://{work}/mlruns", "cluster.include_dashboard=false", *args.extra.split()]
     began = time.perf_counter()
-    out = run_logged(cmd, work / f"{name}.log", timeout)
+    out = run_logged(cmd, work / f"{name}.log")
     total = time.perf_counter() - began
     summary = dict(re.findall(r"^(\w+): (.*)$", out, flags=re.M))
     logged = re.search(r"scoring: \d+ task\(s\) in \S+ s \(slowest: load (\S+) s, score (\S+) s\)"
@@ -94,14 +94,14 @@ def _scores(manifest: dict) -> dict:
     return {(h["name"], f): c["score"] for h in manifest.get("handles", []) for f, c in h["candidates"].items()}
 
 
-def peer(model: Path, ids: Path, work: Path, budget: float, args, timeout: float) -> dict:
+def peer(model: Path, ids: Path, work: Path, budget: float, args) -> dict:
     row = {"name": f"peer-modelopt-{args.layers}l", "gpus": 1, "budget": budget}
     if find_spec("modelopt") is None:
         return {**row, "note": "skipped: modelopt is not importable here (no module named 'modelopt')"}
     cmd = [sys.executable, "-m", "benchmarks.peer_autoquant", "--model", str(model), "--ids", str(ids),
            "--batch-size", str(args.peer_batch_size), "--effective-bits", f"{budget:.6f}"]
     began = time.perf_counter()
-    out = run_logged(cmd, work / f"{row['name']}.log", timeout)
+    out = run_logged(cmd, work / f"{row['name']}.log")
     total = time.perf_counter() - began
     found = re.search(r"^PEER_RESULT (.*)$", out, flags=re.M)
     if found is None:
@@ -161,9 +161,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="ours: samples per forward/backward")
     parser.add_argument("--peer-batch-size", type=int, default=8)
     parser.add_argument("--block-bits", type=float, default=6.0)
-    parser.add_argument("--deadline", type=float, default=540.0, help="seconds for the whole call")
-    add_common_args(parser, "/tmp/bench-sensitivity")
-    args = parser.parse_args()
+    add_common_args(parser, "/tmp/bench-sensitivity", deadline=540.0)
+    args = parse_args(parser)
     started = time.perf_counter()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -175,12 +174,12 @@ def main() -> None:
     ours_budget, peer_budget = budgets(shape, args.layers, args.block_bits)
     print(f"model ready in {time.perf_counter() - started:.0f} s; budgets: ours {ours_budget}, peer "
           f"{peer_budget:.4f}", flush=True)
-    runs = [lambda t, g=int(g): ours(g, model, calib, work, ours_budget, args, t) for g in args.gpus.split(",") if g]
+    runs = [lambda g=int(g): ours(g, model, calib, work, ours_budget, args) for g in args.gpus.split(",") if g]
     if args.peer:
-        runs.append(lambda t: peer(model, ids, work, peer_budget, args, t))
+        runs.append(lambda: peer(model, ids, work, peer_budget, args))
     rows: list[dict] = []
     for run in runs:
-        rows.append(run(max(1.0, args.deadline - (time.perf_counter() - started))))
+        rows.append(run())
         with open(work / "rows.jsonl", "a") as fh:
             fh.write(json.dumps({k: v for k, v in rows[-1].items() if k != "scores"}) + "\n")
         print(table(rows), flush=True)

@@ -12,7 +12,7 @@ import sys
 import zlib
 from pathlib import Path
 
-from benchmarks.common import add_common_args, record, run_logged
+from benchmarks.common import add_common_args, parse_args, record, run_logged
 from benchmarks.steplines import parse_steps, steady
 from benchmarks.synthetic import write_chat_jsonl
 
@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--ours", default="6:0:flex_attention,4:0:flex_attention", help="mbs:ckpt:attn,...")
     parser.add_argument("--peer", default="4:1,2:0", help="mbs:ckpt,...")
     add_common_args(parser, "/tmp/bench-sft")
-    args = parser.parse_args()
+    args = parse_args(parser)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     data = write_chat_jsonl(work / "chat.jsonl", samples=3000)

@@ -19,7 +19,7 @@ import re
 import sys
 from pathlib import Path
 
-from benchmarks.common import add_common_args, record, run_logged
+from benchmarks.common import add_common_args, parse_args, record, run_logged
 from benchmarks.sft import _row
 from benchmarks.steplines import parse_steps
 
@@ -98,7 +98,7 @@ def main() -> None:
     parser.add_argument("--mbq-samples", type=int, default=128)
     parser.add_argument("--mbq-overrides", default="{}", help="model.overrides of the MBQ model (JSON; CPU checks)")
     add_common_args(parser, "/tmp/bench-vlm")
-    args = parser.parse_args()
+    args = parse_args(parser)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     rows = []
