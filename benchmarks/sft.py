@@ -19,7 +19,7 @@ from benchmarks.synthetic import write_chat_jsonl
 SEQ = 4096
 # in every run of ours (named in the results' title): the setting measured fastest on one H200 (benchmarks/RESULTS.md,
 # 2026-11-30): every bf16 parameter resident (3.4 GB for 1.7B) instead of gathered per layer, and the loss without
-# whole logits, which lets micro-batch 6 fit
+# whole logits (micro-batch 6 peaked at 80.5 GiB with it)
 FAST = ["trainer.zero.param_persistence_threshold=10000000000", "trainer.loss_chunk_tokens=4096"]
 
 
