@@ -91,7 +91,7 @@ def main() -> None:
             mbs, ckpt, attn = spec.split(":")
             rows.append(ours(gpus, int(mbs), ckpt == "1", attn, args.steps, data, work, args.extra.split()))
             print(table(rows[-1:], float("nan")), flush=True)
-    peer_best = max((r["tgs"] for r in rows if r["name"].startswith("peer") and r["gpus"] == 1), default=float("nan"))
+    peer_best = max((r["tgs"] for r in rows if r["side"] == "peer" and r["gpus"] == 1), default=float("nan"))
     settings = " ".join(FAST + args.extra.split())
     record(args.results, f"SFT, Qwen3-1.7B shape, seq {SEQ}, ZeRO-3 bf16, ours with {settings}", table(rows, peer_best),
            args.commit)

@@ -79,13 +79,11 @@ def load(engine: Any, uri: str, rank: int) -> int:
     return int(client_state["step"])
 
 
-def record_resume(job_uri: str, source: str, step: int) -> list[dict[str, Any]]:
-    """Append a resume to the job's history (<job>/resumes.json; rank 0 only) and return the history. The
-    summary reports it: the "resumed from" line is worker stdout, which Ray relays best effort (one was
-    seen lost under load)."""
+def record_resume(job_uri: str, source: str, step: int) -> None:
+    """Append a resume to the job's history (<job>/resumes.json; rank 0 only). The summary reports it: the
+    "resumed from" line is worker stdout, which Ray relays best effort (one was seen lost under load)."""
     history = resumes(job_uri) + [{"step": step, "from": source}]
     storage.write_text(storage.join(job_uri, "resumes.json"), json.dumps(history))
-    return history
 
 
 def resumes(job_uri: str) -> list[dict[str, Any]]:
