@@ -77,14 +77,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--ours", default="6:0:flex_attention,4:0:flex_attention", help="mbs:ckpt:attn,...")
     parser.add_argument("--peer", default="4:1,2:0", help="mbs:ckpt,...")
+    parser.add_argument("--peer-gpus", default="1",
+                        help="GPU counts the peer runs on (its best 1-GPU row is the ratios' base)")
     add_common_args(parser, "/tmp/bench-sft")
     args = parse_args(parser)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     data = write_chat_jsonl(work / "chat.jsonl", samples=3000)
     rows = []
+    peer_gpus = {int(g) for g in filter(None, args.peer_gpus.split(","))}
     for gpus in [int(g) for g in args.gpus.split(",")]:
-        for spec in filter(None, args.peer.split(",")):
+        for spec in filter(None, args.peer.split(",") if gpus in peer_gpus else []):
             mbs, ckpt = spec.split(":")
             rows.append(peer(gpus, int(mbs), ckpt == "1", args.steps, work))
         for spec in filter(None, args.ours.split(",")):
