@@ -5,9 +5,14 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import secrets
 import signal
+import socket
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,3 +79,34 @@ def record(results: str, title: str, table: str, commit: str | None) -> None:
     print(text, flush=True)
     with open(results, "a") as fh:
         fh.write(text)
+
+
+@contextmanager
+def ray_head(work: Path) -> Iterator[str]:
+    """A Ray head started with `ray start --head` (as a GPU node runs one before `ray job submit`), killed on exit;
+    yields its address for `cluster.address=`. Runs attached to it leave out Ray's start, as users' jobs do."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    temp = Path(f"/tmp/rh-{port}")  # short: Ray's unix socket paths must stay under 108 characters
+    cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", f"--port={port}",
+           "--node-ip-address=127.0.0.1", "--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats"]
+    # without it a driver resolves the head's address to the host's first interface and waits for a GCS there;
+    # the head and its drivers share one token (Ray's default is token authentication)
+    os.environ.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="token",
+                      RAY_AUTH_TOKEN=secrets.token_hex(16))
+    env = dict(os.environ)
+    log = work / "ray-head.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while "Ray runtime started" not in log.read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"ray head did not come up: see {log}")
+            time.sleep(0.3)
+        yield f"127.0.0.1:{port}"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        subprocess.run(["pkill", "-9", "-f", str(temp)], check=False)  # gcs_server/raylet leave its process group

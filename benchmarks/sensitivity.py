@@ -28,10 +28,11 @@ import json
 import re
 import sys
 import time
+from contextlib import nullcontext
 from importlib.util import find_spec
 from pathlib import Path
 
-from benchmarks.common import add_common_args, parse_args, record, run_logged
+from benchmarks.common import add_common_args, parse_args, ray_head, record, run_logged
 from benchmarks.quant import LLAMA3_8B, build_model, write_calib
 
 SHAPES = {"llama3-8b": LLAMA3_8B,
@@ -54,22 +55,25 @@ def _choices(report: Path) -> dict:
     return json.loads((report / "report.json").read_text()) if (report / "report.json").is_file() else {}
 
 
-def ours(gpus: int, model: Path, calib: Path, work: Path, budget: float, args) -> dict:
+def ours(gpus: int, batch: int, model: Path, calib: Path, work: Path, budget: float, args,
+         address: str | None = None) -> dict:
+    """One run of ours: an embedded Ray cluster, or attached to the head at `address` (name suffix -att)."""
     import torch
 
-    name = f"ours-g{gpus}-{args.layers}l"
+    name = f"ours-g{gpus}-{args.layers}l-b{batch}{'-att' if address else ''}"
     gpu = torch.cuda.is_available()
     cmd = [sys.executable, "-m", "orchestrator", "job=sensitivity", "model=hf", f"model.path={model}",
            f"calib.path={calib}", f"calib.num_samples={args.samples}", f"calib.seq_len={args.seq_len}",
            f"search.candidates={CANDIDATES}", f"search.effective_bits={budget}", "search.handles=shared_input",
-           f"search.num_workers={gpus}", f"search.use_gpu={str(gpu).lower()}", f"search.batch_size={args.batch_size}",
+           f"search.num_workers={gpus}", f"search.use_gpu={str(gpu).lower()}", f"search.batch_size={batch}",
            f"search.cpus_per_worker={4 if gpu else 1}", f"job.storage={work}", f"job.name={name}",
-           f"tracking.uri=file://{work}/mlruns", "cluster.include_dashboard=false", *args.extra.split()]
+           f"tracking.uri=file://{work}/mlruns", "cluster.include_dashboard=false",
+           *([f"cluster.address={address}"] if address else []), *args.extra.split()]
     began = time.perf_counter()
     out = run_logged(cmd, work / f"{name}.log")
     total = time.perf_counter() - began
     summary = dict(re.findall(r"^(\w+): (.*)$", out, flags=re.M))
-    logged = re.search(r"scoring: \d+ task\(s\) in \S+ s \(slowest: load (\S+) s, score (\S+) s\)"
+    logged = re.search(r"scoring: \d+ task\(s\) in \S+ s \(slowest: load (\S+) s, score (\S+) s[^)]*\)"
                        r"(?:, GPU peak (\S+) GiB)?", out)
     if logged and "load_seconds" not in summary:  # failed after scoring (search, report): the driver's log line
         summary.update(load_seconds=logged.group(1), score_seconds=logged.group(2),
@@ -78,8 +82,9 @@ def ours(gpus: int, model: Path, calib: Path, work: Path, budget: float, args) -
     chosen: dict[str, int] = {}
     for fmt in manifest.get("choices", {}).values():
         chosen[fmt] = chosen.get(fmt, 0) + 1
-    return {"name": name, "gpus": gpus, "total": total if "effective_bits" in summary else float("nan"),
-            "load": float(summary.get("load_seconds", "nan")), "scoring": float(summary.get("score_seconds", "nan")),
+    seconds = {key: float(summary.get(f"{field}_seconds", "nan"))
+               for key, field in (("start", "start"), ("load", "load"), ("weights", "weights"), ("scoring", "score"))}
+    return {"name": name, "gpus": gpus, "total": total if "effective_bits" in summary else float("nan"), **seconds,
             "peaks": summary.get("gpu_peak_gib_per_worker", ""), "effective_bits": float(summary.get(
                 "effective_bits", "nan")), "budget": budget, "chosen": chosen, "scores": _scores(manifest),
             "note": "" if "effective_bits" in summary else _failure(out)}
@@ -126,16 +131,17 @@ def _agreement(row: dict, rows: list[dict]) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| run | GPUs | total s | load s | scoring s | peak GPU GiB per worker | effective bits (budget) "
-             "| formats chosen | total vs peer | scoring vs peer | scores vs 1 GPU | note |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | GPUs | total s | worker start s | load s (weights) | scoring s | peak GPU GiB per worker "
+             "| effective bits (budget) | formats chosen | total vs peer | scoring vs peer | scores vs 1 GPU | note |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     peer_row = next((r for r in rows if r["name"].startswith("peer") and "total" in r), None)
     for r in rows:
         nan = float("nan")
         vs = [f"{r.get(k, nan) / peer_row[k]:.2f}x" if peer_row and r is not peer_row and k in r else ""
               for k in ("total", "scoring")]
         chosen = ", ".join(f"{k}: {v}" for k, v in sorted(r.get("chosen", {}).items()))
-        lines.append(f"| {r['name']} | {r['gpus']} | {r.get('total', nan):.1f} | {r.get('load', nan):.1f} | "
+        lines.append(f"| {r['name']} | {r['gpus']} | {r.get('total', nan):.1f} | {r.get('start', nan):.1f} | "
+                     f"{r.get('load', nan):.1f} ({r.get('weights', nan):.1f}) | "
                      f"{r.get('scoring', nan):.1f} | {r.get('peaks', '')} | {r.get('effective_bits', nan):.3f} "
                      f"({r['budget']:.3f}) | {chosen} | {vs[0]} | {vs[1]} | {_agreement(r, rows)} | "
                      f"{r.get('note', '')} |")
@@ -158,8 +164,11 @@ def main() -> None:
     parser.add_argument("--peer", default="modelopt", help="'' to skip the peer")
     parser.add_argument("--samples", type=int, default=128)
     parser.add_argument("--seq-len", type=int, default=512)
-    parser.add_argument("--batch-size", type=int, default=16, help="ours: samples per forward/backward")
+    parser.add_argument("--batch-size", default="16", help="ours: samples per forward/backward (a list: a run each)")
     parser.add_argument("--peer-batch-size", type=int, default=8)
+    parser.add_argument("--cluster", default="embedded",
+                        help="ours on: embedded (Ray started by the job), attached (to a `ray start --head` "
+                             "started once before, as `ray job submit` users run), or both: embedded,attached")
     parser.add_argument("--block-bits", type=float, default=6.0)
     add_common_args(parser, "/tmp/bench-sensitivity", deadline=540.0)
     args = parse_args(parser)
@@ -174,15 +183,21 @@ def main() -> None:
     ours_budget, peer_budget = budgets(shape, args.layers, args.block_bits)
     print(f"model ready in {time.perf_counter() - started:.0f} s; budgets: ours {ours_budget}, peer "
           f"{peer_budget:.4f}", flush=True)
-    runs = [lambda g=int(g): ours(g, model, calib, work, ours_budget, args) for g in args.gpus.split(",") if g]
-    if args.peer:
-        runs.append(lambda: peer(model, ids, work, peer_budget, args))
+    configs = [(int(g), int(b)) for g in args.gpus.split(",") if g for b in args.batch_size.split(",")]
     rows: list[dict] = []
-    for run in runs:
-        rows.append(run())
+
+    def add(row: dict) -> None:
+        rows.append(row)
         with open(work / "rows.jsonl", "a") as fh:
-            fh.write(json.dumps({k: v for k, v in rows[-1].items() if k != "scores"}) + "\n")
+            fh.write(json.dumps({k: v for k, v in row.items() if k != "scores"}) + "\n")
         print(table(rows), flush=True)
+
+    for mode in args.cluster.split(","):
+        with ray_head(work) if mode == "attached" else nullcontext() as address:
+            for g, b in configs:
+                add(ours(g, b, model, calib, work, ours_budget, args, address))
+    if args.peer:
+        add(peer(model, ids, work, peer_budget, args))
     record(args.results, f"Sensitivity scan, {args.shape} shape ({args.layers} blocks), {args.samples} x "
            f"{args.seq_len} tokens, candidates {CANDIDATES}", table(rows), args.commit)
 

@@ -99,9 +99,12 @@ def _search_handles(groups: dict[str, list[str]], shapes: dict[str, tuple[int, i
     return [make_handle(h, [shapes[m] for m in members], scores[h]) for h, members in groups.items()]
 
 
-def _timing(parts: list[dict[str, Any]], scan_seconds: float) -> dict[str, float]:
-    """Slowest worker's model load and scoring, the tasks' wall time, the largest per-worker GPU peak."""
-    out = {"load_seconds": max(p["load_seconds"] for p in parts),
+def _timing(parts: list[dict[str, Any]], submitted_at: float, scan_seconds: float) -> dict[str, float]:
+    """Slowest worker's start (submission to the task's first line: worker process, imports, CUDA), model load and
+    scoring, the tasks' wall time, the largest per-worker GPU peak."""
+    out = {"start_seconds": max(p["entered_at"] for p in parts) - submitted_at,
+           "load_seconds": max(p["load_seconds"] for p in parts),
+           "weights_seconds": max(p["weights_seconds"] for p in parts),  # of the load: from_pretrained / build
            "score_seconds": max(p["score_seconds"] for p in parts), "scan_seconds": scan_seconds}
     if all("gpu_peak_gib" in p for p in parts):
         out["gpu_peak_gib"] = max(p["gpu_peak_gib"] for p in parts)
@@ -145,11 +148,11 @@ class SensitivityJob:
         check_fits("search", 1, s.cpus_per_worker, 1 if use_gpu else 0)  # tasks beyond the capacity just queue
         task = ray.remote(num_cpus=s.cpus_per_worker, num_gpus=1 if use_gpu else 0)(score_shard)
         names = sorted(p.shapes)
-        began = time.perf_counter()
+        began, submitted_at = time.perf_counter(), time.time()
         parts = ray.get([task.remote(spec, shard, names, use_gpu, dtype) for shard in shards])
-        timing = _timing(parts, time.perf_counter() - began)
-        log.info("scoring: %d task(s) in %.1f s (slowest: load %.1f s, score %.1f s)%s%s", len(parts),
-                 timing["scan_seconds"], timing["load_seconds"], timing["score_seconds"],
+        timing = _timing(parts, submitted_at, time.perf_counter() - began)
+        log.info("scoring: %d task(s) in %.1f s (slowest: load %.1f s, score %.1f s; start %.1f s)%s%s", len(parts),
+                 timing["scan_seconds"], timing["load_seconds"], timing["score_seconds"], timing["start_seconds"],
                  f", GPU peak {timing['gpu_peak_gib']:.2f} GiB" if "gpu_peak_gib" in timing else "",
                  "; the model did not fit the GPU: blocks streamed" if any(p.get("streamed") for p in parts) else "")
         scores = group_scores(reduce_scores([part["scores"] for part in parts]), p.groups)
