@@ -44,6 +44,8 @@ def test_report_adds_up_and_is_tracked(sens: dict, quant_storage: Path) -> None:
     # the slowest task's timings (CPU here: no GPU peak); the tasks run inside the driver's wall time
     assert 0 < run.data.metrics["score_seconds"] and 0 < run.data.metrics["load_seconds"]
     assert max(run.data.metrics["score_seconds"], run.data.metrics["load_seconds"]) < run.data.metrics["scan_seconds"]
+    m = run.data.metrics  # the slowest worker's start (before its load), the weights' part of the load
+    assert 0 <= m["start_seconds"] < m["scan_seconds"] and 0 < m["weights_seconds"] <= m["load_seconds"]
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{quant_storage / 'mlflow.db'}")
