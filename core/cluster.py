@@ -65,6 +65,13 @@ def ray_job_submission_id() -> str | None:
     return (config.get("metadata") or {}).get("job_submission_id")
 
 
+def attaches(cfg: ClusterConfig) -> bool:
+    """Whether connect() attaches to a running cluster (so connecting starts nothing)."""
+    import ray
+
+    return ray.is_initialized() or bool(cfg.address or os.environ.get("RAY_ADDRESS"))
+
+
 @contextmanager
 def connect(cfg: ClusterConfig) -> Iterator[str]:
     """Yield "attached" or "embedded"; an embedded cluster is shut down on exit."""

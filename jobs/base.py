@@ -14,11 +14,16 @@ class RunContext:
     run: RunHandle  # the MLflow run of this job
     job_dir: Path  # local working directory of the job (= job_uri for local storage): logs, summaries
     job_uri: str  # <job.storage>/<job.name> (a local path or s3://...): checkpoints and exports, via core.storage
+    warm: Any = None  # what the job's warm_up(spec) returned, if it has one (run() reads it)
 
 
 class Job(Protocol):
     sections: tuple[str, ...]  # spec sections this kind reads (logged as params)
-    # a kind may set `needs_cluster = False` (job=inspect): run() then gets no Ray connection
+    # a kind may set `needs_cluster = False` (job=inspect): run() then gets no Ray connection.
+    # A kind may define `warm_up(spec) -> Any`: work that needs only the composed spec and a cluster (workers that
+    # start and load the model). The runner calls it as soon as the cluster is connected: on a cluster it attaches
+    # to, before prepare(), so the two overlap; an embedded cluster still starts only after prepare() passed.
+    # Its result reaches run() as ctx.warm.
 
     def prepare(self, spec: Any, ctx: RunContext) -> Any:
         """Validate inputs and build what the workers need, before Ray starts."""

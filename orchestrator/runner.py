@@ -12,7 +12,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from core import storage
-from core.cluster import connect, ray_job_submission_id
+from core.cluster import attaches, connect, ray_job_submission_id
 from core.errors import UserError
 from core.redact import Redactor
 from core.tracking import flatten, start_run
@@ -53,6 +53,22 @@ def _unwrap_user_error(err: BaseException) -> UserError | None:
     return None
 
 
+def _prepare_and_run(job: Any, spec: Any, ctx: RunContext) -> dict[str, Any]:
+    """prepare() then run() on the cluster; a job's warm_up() right after connecting: before prepare() when that
+    starts nothing (attaching), so they overlap; after it when it starts an embedded cluster (bad input never does)."""
+    needs_cluster = getattr(job, "needs_cluster", True)
+    warm_up = getattr(job, "warm_up", None) if needs_cluster else None
+    if warm_up is not None and attaches(spec.cluster):
+        with connect(spec.cluster):
+            ctx.warm = warm_up(spec)
+            return job.run(spec, ctx, job.prepare(spec, ctx))
+    prepared = job.prepare(spec, ctx)
+    with connect(spec.cluster) if needs_cluster else nullcontext():
+        if warm_up is not None:
+            ctx.warm = warm_up(spec)
+        return job.run(spec, ctx, prepared)
+
+
 def run_job(spec: Any, cfg: DictConfig, redactor: Redactor) -> dict[str, Any]:
     job = JOBS.get(spec.job.kind)()
     storage_root = storage.absolute(spec.job.storage)
@@ -67,9 +83,7 @@ def run_job(spec: Any, cfg: DictConfig, redactor: Redactor) -> dict[str, Any]:
         run.log_text(OmegaConf.to_yaml(redactor.tree(resolved)), "spec/resolved.yaml")
         job_uri = storage.join(storage_root, job_name)
         ctx = RunContext(run=run, job_dir=storage.scratch_dir(job_uri), job_uri=job_uri)
-        prepared = job.prepare(spec, ctx)
-        with connect(spec.cluster) if getattr(job, "needs_cluster", True) else nullcontext():
-            summary = job.run(spec, ctx, prepared)
+        summary = _prepare_and_run(job, spec, ctx)
     except BaseException as err:
         user_error = _unwrap_user_error(err)
         message = str(user_error or err).strip() or type(err).__name__

@@ -24,6 +24,13 @@ HANDLE_MODES = ("linear", "shared_input")
 
 
 @dataclass
+class Workers:
+    """Scoring actors created by warm_up, loading the model from `created_at` (wall clock) on."""
+    actors: list[Any]
+    created_at: float
+
+
+@dataclass
 class Prepared:
     rows: CalibRows  # calibration token ids [samples, seq_len], caption labels and images (VLMs)
     groups: dict[str, list[str]]  # handle -> its Linears (full names)
@@ -99,10 +106,10 @@ def _search_handles(groups: dict[str, list[str]], shapes: dict[str, tuple[int, i
     return [make_handle(h, [shapes[m] for m in members], scores[h]) for h, members in groups.items()]
 
 
-def _timing(parts: list[dict[str, Any]], submitted_at: float, scan_seconds: float) -> dict[str, float]:
-    """Slowest worker's start (submission to the task's first line: worker process, imports, CUDA), model load and
-    scoring, the tasks' wall time, the largest per-worker GPU peak."""
-    out = {"start_seconds": max(p["entered_at"] for p in parts) - submitted_at,
+def _timing(parts: list[dict[str, Any]], created_at: float, scan_seconds: float) -> dict[str, float]:
+    """Slowest worker's start (creation to its first line: worker process, imports), model load (the weights a part
+    of it) and scoring, the workers' wall time from creation, the largest per-worker GPU peak."""
+    out = {"start_seconds": max(p["entered_at"] for p in parts) - created_at,
            "load_seconds": max(p["load_seconds"] for p in parts),
            "weights_seconds": max(p["weights_seconds"] for p in parts),  # of the load: from_pretrained / build
            "score_seconds": max(p["score_seconds"] for p in parts), "scan_seconds": scan_seconds}
@@ -111,8 +118,38 @@ def _timing(parts: list[dict[str, Any]], submitted_at: float, scan_seconds: floa
     return out
 
 
+def _gather(calls: list[tuple[Any, Any]]) -> list[Any]:
+    """Results of (actor, call) pairs in their order; each actor is ended as its result arrives, so workers that
+    did not fit the cluster beside it (still pending) take its place."""
+    import ray
+
+    actors = {ref: actor for actor, ref in calls}
+    results = {}
+    while actors:
+        (ref,), _ = ray.wait(list(actors), num_returns=1)
+        results[ref] = ray.get(ref)
+        ray.kill(actors.pop(ref))
+    return [results[ref] for _, ref in calls]
+
+
 class SensitivityJob:
     sections = ("model", "search", "calib")
+
+    def warm_up(self, spec: Any) -> Workers:
+        """One scoring actor per worker, each loading the model as it starts (the runner calls this as soon as a
+        cluster is connected: before prepare() on a cluster it attaches to, so the two overlap)."""
+        import ray
+
+        from jobs.sensitivity.worker import ScoringWorker
+
+        s = spec.search
+        _check(s)
+        use_gpu = wants_gpu(s.use_gpu)
+        check_fits("search", 1, s.cpus_per_worker, 1 if use_gpu else 0)  # workers beyond the capacity wait (_gather)
+        actor = ray.remote(num_cpus=s.cpus_per_worker, num_gpus=1 if use_gpu else 0)(ScoringWorker)
+        created_at = time.time()
+        dtype = compute_dtype(s.dtype, use_gpu)
+        return Workers([actor.remote(spec, use_gpu, dtype) for _ in range(s.num_workers)], created_at)
 
     def prepare(self, spec: Any, ctx: RunContext) -> Prepared:
         from jobs.sensitivity.search import search
@@ -133,25 +170,18 @@ class SensitivityJob:
         return Prepared(rows, groups, shapes, excluded)
 
     def run(self, spec: Any, ctx: RunContext, prepared: Prepared) -> dict[str, Any]:
-        import ray
 
         from jobs.sensitivity.report import write_report
         from jobs.sensitivity.scoring import group_scores, reduce_scores
         from jobs.sensitivity.search import search
-        from jobs.sensitivity.worker import score_shard
 
-        s, p = spec.search, prepared
-        use_gpu = wants_gpu(s.use_gpu)
-        dtype = compute_dtype(s.dtype, use_gpu)
+        s, p, workers = spec.search, prepared, ctx.warm
         batches = p.rows.batches(s.batch_size)
         shards = [[batches[k] for k in part] for part in np.array_split(np.arange(len(batches)), s.num_workers)]
-        check_fits("search", 1, s.cpus_per_worker, 1 if use_gpu else 0)  # tasks beyond the capacity just queue
-        task = ray.remote(num_cpus=s.cpus_per_worker, num_gpus=1 if use_gpu else 0)(score_shard)
         names = sorted(p.shapes)
-        began, submitted_at = time.perf_counter(), time.time()
-        parts = ray.get([task.remote(spec, shard, names, use_gpu, dtype) for shard in shards])
-        timing = _timing(parts, submitted_at, time.perf_counter() - began)
-        log.info("scoring: %d task(s) in %.1f s (slowest: load %.1f s, score %.1f s; start %.1f s)%s%s", len(parts),
+        parts = _gather([(w, w.score.remote(shard, names)) for w, shard in zip(workers.actors, shards, strict=True)])
+        timing = _timing(parts, workers.created_at, time.time() - workers.created_at)
+        log.info("scoring: %d worker(s) in %.1f s (slowest: load %.1f s, score %.1f s; start %.1f s)%s%s", len(parts),
                  timing["scan_seconds"], timing["load_seconds"], timing["score_seconds"], timing["start_seconds"],
                  f", GPU peak {timing['gpu_peak_gib']:.2f} GiB" if "gpu_peak_gib" in timing else "",
                  "; the model did not fit the GPU: blocks streamed" if any(p.get("streamed") for p in parts) else "")

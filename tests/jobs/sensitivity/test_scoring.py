@@ -151,7 +151,7 @@ def test_bf16_token_products_match_the_definition(fmt: str, shape: tuple[int, in
 
 
 def test_streamed_scoring_borrows_everything_it_uses(monkeypatch) -> None:
-    """A model larger than the GPU (score_shard): stem, final norm and lm_head borrowed, each block for its own
+    """A model larger than the GPU (ScoringWorker): stem, final norm and lm_head borrowed, each block for its own
     calls; with every unborrowed weight NaN the scores still equal the plain ones."""
     from tests.jobs.poison import poison_unborrowed
 

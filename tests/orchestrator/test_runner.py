@@ -1,0 +1,79 @@
+"""The runner's order of a job's steps (orchestrator/runner.py): warm_up overlaps prepare only where connecting
+starts nothing. A recording job stands in for a job kind (what is tested is the runner's order, on real Ray
+clusters); the real kinds' warm-ups run in their end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from core.cluster import ClusterConfig
+from core.errors import ConfigError
+from jobs.base import RunContext
+from orchestrator.runner import _prepare_and_run
+
+
+class Recording:
+    sections = ()
+
+    def __init__(self, fail_prepare: bool = False) -> None:
+        self.calls: list[tuple] = []
+        self.fail_prepare = fail_prepare
+
+    def warm_up(self, spec) -> str:
+        import ray
+
+        self.calls.append(("warm_up", ray.is_initialized()))
+        return "warm"
+
+    def prepare(self, spec, ctx: RunContext) -> str:
+        import ray
+
+        self.calls.append(("prepare", ray.is_initialized()))
+        if self.fail_prepare:
+            raise ConfigError("calib.path", "no such file")
+        return "prepared"
+
+    def run(self, spec, ctx: RunContext, prepared: str) -> dict:
+        self.calls.append(("run", ctx.warm, prepared))
+        return {}
+
+
+def _spec(cluster: ClusterConfig) -> SimpleNamespace:
+    return SimpleNamespace(cluster=cluster)
+
+
+def _ctx(tmp_path: Path) -> RunContext:
+    return RunContext(run=None, job_dir=tmp_path, job_uri=str(tmp_path))
+
+
+def test_attached_warm_up_comes_before_prepare(tmp_path: Path) -> None:
+    import ray
+
+    # a cluster this process is already connected to: connect() attaches (as to cluster.address / RAY_ADDRESS)
+    ray.init(num_cpus=1, include_dashboard=False, _temp_dir=f"/tmp/orch-att-{os.getpid()}")
+    try:
+        job = Recording()
+        _prepare_and_run(job, _spec(ClusterConfig()), _ctx(tmp_path))
+        assert job.calls == [("warm_up", True), ("prepare", True), ("run", "warm", "prepared")]
+        failing = Recording(fail_prepare=True)
+        with pytest.raises(ConfigError, match="calib.path"):
+            _prepare_and_run(failing, _spec(ClusterConfig()), _ctx(tmp_path))
+        assert failing.calls == [("warm_up", True), ("prepare", True)]
+    finally:
+        ray.shutdown()
+
+
+def test_embedded_cluster_starts_only_after_prepare(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    failing = Recording(fail_prepare=True)
+    cluster = ClusterConfig(num_cpus=1, num_gpus=0, include_dashboard=False, tmp_dir=f"/tmp/orch-run-{os.getpid()}")
+    with pytest.raises(ConfigError):
+        _prepare_and_run(failing, _spec(cluster), _ctx(tmp_path))
+    assert failing.calls == [("prepare", False)]  # bad input: no cluster started, no warm-up
+    job = Recording()
+    _prepare_and_run(job, _spec(cluster), _ctx(tmp_path))
+    assert job.calls == [("prepare", False), ("warm_up", True), ("run", "warm", "prepared")]
