@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -63,6 +64,33 @@ def ray_job_submission_id() -> str | None:
     except json.JSONDecodeError:
         return None
     return (config.get("metadata") or {}).get("job_submission_id")
+
+
+def remote_actor(cls: type, **options: Any) -> Any:
+    """`ray.remote(**options)(cls)`, except that an exception in the constructor is raised by each later method call
+    instead: Ray reports a failed constructor as ActorDiedError carrying only text, so a UserError there (a model
+    path a worker's node cannot read) would reach the user as a traceback instead of its one line."""
+    import functools
+
+    import ray
+
+    def deferred(method: Callable) -> Callable:
+        @functools.wraps(method)
+        def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if self._init_error is not None:
+                raise self._init_error
+            return method(self, *args, **kwargs)
+        return call
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        self._init_error = None
+        try:
+            cls.__init__(self, *args, **kwargs)
+        except Exception as err:  # noqa: BLE001  raised again by the first call
+            self._init_error = err
+
+    methods = {name: deferred(fn) for name, fn in vars(cls).items() if callable(fn) and not name.startswith("_")}
+    return ray.remote(**options)(type(cls.__name__, (cls,), {"__init__": init, **methods}))
 
 
 def attaches(cfg: ClusterConfig) -> bool:

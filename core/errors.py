@@ -12,7 +12,10 @@ class ConfigError(UserError):
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"config error: {field}: {message}")
-        self.field = field
+        self.field, self.message = field, message
+
+    def __reduce__(self) -> tuple:  # rebuilt from its fields: a Ray worker's error reaches the driver as itself
+        return type(self), (self.field, self.message)
 
 
 class DataError(UserError):
@@ -21,4 +24,7 @@ class DataError(UserError):
     def __init__(self, path: str, line: int | None, message: str) -> None:
         where = f"{path}:{line}" if line is not None else str(path)
         super().__init__(f"data error: {where}: {message}")
-        self.path, self.line = path, line
+        self.path, self.line, self.message = path, line, message
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.path, self.line, self.message)

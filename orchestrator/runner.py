@@ -43,14 +43,15 @@ def _tags(spec: Any, job_name: str) -> dict[str, str]:
 
 
 def _unwrap_user_error(err: BaseException) -> UserError | None:
-    """Ray wraps worker exceptions; a UserError raised in a worker is still the user's error."""
-    seen = set()
+    """Ray wraps worker exceptions; a UserError raised in a worker is still the user's error. The innermost one:
+    Ray's wrapper (RayTaskError(ConfigError)) is an instance too, but its text is the worker's traceback."""
+    seen, found = set(), None
     while err is not None and id(err) not in seen:
         seen.add(id(err))
         if isinstance(err, UserError):
-            return err
+            found = err
         err = getattr(err, "cause", None) or err.__cause__ or err.__context__
-    return None
+    return found
 
 
 def _prepare_and_run(job: Any, spec: Any, ctx: RunContext) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from core import storage
-from core.cluster import check_fits, compute_dtype, wants_gpu
+from core.cluster import check_fits, compute_dtype, remote_actor, wants_gpu
 from core.data.calib_mm import CalibRows, model_calibration_rows
 from core.errors import ConfigError
 from core.models import MODELS
@@ -185,7 +185,7 @@ class QuantizeJob:
         # blocks mode starts at most one worker per block; every started worker must be placed at once
         needed = min(q.num_workers, p.num_blocks - len(p.finished)) if q.parallel == "blocks" else q.num_workers
         check_fits("quant", max(1, needed), q.cpus_per_worker, 1 if use_gpu else 0)
-        actor = ray.remote(num_cpus=q.cpus_per_worker, num_gpus=1 if use_gpu else 0)(CalibWorker)
+        actor = remote_actor(CalibWorker, num_cpus=q.cpus_per_worker, num_gpus=1 if use_gpu else 0)
         rows, weights = p.rows, None
         needs_weights = ALGORITHMS.get(q.algorithm).needs_modality_grads
         root = storage.join(ctx.job_uri, "blocks")

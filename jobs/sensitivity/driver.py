@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from core.cluster import check_fits, compute_dtype, wants_gpu
+from core.cluster import check_fits, compute_dtype, remote_actor, wants_gpu
 from core.data.calib_mm import CalibRows, model_calibration_rows
 from core.errors import ConfigError
 from core.models import MODELS
@@ -138,7 +138,6 @@ class SensitivityJob:
     def warm_up(self, spec: Any) -> Workers:
         """One scoring actor per worker, each loading the model as it starts (the runner calls this as soon as a
         cluster is connected: before prepare() on a cluster it attaches to, so the two overlap)."""
-        import ray
 
         from jobs.sensitivity.worker import ScoringWorker
 
@@ -146,7 +145,7 @@ class SensitivityJob:
         _check(s)
         use_gpu = wants_gpu(s.use_gpu)
         check_fits("search", 1, s.cpus_per_worker, 1 if use_gpu else 0)  # workers beyond the capacity wait (_gather)
-        actor = ray.remote(num_cpus=s.cpus_per_worker, num_gpus=1 if use_gpu else 0)(ScoringWorker)
+        actor = remote_actor(ScoringWorker, num_cpus=s.cpus_per_worker, num_gpus=1 if use_gpu else 0)
         created_at = time.time()
         dtype = compute_dtype(s.dtype, use_gpu)
         return Workers([actor.remote(spec, use_gpu, dtype) for _ in range(s.num_workers)], created_at)
@@ -170,7 +169,6 @@ class SensitivityJob:
         return Prepared(rows, groups, shapes, excluded)
 
     def run(self, spec: Any, ctx: RunContext, prepared: Prepared) -> dict[str, Any]:
-
         from jobs.sensitivity.report import write_report
         from jobs.sensitivity.scoring import group_scores, reduce_scores
         from jobs.sensitivity.search import search

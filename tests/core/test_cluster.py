@@ -46,3 +46,39 @@ def test_embedded_workers_get_expandable_segments_unless_the_user_chose(two_cpus
     assert seen == expected  # what a real worker process of the embedded cluster sees
     monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "backend:cudaMallocAsync")
     assert _embedded_env()["PYTORCH_CUDA_ALLOC_CONF"] == "backend:cudaMallocAsync"
+
+
+def test_a_user_error_in_an_actor_constructor_reaches_the_driver_as_itself(two_cpus: str) -> None:
+    import ray
+
+    from core.cluster import remote_actor
+    from orchestrator.runner import _unwrap_user_error
+
+    class Loader:  # defined here: Ray ships it by value (workers cannot import test modules)
+        """An actor whose constructor finds bad input, as a worker whose node cannot read the model path."""
+
+        def __init__(self, path: str) -> None:
+            if path.startswith("s3://missing"):
+                raise ConfigError("model.path", f"{path}: not found")
+            self.path = path
+
+        def load(self) -> str:
+            return self.path
+
+    actor = remote_actor(Loader, num_cpus=1)
+    assert ray.get(actor.remote("/models/x").load.remote()) == "/models/x"
+    with pytest.raises(Exception) as err:  # noqa: PT011  Ray's wrapper type; what it carries is checked below
+        ray.get(actor.remote("s3://missing/x").load.remote())
+    user = _unwrap_user_error(err.value)
+    assert type(user) is ConfigError and user.field == "model.path"
+    assert str(user) == "config error: model.path: s3://missing/x: not found"  # its one line, not a traceback
+
+
+def test_user_errors_survive_pickling() -> None:
+    import pickle
+
+    from core.errors import DataError
+
+    for err in (ConfigError("calib.path", "no such file"), DataError("a.jsonl", 3, "no messages")):
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is type(err) and str(back) == str(err) and vars(back) == vars(err)
