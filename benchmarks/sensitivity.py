@@ -73,7 +73,7 @@ def ours(gpus: int, batch: int, model: Path, calib: Path, work: Path, budget: fl
     out = run_logged(cmd, work / f"{name}.log")
     total = time.perf_counter() - began
     summary = dict(re.findall(r"^(\w+): (.*)$", out, flags=re.M))
-    logged = re.search(r"scoring: \d+ task\(s\) in \S+ s \(slowest: load (\S+) s, score (\S+) s[^)]*\)"
+    logged = re.search(r"scoring: \d+ worker\(s\) in \S+ s \(slowest: load (\S+) s, score (\S+) s[^)]*\)"
                        r"(?:, GPU peak (\S+) GiB)?", out)
     if logged and "load_seconds" not in summary:  # failed after scoring (search, report): the driver's log line
         summary.update(load_seconds=logged.group(1), score_seconds=logged.group(2),
@@ -164,7 +164,8 @@ def main() -> None:
     parser.add_argument("--peer", default="modelopt", help="'' to skip the peer")
     parser.add_argument("--samples", type=int, default=128)
     parser.add_argument("--seq-len", type=int, default=512)
-    parser.add_argument("--batch-size", default="16", help="ours: samples per forward/backward (a list: a run each)")
+    parser.add_argument("--batch-size", default="64",  # fastest measured, 35 GiB for 8B (RESULTS.md)
+                        help="ours: samples per forward/backward (a list: a run each)")
     parser.add_argument("--peer-batch-size", type=int, default=8)
     parser.add_argument("--cluster", default="embedded",
                         help="ours on: embedded (Ray started by the job), attached (to a `ray start --head` "
