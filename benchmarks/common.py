@@ -6,6 +6,7 @@ import argparse
 import datetime
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -92,13 +93,14 @@ def ray_head(work: Path) -> Iterator[str]:
     cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", f"--port={port}",
            "--node-ip-address=127.0.0.1", "--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats"]
     # without it a driver resolves the head's address to the host's first interface and waits for a GCS there;
-    # the head and its drivers share one token (Ray's default is token authentication)
-    os.environ.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="token",
-                      RAY_AUTH_TOKEN=secrets.token_hex(16))
-    env = dict(os.environ)
+    # the head and its drivers (run_logged's children, inheriting this environment until exit) share one token
+    client = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token",
+              "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    saved = {key: os.environ.get(key) for key in client}
+    os.environ.update(client)
     log = work / "ray-head.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
         while "Ray runtime started" not in log.read_text():
@@ -110,3 +112,9 @@ def ray_head(work: Path) -> Iterator[str]:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         subprocess.run(["pkill", "-9", "-f", str(temp)], check=False)  # gcs_server/raylet leave its process group
+        shutil.rmtree(temp, ignore_errors=True)
+        for key, value in saved.items():  # as before: later embedded runs must not look for this head's token
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

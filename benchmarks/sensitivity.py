@@ -193,7 +193,10 @@ def main() -> None:
             fh.write(json.dumps({k: v for k, v in row.items() if k != "scores"}) + "\n")
         print(table(rows), flush=True)
 
-    for mode in args.cluster.split(","):
+    modes = args.cluster.split(",")
+    if not set(modes) <= {"embedded", "attached"}:
+        parser.error(f"--cluster: embedded and/or attached, comma-separated (got {args.cluster!r})")
+    for mode in modes:
         with ray_head(work) if mode == "attached" else nullcontext() as address:
             for g, b in configs:
                 add(ours(g, b, model, calib, work, ours_budget, args, address))

@@ -71,6 +71,7 @@ def remote_actor(cls: type, **options: Any) -> Any:
     instead: Ray reports a failed constructor as ActorDiedError carrying only text, so a UserError there (a model
     path a worker's node cannot read) would reach the user as a traceback instead of its one line."""
     import functools
+    import inspect
 
     import ray
 
@@ -82,6 +83,7 @@ def remote_actor(cls: type, **options: Any) -> Any:
             return method(self, *args, **kwargs)
         return call
 
+    @functools.wraps(cls.__init__)  # its signature: Ray still checks the constructor's arguments at .remote()
     def init(self: Any, *args: Any, **kwargs: Any) -> None:
         self._init_error = None
         try:
@@ -89,7 +91,10 @@ def remote_actor(cls: type, **options: Any) -> Any:
         except Exception as err:  # noqa: BLE001  raised again by the first call
             self._init_error = err
 
-    methods = {name: deferred(fn) for name, fn in vars(cls).items() if callable(fn) and not name.startswith("_")}
+    methods = {}
+    for klass in reversed(cls.__mro__[:-1]):  # inherited methods too, a subclass's overriding its base's
+        methods.update({name: deferred(fn) for name, fn in vars(klass).items()
+                        if inspect.isfunction(fn) and not name.startswith("_")})  # plain methods: no static/class
     return ray.remote(**options)(type(cls.__name__, (cls,), {"__init__": init, **methods}))
 
 

@@ -23,10 +23,11 @@ class Job(Protocol):
     # A kind may define `warm_up(spec) -> Any`: work that needs only the composed spec and a cluster (workers that
     # start and load the model). The runner calls it as soon as the cluster is connected: on a cluster it attaches
     # to, before prepare(), so the two overlap; an embedded cluster still starts only after prepare() passed.
-    # Its result reaches run() as ctx.warm.
+    # Its result reaches run() as ctx.warm; its close(), if it has one, is called when the job ends, done or failed.
 
     def prepare(self, spec: Any, ctx: RunContext) -> Any:
-        """Validate inputs and build what the workers need, before Ray starts."""
+        """Validate inputs and build what the workers need, before Ray starts (attached to a running cluster, a
+        job's warm_up may already be running beside it)."""
 
     def run(self, spec: Any, ctx: RunContext, prepared: Any) -> dict[str, Any]:
         """Fan out to Ray actors, gather results; returns a summary to print and log."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import subprocess
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -43,15 +44,18 @@ def _tags(spec: Any, job_name: str) -> dict[str, str]:
 
 
 def _unwrap_user_error(err: BaseException) -> UserError | None:
-    """Ray wraps worker exceptions; a UserError raised in a worker is still the user's error. The innermost one:
-    Ray's wrapper (RayTaskError(ConfigError)) is an instance too, but its text is the worker's traceback."""
-    seen, found = set(), None
+    """Ray wraps worker exceptions; a UserError raised in a worker is still the user's error. The first one that is
+    not Ray's wrapper (RayTaskError(ConfigError) is an instance too, but its text is the worker's traceback);
+    a context suppressed by `raise ... from None` is not followed (the outer error is the one meant)."""
+    from ray.exceptions import RayError
+
+    seen = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
-        if isinstance(err, UserError):
-            found = err
-        err = getattr(err, "cause", None) or err.__cause__ or err.__context__
-    return found
+        if isinstance(err, UserError) and not isinstance(err, RayError):
+            return err
+        err = getattr(err, "cause", None) or err.__cause__ or (None if err.__suppress_context__ else err.__context__)
+    return None
 
 
 def _prepare_and_run(job: Any, spec: Any, ctx: RunContext) -> dict[str, Any]:
@@ -60,14 +64,22 @@ def _prepare_and_run(job: Any, spec: Any, ctx: RunContext) -> dict[str, Any]:
     needs_cluster = getattr(job, "needs_cluster", True)
     warm_up = getattr(job, "warm_up", None) if needs_cluster else None
     if warm_up is not None and attaches(spec.cluster):
-        with connect(spec.cluster):
-            ctx.warm = warm_up(spec)
+        with connect(spec.cluster), _closing(warm_up(spec)) as ctx.warm:
             return job.run(spec, ctx, job.prepare(spec, ctx))
     prepared = job.prepare(spec, ctx)
     with connect(spec.cluster) if needs_cluster else nullcontext():
-        if warm_up is not None:
-            ctx.warm = warm_up(spec)
-        return job.run(spec, ctx, prepared)
+        with _closing(warm_up(spec)) if warm_up is not None else nullcontext() as ctx.warm:
+            return job.run(spec, ctx, prepared)
+
+
+@contextmanager
+def _closing(warm: Any) -> Iterator[Any]:
+    """A warm-up's result, its close() (if it has one) called when the job ends, done or failed."""
+    try:
+        yield warm
+    finally:
+        if hasattr(warm, "close"):
+            warm.close()
 
 
 def run_job(spec: Any, cfg: DictConfig, redactor: Redactor) -> dict[str, Any]:

@@ -9,6 +9,7 @@ writes `<name>/COMPLETE` last and deletes the temporary prefix. A crash at any p
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -77,6 +78,18 @@ def _download(bucket: str, key: str, size: int, dest: Path) -> None:
     os.replace(part, dest)
 
 
+@contextlib.contextmanager
+def _one_fetcher(view: Path) -> Iterator[None]:
+    """One process per node downloads a cached object or directory; the others (a driver and its workers starting
+    together) wait, then find the files there. An advisory lock on a file beside the view, released on exit."""
+    import fcntl
+
+    view.parent.mkdir(parents=True, exist_ok=True)
+    with open(view.with_name(f"{view.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def _cache_key(uri: str, listing: list[tuple[str, str, int]]) -> str:
     """A changed object (ETag or size) gives another key, so it is fetched again."""
     return hashlib.sha256(repr((uri, sorted(listing))).encode()).hexdigest()[:24]
@@ -105,15 +118,17 @@ class S3Backend:
         head = _head(bucket, key)
         if head is not None:  # one object
             dest = cache_root() / "s3" / _cache_key(uri, [(key, head["ETag"], head["ContentLength"])])
-            _download(bucket, key, head["ContentLength"], dest / Path(key).name)
+            with _one_fetcher(dest):
+                _download(bucket, key, head["ContentLength"], dest / Path(key).name)
             return dest / Path(key).name
         found = [o for o in objects(bucket, _prefix(key)) if not o["Key"].endswith("/")]
         if not found:
             return None
         view = cache_root() / "s3" / _cache_key(uri, [(o["Key"], o["ETag"], o["Size"]) for o in found])
         root = view / (Path(key).name or bucket)
-        for obj in found:
-            _download(bucket, obj["Key"], obj["Size"], root / obj["Key"][len(_prefix(key)) :])
+        with _one_fetcher(view):
+            for obj in found:
+                _download(bucket, obj["Key"], obj["Size"], root / obj["Key"][len(_prefix(key)) :])
         return root
 
     def pending(self, uri: str) -> bool:

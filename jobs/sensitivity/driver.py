@@ -1,6 +1,7 @@
-"""Sensitivity driver: validates candidates, handles and the budget before Ray starts (sizes are known
-from the architecture alone), fans gradient scoring out over data-parallel Ray tasks, reduces the score
-sums, runs the exact search and writes the report (jobs/sensitivity/report.py) to MLflow."""
+"""Sensitivity driver: validates candidates, handles and the budget before any scoring (sizes are known from the
+architecture alone; an embedded cluster is not even started for bad input), fans gradient scoring out over
+data-parallel Ray actors (created by warm_up: on an attached cluster they start and load the model while prepare
+runs), reduces the score sums, runs the exact search and writes the report (jobs/sensitivity/report.py) to MLflow."""
 
 from __future__ import annotations
 
@@ -28,6 +29,14 @@ class Workers:
     """Scoring actors created by warm_up, loading the model from `created_at` (wall clock) on."""
     actors: list[Any]
     created_at: float
+
+    def close(self) -> None:
+        """End every actor (the runner calls this when the job ends, done or failed): their GPUs are free at once,
+        also on a cluster that outlives this driver."""
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
 
 
 @dataclass

@@ -29,6 +29,7 @@ class ScoringWorker:
         if use_gpu:
             torch.cuda.reset_peak_memory_stats(self.device)
         source = MODELS.get(spec.model.name)
+        torch.manual_seed(self.search.seed)  # a random-init model: every worker (and the quantize job) the same weights
         # a model larger than the GPU stays on the CPU and its blocks are streamed (Layerwise.weights_on)
         self.stream = not fits_on(weight_bytes(meta_model(source, spec.model), getattr(torch, dtype)), self.device)
         weights_began = time.perf_counter()
@@ -42,7 +43,6 @@ class ScoringWorker:
         """Scores of `names` over `batches`, with the start, load and scoring seconds and (on a GPU) the peak memory
         allocated by this worker (torch.cuda.max_memory_allocated since it started)."""
         began = time.perf_counter()
-        torch.manual_seed(self.search.seed)
         lw = Layerwise(self.model)
         linears = model_linears(self.model, [lw.block_prefix(i) for i in range(len(lw.blocks))])
         scorer = LinearScorer({n: linears[n] for n in names}, list(self.search.candidates))

@@ -54,6 +54,34 @@ def test_downloads_are_cached_until_the_object_changes(s3_bucket: str, monkeypat
     assert first.read_text() == "one"
 
 
+def test_concurrent_fetches_download_each_object_once(s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A driver and its workers starting together on one node (the sensitivity warm-up) fetch one model directory:
+    one downloads, the others wait for it and read the same files."""
+    import threading
+    import time
+
+    final = f"s3://{s3_bucket}/models/x"
+    storage.publish_dir(_stage(final, FILES), final)
+    calls = []
+    real = s3.client().download_file
+
+    def slow(*args, **kwargs):  # long enough that unserialised fetchers would all find the files missing
+        calls.append(args[1])
+        time.sleep(0.3)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(s3.client(), "download_file", slow)
+    paths = []
+    readers = [threading.Thread(target=lambda: paths.append(storage.local_path(final, field="model.path")))
+               for _ in range(3)]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join()
+    assert len(paths) == 3 and len(set(paths)) == 1 and (paths[0] / "sub" / "tokenizer.json").read_text() == "tok"
+    assert sorted(calls) == sorted(f"models/x/{k}" for k in ("COMPLETE", *FILES))  # each object once
+
+
 def test_republish_replaces_and_drops_stale_files(s3_bucket: str) -> None:
     final = f"s3://{s3_bucket}/job/export"
     storage.publish_dir(_stage(final, {"a.txt": "1", "old.txt": "x"}), final)

@@ -16,6 +16,16 @@ from jobs.base import RunContext
 from orchestrator.runner import _prepare_and_run
 
 
+class Warm:
+    """What a warm-up returns (e.g. workers loading the model); close() is the runner's to call at the end."""
+
+    def __init__(self, calls: list) -> None:
+        self.calls = calls
+
+    def close(self) -> None:
+        self.calls.append(("close",))
+
+
 class Recording:
     sections = ()
 
@@ -23,11 +33,11 @@ class Recording:
         self.calls: list[tuple] = []
         self.fail_prepare = fail_prepare
 
-    def warm_up(self, spec) -> str:
+    def warm_up(self, spec) -> Warm:
         import ray
 
         self.calls.append(("warm_up", ray.is_initialized()))
-        return "warm"
+        return Warm(self.calls)
 
     def prepare(self, spec, ctx: RunContext) -> str:
         import ray
@@ -38,7 +48,7 @@ class Recording:
         return "prepared"
 
     def run(self, spec, ctx: RunContext, prepared: str) -> dict:
-        self.calls.append(("run", ctx.warm, prepared))
+        self.calls.append(("run", isinstance(ctx.warm, Warm), prepared))  # the warm-up's result reached run()
         return {}
 
 
@@ -58,11 +68,11 @@ def test_attached_warm_up_comes_before_prepare(tmp_path: Path) -> None:
     try:
         job = Recording()
         _prepare_and_run(job, _spec(ClusterConfig()), _ctx(tmp_path))
-        assert job.calls == [("warm_up", True), ("prepare", True), ("run", "warm", "prepared")]
+        assert job.calls == [("warm_up", True), ("prepare", True), ("run", True, "prepared"), ("close",)]
         failing = Recording(fail_prepare=True)
         with pytest.raises(ConfigError, match="calib.path"):
             _prepare_and_run(failing, _spec(ClusterConfig()), _ctx(tmp_path))
-        assert failing.calls == [("warm_up", True), ("prepare", True)]
+        assert failing.calls == [("warm_up", True), ("prepare", True), ("close",)]  # released on failure too
     finally:
         ray.shutdown()
 
@@ -76,4 +86,22 @@ def test_embedded_cluster_starts_only_after_prepare(tmp_path: Path, monkeypatch:
     assert failing.calls == [("prepare", False)]  # bad input: no cluster started, no warm-up
     job = Recording()
     _prepare_and_run(job, _spec(cluster), _ctx(tmp_path))
-    assert job.calls == [("prepare", False), ("warm_up", True), ("run", "warm", "prepared")]
+    assert job.calls == [("prepare", False), ("warm_up", True), ("run", True, "prepared"), ("close",)]
+
+
+def test_the_user_error_reported_is_the_one_meant() -> None:
+    from core.errors import DataError
+    from orchestrator.runner import _unwrap_user_error
+
+    def missing_image() -> None:  # core/data/multimodal.py's shape: the storage error replaced by the dataset's
+        try:
+            raise ConfigError("image", "s3://b/x.png: no such file or directory")
+        except ConfigError:
+            raise DataError("d.jsonl", 2, "image s3://b/x.png: no such file") from None
+
+    with pytest.raises(DataError) as err:
+        missing_image()
+    assert _unwrap_user_error(err.value) is err.value  # names the file and line, not the inner field
+    wrapped = RuntimeError("worker failed")  # a wrapper with the user's error as its cause
+    wrapped.__cause__ = err.value
+    assert _unwrap_user_error(wrapped) is err.value

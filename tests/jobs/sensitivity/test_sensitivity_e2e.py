@@ -1,4 +1,4 @@
-"""job=sensitivity end to end on CPU (real Ray tasks, 2 workers, real MLflow), then quant=mixed applying its
+"""job=sensitivity end to end on CPU (real Ray actors, 2 workers, real MLflow), then quant=mixed applying its
 choices from the run's MLflow id. Worker-count independence of the scores: test_scoring.py (shard sums)."""
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ MODEL = TINY_QUANT[1:4]  # the quantize tests' model (4 blocks, hidden 256): fp_
 # 9 bits: w8 everywhere costs 8.06 (a 16-bit scale per row), the rest buys fp16 for the most sensitive
 SENS = ["job=sensitivity", *MODEL, "calib.num_samples=8", "calib.seq_len=64", "search.batch_size=2",
         "search.num_workers=2", "search.candidates=[w4g128,w8,fp16]", "search.effective_bits=9",
-        "cluster.include_dashboard=false"]
+        "cluster.include_dashboard=false",
+        "search.cpus_per_worker=3"]  # one worker at a time on the 4-CPU head: the second waits for the first's place
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def test_report_adds_up_and_is_tracked(sens: dict, quant_storage: Path) -> None:
     run = mlflow_run(quant_storage, sens["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.metrics["effective_bits"] == pytest.approx(headline, abs=1e-9)
-    # the slowest task's timings (CPU here: no GPU peak); the tasks run inside the driver's wall time
+    # the slowest worker's timings (CPU here: no GPU peak); the workers run inside the driver's wall time
     assert 0 < run.data.metrics["score_seconds"] and 0 < run.data.metrics["load_seconds"]
     assert max(run.data.metrics["score_seconds"], run.data.metrics["load_seconds"]) < run.data.metrics["scan_seconds"]
     m = run.data.metrics  # the slowest worker's start (before its load), the weights' part of the load
