@@ -173,6 +173,9 @@ def main() -> None:
     parser.add_argument("--block-bits", type=float, default=6.0)
     add_common_args(parser, "/tmp/bench-sensitivity", deadline=540.0)
     args = parse_args(parser)
+    modes = args.cluster.split(",")
+    if not set(modes) <= {"embedded", "attached"}:
+        parser.error(f"--cluster: embedded and/or attached, comma-separated (got {args.cluster!r})")
     started = time.perf_counter()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -193,9 +196,6 @@ def main() -> None:
             fh.write(json.dumps({k: v for k, v in row.items() if k != "scores"}) + "\n")
         print(table(rows), flush=True)
 
-    modes = args.cluster.split(",")
-    if not set(modes) <= {"embedded", "attached"}:
-        parser.error(f"--cluster: embedded and/or attached, comma-separated (got {args.cluster!r})")
     for mode in modes:
         with ray_head(work) if mode == "attached" else nullcontext() as address:
             for g, b in configs:
