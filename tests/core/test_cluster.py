@@ -73,12 +73,3 @@ def test_a_user_error_in_an_actor_constructor_reaches_the_driver_as_itself(two_c
     assert type(user) is ConfigError and user.field == "model.path"
     assert str(user) == "config error: model.path: s3://missing/x: not found"  # its one line, not a traceback
 
-
-def test_user_errors_survive_pickling() -> None:
-    import pickle
-
-    from core.errors import DataError
-
-    for err in (ConfigError("calib.path", "no such file"), DataError("a.jsonl", 3, "no messages")):
-        back = pickle.loads(pickle.dumps(err))
-        assert type(back) is type(err) and str(back) == str(err) and vars(back) == vars(err)
