@@ -66,36 +66,64 @@ def ray_job_submission_id() -> str | None:
     return (config.get("metadata") or {}).get("job_submission_id")
 
 
-def remote_actor(cls: type, **options: Any) -> Any:
-    """`ray.remote(**options)(cls)`, except that an exception in the constructor is raised by each later method call
-    instead: Ray reports a failed constructor as ActorDiedError carrying only text, so a UserError there (a model
-    path a worker's node cannot read) would reach the user as a traceback instead of its one line."""
-    import functools
-    import inspect
+class _Hosted:
+    """The body of every actor remote_actor makes: builds the target (a class, or "module:Class" imported here in
+    the worker, never in the driver) and keeps a constructor error for each later call to raise."""
 
-    import ray
+    _target: Any = None  # set on each subclass remote_actor makes
 
-    def deferred(method: Callable) -> Callable:
-        @functools.wraps(method)
-        def call(self: Any, *args: Any, **kwargs: Any) -> Any:
-            if self._init_error is not None:
-                raise self._init_error
-            return method(self, *args, **kwargs)
-        return call
-
-    @functools.wraps(cls.__init__)  # its signature: Ray still checks the constructor's arguments at .remote()
-    def init(self: Any, *args: Any, **kwargs: Any) -> None:
-        self._init_error = None
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._init_error: Exception | None = None
         try:
-            cls.__init__(self, *args, **kwargs)
+            self._obj = _resolve(self._target)(*args, **kwargs)
         except Exception as err:  # noqa: BLE001  raised again by the first call
             self._init_error = err
 
-    methods = {}
-    for klass in reversed(cls.__mro__[:-1]):  # inherited methods too, a subclass's overriding its base's
-        methods.update({name: deferred(fn) for name, fn in vars(klass).items()
-                        if inspect.isfunction(fn) and not name.startswith("_")})  # plain methods: no static/class
-    return ray.remote(**options)(type(cls.__name__, (cls,), {"__init__": init, **methods}))
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        if self._init_error is not None:
+            raise self._init_error
+        return getattr(self._obj, method)(*args, **kwargs)
+
+
+def _resolve(target: type | str) -> type:
+    if isinstance(target, str):
+        import importlib
+
+        module, _, name = target.partition(":")
+        return getattr(importlib.import_module(module), name)
+    return target
+
+
+def _public_methods(cls: type) -> list[str]:
+    import inspect
+
+    return sorted({name for klass in cls.__mro__[:-1] for name, fn in vars(klass).items()
+                   if inspect.isfunction(fn) and not name.startswith("_")})  # plain methods: no static/class
+
+
+def remote_actor(target: type | str, methods: tuple[str, ...] | None = None, **options: Any) -> Any:
+    """`ray.remote(**options)(cls)` for `target` (a class, or "module:Class": imported in the worker only, so a
+    driver creates the actor before it has imported the worker's ML stack), with two differences. An exception
+    in the constructor is raised by each later method call instead: Ray reports a failed constructor as
+    ActorDiedError carrying only text, so a UserError there (a model path a worker's node cannot read) would
+    reach the user as a traceback instead of its one line. `methods`: the names callable on the actor (default:
+    a class's public plain methods; a path needs them listed)."""
+    import ray
+
+    if methods is None:
+        if isinstance(target, str):
+            raise TypeError(f"remote_actor({target!r}): list the actor's methods")
+        methods = tuple(_public_methods(target))
+
+    def forward(name: str) -> Callable:
+        def call(self: _Hosted, *args: Any, **kwargs: Any) -> Any:
+            return self._call(name, *args, **kwargs)
+        call.__name__ = name
+        return call
+
+    name = target.rpartition(":")[2] if isinstance(target, str) else target.__name__
+    body = {"_target": target, **{m: forward(m) for m in methods}}
+    return ray.remote(**options)(type(name, (_Hosted,), body))
 
 
 def attaches(cfg: ClusterConfig) -> bool:

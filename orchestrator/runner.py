@@ -6,7 +6,8 @@ import logging
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,14 +59,45 @@ def _unwrap_user_error(err: BaseException) -> UserError | None:
     return None
 
 
-def _prepare_and_run(job: Any, spec: Any, ctx: RunContext) -> dict[str, Any]:
-    """prepare() then run() on the cluster; a job's warm_up() right after connecting: before prepare() when that
-    starts nothing (attaching), so they overlap; after it when it starts an embedded cluster (bad input never does)."""
+@dataclass
+class _Early:
+    """A warm-up started before the MLflow run exists: its result, or the error to raise inside the run."""
+    warm: Any = None
+    error: Exception | None = None
+
+    def result(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.warm
+
+
+@contextmanager
+def _early_warm_up(job: Any, spec: Any) -> Iterator[_Early | None]:
+    """On a cluster the job attaches to (connecting starts nothing), connect and call the job's warm_up() first of
+    all: its workers start and load the model while the driver opens the MLflow run and runs prepare(). Errors are
+    kept for the run to raise (so it is marked FAILED); None when the job has no warm-up or starts a cluster."""
+    warm_up = getattr(job, "warm_up", None) if getattr(job, "needs_cluster", True) else None
+    if warm_up is None or not attaches(spec.cluster):
+        yield None
+        return
+    with ExitStack() as stack:
+        early = _Early()
+        try:
+            stack.enter_context(connect(spec.cluster))
+            early.warm = stack.enter_context(_closing(warm_up(spec)))
+        except Exception as err:  # noqa: BLE001  raised by the run (result())
+            early.error = err
+        yield early
+
+
+def _prepare_and_run(job: Any, spec: Any, ctx: RunContext, early: _Early | None) -> dict[str, Any]:
+    """prepare() then run() on the cluster. A warm-up started early (attached) overlaps prepare(); otherwise the
+    job's warm_up() runs right after connecting, after prepare(): an embedded cluster starts only for good input."""
+    if early is not None:
+        ctx.warm = early.result()
+        return job.run(spec, ctx, job.prepare(spec, ctx))
     needs_cluster = getattr(job, "needs_cluster", True)
     warm_up = getattr(job, "warm_up", None) if needs_cluster else None
-    if warm_up is not None and attaches(spec.cluster):
-        with connect(spec.cluster), _closing(warm_up(spec)) as ctx.warm:
-            return job.run(spec, ctx, job.prepare(spec, ctx))
     prepared = job.prepare(spec, ctx)
     with connect(spec.cluster) if needs_cluster else nullcontext():
         with _closing(warm_up(spec)) if warm_up is not None else nullcontext() as ctx.warm:
@@ -84,6 +116,12 @@ def _closing(warm: Any) -> Iterator[Any]:
 
 def run_job(spec: Any, cfg: DictConfig, redactor: Redactor) -> dict[str, Any]:
     job = JOBS.get(spec.job.kind)()
+    with _early_warm_up(job, spec) as early:
+        return _tracked(job, spec, cfg, redactor, early)
+
+
+def _tracked(job: Any, spec: Any, cfg: DictConfig, redactor: Redactor, early: _Early | None) -> dict[str, Any]:
+    """The job inside its MLflow run: FINISHED, or FAILED/KILLED with the error's first line as a tag."""
     storage_root = storage.absolute(spec.job.storage)
     job_name = spec.job.name or f"{spec.job.kind}-{spec.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run = start_run(spec.tracking, storage.scratch_dir(storage_root), job_name, _tags(spec, job_name))
@@ -96,7 +134,7 @@ def run_job(spec: Any, cfg: DictConfig, redactor: Redactor) -> dict[str, Any]:
         run.log_text(OmegaConf.to_yaml(redactor.tree(resolved)), "spec/resolved.yaml")
         job_uri = storage.join(storage_root, job_name)
         ctx = RunContext(run=run, job_dir=storage.scratch_dir(job_uri), job_uri=job_uri)
-        summary = _prepare_and_run(job, spec, ctx)
+        summary = _prepare_and_run(job, spec, ctx, early)
     except BaseException as err:
         user_error = _unwrap_user_error(err)
         message = str(user_error or err).strip() or type(err).__name__

@@ -134,7 +134,8 @@ class Layerwise:
         """`embed` of a batch of calibration rows (their ids and any images), on the model's device."""
         device = self.model.get_submodule(self.arch.embed).weight.device
         images = {k: v.to(device) for k, v in batch.image_inputs().items()}
-        return self.embed(torch.as_tensor(batch.ids, device=device), images or None)
+        # a copy: ids that came through Ray's object store are a read-only array (as_tensor would warn on CPU)
+        return self.embed(torch.tensor(batch.ids, device=device), images or None)
 
     def block_kwargs(self, x: torch.Tensor) -> dict[str, Any]:
         """What the model passes a block besides hidden states. Calibration rows are unpadded or right-padded

@@ -9,16 +9,17 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from core.cluster import check_fits, compute_dtype, remote_actor, wants_gpu
-from core.data.calib_mm import CalibRows, model_calibration_rows
 from core.errors import ConfigError
-from core.models import MODELS
 from jobs.base import RunContext
 from kernels.quant import parse_target
+
+if TYPE_CHECKING:
+    from core.data.calib_mm import CalibRows
+# Nothing here imports torch at module level: warm_up() creates the workers before the driver pays for the ML stack
+# (the workers import it themselves: "module:Class").
 
 log = logging.getLogger("jobs.sensitivity")
 HANDLE_MODES = ("linear", "shared_input")
@@ -68,6 +69,7 @@ def _handles(spec: Any) -> tuple[dict[str, list[str]], dict[str, tuple[int, int]
     """Handles over the decoder blocks' Linears, their shapes, and every other Linear with the reason."""
     from torch import nn
 
+    from core.models import MODELS
     from core.models.auto import meta_model
     from jobs.quantize.algorithms.mappings import input_groups
     from jobs.quantize.layerwise import Layerwise
@@ -147,19 +149,21 @@ class SensitivityJob:
     def warm_up(self, spec: Any) -> Workers:
         """One scoring actor per worker, each loading the model as it starts (the runner calls this as soon as a
         cluster is connected: before prepare() on a cluster it attaches to, so the two overlap)."""
-
-        from jobs.sensitivity.worker import ScoringWorker
-
         s = spec.search
         _check(s)
         use_gpu = wants_gpu(s.use_gpu)
         check_fits("search", 1, s.cpus_per_worker, 1 if use_gpu else 0)  # workers beyond the capacity wait (_gather)
-        actor = remote_actor(ScoringWorker, num_cpus=s.cpus_per_worker, num_gpus=1 if use_gpu else 0)
+        actor = remote_actor("jobs.sensitivity.worker:ScoringWorker", ("score",), num_cpus=s.cpus_per_worker,
+                             num_gpus=1 if use_gpu else 0)
         created_at = time.time()
         dtype = compute_dtype(s.dtype, use_gpu)
+        log.info("sensitivity: starting %d scoring worker(s) on %s (%s)", s.num_workers, "GPU" if use_gpu else "CPU",
+                 dtype)
         return Workers([actor.remote(spec, use_gpu, dtype) for _ in range(s.num_workers)], created_at)
 
     def prepare(self, spec: Any, ctx: RunContext) -> Prepared:
+        from core.data.calib_mm import model_calibration_rows
+        from core.models import MODELS
         from jobs.sensitivity.search import search
 
         s, c = spec.search, spec.calib
@@ -178,6 +182,8 @@ class SensitivityJob:
         return Prepared(rows, groups, shapes, excluded)
 
     def run(self, spec: Any, ctx: RunContext, prepared: Prepared) -> dict[str, Any]:
+        import numpy as np
+
         from jobs.sensitivity.report import write_report
         from jobs.sensitivity.scoring import group_scores, reduce_scores
         from jobs.sensitivity.search import search

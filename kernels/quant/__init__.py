@@ -1,6 +1,7 @@
 """Format-level quantization ops. `get_op(name)` picks a fused implementation at run time when one is
 available (`kernels.quant.triton_ops`, CUDA only) and the torch reference otherwise,
-so callers never import a backend directly."""
+so callers never import a backend directly. Importing this package imports no torch (formats are plain Python:
+a driver validates them before it pays for the ML stack); an op's first get_op does."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import importlib
 from collections.abc import Callable
 from functools import cache
 
-from kernels.quant import reference
 from kernels.quant.formats import UNQUANTIZED, QuantFormat, check_group_size, parse_format, parse_target
 
 OPS = ("compute_qparams", "quantize", "dequantize", "quantize_weight", "fake_quant",
@@ -30,7 +30,7 @@ def get_op(name: str, backend: str = "auto") -> Callable:
         if backend == "triton":
             raise RuntimeError(f"no Triton implementation of {name!r} here (needs triton, CUDA and "
                                f"{_TRITON_MODULE})")
-    return getattr(reference, name)
+    return getattr(importlib.import_module("kernels.quant.reference"), name)
 
 
 @cache

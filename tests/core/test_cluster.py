@@ -73,3 +73,21 @@ def test_a_user_error_in_an_actor_constructor_reaches_the_driver_as_itself(two_c
     assert type(user) is ConfigError and user.field == "model.path"
     assert str(user) == "config error: model.path: s3://missing/x: not found"  # its one line, not a traceback
 
+
+
+def test_an_actor_named_by_import_path_is_built_in_the_worker_only(two_cpus: str) -> None:
+    import sys
+
+    import ray
+
+    from core.cluster import remote_actor
+
+    assert "xml.dom.minidom" not in sys.modules  # a module nothing here imports
+    actor = remote_actor("xml.dom.minidom:Document", ("toxml",), num_cpus=1)
+    assert ray.get(actor.remote().toxml.remote()) == '<?xml version="1.0" ?>'  # built and called in the worker
+    assert "xml.dom.minidom" not in sys.modules  # never imported by the driver
+    missing = remote_actor("no_such_module_here:Worker", ("work",), num_cpus=1)
+    with pytest.raises(Exception, match="no_such_module_here"):  # noqa: PT011  Ray's wrapper type
+        ray.get(missing.remote().work.remote())  # the constructor's error, raised by the first call
+    with pytest.raises(TypeError, match="list the actor's methods"):
+        remote_actor("xml.dom.minidom:Document", num_cpus=1)

@@ -1,6 +1,7 @@
-"""The runner's order of a job's steps (orchestrator/runner.py): warm_up overlaps prepare only where connecting
-starts nothing. A recording job stands in for a job kind (what is tested is the runner's order, on real Ray
-clusters); the real kinds' warm-ups run in their end-to-end tests."""
+"""The runner's order of a job's steps (orchestrator/runner.py): warm_up comes first of all (before the MLflow run
+and prepare) only where connecting starts nothing. A recording job stands in for a job kind (what is tested is the
+runner's order, on real Ray clusters and a real MLflow store); the real kinds' warm-ups run in their end-to-end
+tests."""
 
 from __future__ import annotations
 
@@ -29,20 +30,23 @@ class Warm:
 class Recording:
     sections = ()
 
-    def __init__(self, fail_prepare: bool = False) -> None:
+    def __init__(self, fail_prepare: bool = False, fail_warm_up: bool = False, store: Path | None = None) -> None:
         self.calls: list[tuple] = []
-        self.fail_prepare = fail_prepare
+        self.fail_prepare, self.fail_warm_up = fail_prepare, fail_warm_up
+        self.store = store  # the MLflow store run_job opens (warm_up records whether it exists yet)
 
     def warm_up(self, spec) -> Warm:
         import ray
 
-        self.calls.append(("warm_up", ray.is_initialized()))
+        self.calls.append(("warm_up", ray.is_initialized(), *([self.store.exists()] if self.store else [])))
+        if self.fail_warm_up:
+            raise ConfigError("search.candidates", "unknown format 'w5'")
         return Warm(self.calls)
 
     def prepare(self, spec, ctx: RunContext) -> str:
         import ray
 
-        self.calls.append(("prepare", ray.is_initialized()))
+        self.calls.append(("prepare", ray.is_initialized(), bool(ctx.run and ctx.run.run_id)))
         if self.fail_prepare:
             raise ConfigError("calib.path", "no such file")
         return "prepared"
@@ -60,21 +64,52 @@ def _ctx(tmp_path: Path) -> RunContext:
     return RunContext(run=None, job_dir=tmp_path, job_uri=str(tmp_path))
 
 
-def test_attached_warm_up_comes_before_prepare(tmp_path: Path) -> None:
+def _run_recording(job: Recording, storage: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """run_job on `job` registered as a job kind, its MLflow store (sqlite) under `storage`."""
+    from core.redact import Redactor
+    from jobs.registry import JOBS
+    from orchestrator.compose import compose, to_spec
+    from orchestrator.runner import run_job
+
+    monkeypatch.setitem(JOBS._entries, "recording", lambda: job)
+    job.store = storage / "mlflow.db"
+    cfg = compose(["job=inspect", "job.kind=recording", f"job.storage={storage}", f"tracking.uri=sqlite:///{job.store}"])
+    run_job(to_spec(cfg), cfg, Redactor())
+
+
+def _only_run(storage: Path):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{storage / 'mlflow.db'}")
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    return run
+
+
+def test_attached_warm_up_comes_before_the_mlflow_run_and_prepare(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     import ray
 
     # a cluster this process is already connected to: connect() attaches (as to cluster.address / RAY_ADDRESS)
     ray.init(num_cpus=1, include_dashboard=False, _temp_dir=f"/tmp/orch-att-{os.getpid()}")
     try:
         job = Recording()
-        _prepare_and_run(job, _spec(ClusterConfig()), _ctx(tmp_path))
-        assert job.calls == [("warm_up", True), ("prepare", True), ("run", True, "prepared"), ("close",)]
+        _run_recording(job, tmp_path / "ok", monkeypatch)
+        # warm_up before the MLflow store exists (start_run creates it); prepare inside the run
+        assert job.calls == [("warm_up", True, False), ("prepare", True, True), ("run", True, "prepared"), ("close",)]
         failing = Recording(fail_prepare=True)
         with pytest.raises(ConfigError, match="calib.path"):
-            _prepare_and_run(failing, _spec(ClusterConfig()), _ctx(tmp_path))
-        assert failing.calls == [("warm_up", True), ("prepare", True), ("close",)]  # released on failure too
+            _run_recording(failing, tmp_path / "bad-prepare", monkeypatch)
+        assert failing.calls == [("warm_up", True, False), ("prepare", True, True), ("close",)]  # released too
+        bad_warm_up = Recording(fail_warm_up=True)
+        with pytest.raises(ConfigError, match="search.candidates"):
+            _run_recording(bad_warm_up, tmp_path / "bad-warm-up", monkeypatch)
+        assert bad_warm_up.calls == [("warm_up", True, False)]  # nothing prepared
     finally:
         ray.shutdown()
+    assert _only_run(tmp_path / "ok").info.status == "FINISHED"
+    for name, field in (("bad-prepare", "calib.path"), ("bad-warm-up", "search.candidates")):
+        failed = _only_run(tmp_path / name)
+        assert failed.info.status == "FAILED" and field in failed.data.tags["error"]  # the error recorded in the run
 
 
 def test_embedded_cluster_starts_only_after_prepare(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -82,11 +117,11 @@ def test_embedded_cluster_starts_only_after_prepare(tmp_path: Path, monkeypatch:
     failing = Recording(fail_prepare=True)
     cluster = ClusterConfig(num_cpus=1, num_gpus=0, include_dashboard=False, tmp_dir=f"/tmp/orch-run-{os.getpid()}")
     with pytest.raises(ConfigError):
-        _prepare_and_run(failing, _spec(cluster), _ctx(tmp_path))
-    assert failing.calls == [("prepare", False)]  # bad input: no cluster started, no warm-up
+        _prepare_and_run(failing, _spec(cluster), _ctx(tmp_path), None)
+    assert failing.calls == [("prepare", False, False)]  # bad input: no cluster started, no warm-up
     job = Recording()
-    _prepare_and_run(job, _spec(cluster), _ctx(tmp_path))
-    assert job.calls == [("prepare", False), ("warm_up", True), ("run", True, "prepared"), ("close",)]
+    _prepare_and_run(job, _spec(cluster), _ctx(tmp_path), None)
+    assert job.calls == [("prepare", False, False), ("warm_up", True), ("run", True, "prepared"), ("close",)]
 
 
 def test_the_user_error_reported_is_the_one_meant() -> None:
