@@ -61,9 +61,8 @@ def delta_terms(x: torch.Tensor, w: torch.Tensor, fmt: QuantFormat) -> list[tupl
     wf = w.float()
     wq = get_op("fake_quant")(wf, fmt)
     terms = [(x, (wq - wf).to(w.dtype))]
-    if fmt.act_bits:  # in float32: Q_a(x) rounded to bf16 would be off by as much as its own rounding error
-        xf = x.float()
-        terms.append(((get_op("fake_quant_per_token")(xf, fmt.act_bits) - xf).to(x.dtype), wq.to(w.dtype)))
+    if fmt.act_bits:  # Q_a(x) - x formed in float32 (a fused kernel on CUDA)
+        terms.append((get_op("per_token_quant_delta")(x, fmt.act_bits), wq.to(w.dtype)))
     return terms
 
 

@@ -91,6 +91,13 @@ def fake_quant_per_token(x: torch.Tensor, bits: int = 8) -> torch.Tensor:
     return (torch.round(xf / scale).clamp(qmin, qmax) * scale).to(x.dtype)
 
 
+def per_token_quant_delta(x: torch.Tensor, bits: int = 8) -> torch.Tensor:
+    """fake_quant_per_token(x) - x, formed in float32 and returned in x's dtype (in bf16, Q_a(x) alone would be
+    off by as much as its own rounding error, and the difference of two bf16 values with it)."""
+    xf = x.float()
+    return (fake_quant_per_token(xf, bits) - xf).to(x.dtype)
+
+
 def pack_int(q: torch.Tensor, bits: int, dim: int = -1) -> torch.Tensor:
     """Pack signed `bits`-bit ints into int32 words along `dim` (compressed-tensors "pack-quantized").
 

@@ -33,3 +33,21 @@ def test_gptq_block_matches_reference(rows: int, width: int, bits: int) -> None:
     rows_same = (q == q_ref).all(1)
     diff = (e - e_ref)[rows_same].abs().max().item()
     assert diff <= 1e-4 * e_ref.abs().max().item(), f"errors differ by {diff:.2e} on rows with equal integers"
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize(("shape", "bits"), [((3, 37, 4096), 8), ((5, 14336), 8), ((64, 1000), 4)])
+def test_per_token_quant_delta_matches_reference(shape: tuple, bits: int, dtype: torch.dtype) -> None:
+    """Same max, scale, rounding (IEEE division, half-to-even) and separately rounded multiply and subtract as the
+    reference: the same values."""
+    gen = torch.Generator().manual_seed(len(shape) * bits)
+    x = (torch.randn(shape, generator=gen) * torch.rand(*shape[:-1], 1, generator=gen) * 4).to(dtype).cuda()
+    x[0, ..., :7] = 0  # part of a row zero; and one whole zero row: scale 1, delta 0
+    x.view(-1, shape[-1])[-1] = 0
+    ref = reference.per_token_quant_delta(x, bits)
+    ours = get_op("per_token_quant_delta", backend="triton")(x, bits)
+    assert ours.dtype == dtype and ours.shape == x.shape
+    diff = (ours.float() - ref.float()).abs()
+    assert torch.equal(ours, ref), f"{int((diff > 0).sum())} of {diff.numel()} differ, by up to {diff.max():.3g}"
+    assert not ours.view(-1, shape[-1])[-1].any()
