@@ -34,7 +34,7 @@ SHAPES = {"llama3-8b": LLAMA3_8B,
 
 def build_model(out: Path, layers: int, shape: dict | None = None) -> Path:
     """Random-init bf16 weights of `shape` (default LLAMA3_8B), built on the GPU (fast init), saved with the
-    byte tokenizer."""
+    byte tokenizer. Seeded: calls on machines of one kind build the same weights, so their scores compare."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
@@ -43,6 +43,7 @@ def build_model(out: Path, layers: int, shape: dict | None = None) -> Path:
     if (out / "config.json").is_file():
         return out
     config = LlamaConfig(num_hidden_layers=layers, **(shape or LLAMA3_8B))
+    torch.manual_seed(0)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.save_pretrained(out)
