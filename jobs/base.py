@@ -21,8 +21,9 @@ class Job(Protocol):
     sections: tuple[str, ...]  # spec sections this kind reads (logged as params)
     # a kind may set `needs_cluster = False` (job=inspect): run() then gets no Ray connection.
     # A kind may define `warm_up(spec) -> Any`: work that needs only the composed spec and a cluster (workers that
-    # start and load the model). The runner calls it as soon as the cluster is connected: on a cluster it attaches
-    # to, before prepare(), so the two overlap; an embedded cluster still starts only after prepare() passed.
+    # start and load the model). On a cluster it attaches to, the runner connects and calls it first of all (before
+    # the MLflow run opens and prepare() runs, which it overlaps; its errors are raised inside the run); with an
+    # embedded cluster, right after connecting, which happens only after prepare() passed.
     # Its result reaches run() as ctx.warm; its close(), if it has one, is called when the job ends, done or failed.
 
     def prepare(self, spec: Any, ctx: RunContext) -> Any:
