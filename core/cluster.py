@@ -102,12 +102,12 @@ def _public_methods(cls: type) -> list[str]:
 
 
 def remote_actor(target: type | str, methods: tuple[str, ...] | None = None, **options: Any) -> Any:
-    """`ray.remote(**options)(cls)` for `target` (a class, or "module:Class": imported in the worker only, so a
-    driver creates the actor before it has imported the worker's ML stack), with two differences. An exception
-    in the constructor is raised by each later method call instead: Ray reports a failed constructor as
-    ActorDiedError carrying only text, so a UserError there (a model path a worker's node cannot read) would
-    reach the user as a traceback instead of its one line. `methods`: the names callable on the actor (default:
-    a class's public plain methods; a path needs them listed)."""
+    """An actor class like `ray.remote(**options)(cls)` for `target`: a class, or "module:Class", imported in the
+    worker only (a driver creates the actor before it has imported the worker's ML stack). An exception in the
+    constructor is raised by each later method call instead: Ray reports a failed constructor as ActorDiedError
+    carrying only text, so a UserError there (a model path a worker's node cannot read) would reach the user as a
+    traceback instead of its one line; wrong constructor arguments are such an error too. `methods`: the names
+    callable on the actor (default: a class's public plain methods; a path needs them listed)."""
     import ray
 
     if methods is None:
