@@ -1,4 +1,5 @@
-"""Format-level quantization ops. `get_op(name)` picks a fused implementation at run time when one is
+"""Format-level quantization ops (and `rowdot`, the reduction that scores a format's error). `get_op(name)` picks a
+fused implementation at run time when one is
 available (`kernels.quant.triton_ops`, CUDA only) and the torch reference otherwise,
 so callers never import a backend directly. Importing this package imports no torch (formats are plain Python:
 a driver validates them before it pays for the ML stack); an op's first get_op does."""
@@ -12,7 +13,7 @@ from functools import cache
 from kernels.quant.formats import UNQUANTIZED, QuantFormat, check_group_size, parse_format, parse_target
 
 OPS = ("compute_qparams", "quantize", "dequantize", "quantize_weight", "fake_quant",
-       "fake_quant_per_token", "per_token_quant_delta", "pack_int", "unpack_int", "gptq_block")
+       "fake_quant_per_token", "per_token_quant_delta", "rowdot", "pack_int", "unpack_int", "gptq_block")
 BACKENDS = ("auto", "torch", "triton")
 _TRITON_MODULE = "kernels.quant.triton_ops"  # same function names and signatures as reference
 

@@ -98,6 +98,11 @@ def per_token_quant_delta(x: torch.Tensor, bits: int = 8) -> torch.Tensor:
     return (fake_quant_per_token(xf, bits) - xf).to(x.dtype)
 
 
+def rowdot(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Per-row dot products of two [rows, cols] tensors, in float32 (bf16 products summed in float32)."""
+    return (p.float() * q.float()).sum(-1)
+
+
 def pack_int(q: torch.Tensor, bits: int, dim: int = -1) -> torch.Tensor:
     """Pack signed `bits`-bit ints into int32 words along `dim` (compressed-tensors "pack-quantized").
 
