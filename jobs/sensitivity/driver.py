@@ -147,8 +147,8 @@ class SensitivityJob:
     sections = ("model", "search", "calib")
 
     def warm_up(self, spec: Any) -> Workers:
-        """One scoring actor per worker, each loading the model as it starts (the runner calls this as soon as a
-        cluster is connected: before prepare() on a cluster it attaches to, so the two overlap)."""
+        """One scoring actor per worker, each loading the model as it starts (on a cluster the job attaches to, the
+        runner calls this first of all, so the workers' start overlaps the MLflow run and prepare())."""
         s = spec.search
         _check(s)
         use_gpu = wants_gpu(s.use_gpu)
