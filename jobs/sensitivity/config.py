@@ -7,6 +7,7 @@ class SearchConfig:
 
     candidates: list[str] = field(default_factory=lambda: ["w4g128", "w8", "fp16"])  # fp16/bf16: not quantized
     effective_bits: float = 4.5  # budget: total weight bits (scales/zeros included) / weight elements
+    score: str = "gradient"  # gradient: sum over tokens of (dL/dY . dY)^2 | loss_delta: the measured loss change
     handles: str = "linear"  # linear: each block Linear | shared_input: Linears reading one input (q/k/v, gate/up)
     ignore: list[str] = field(default_factory=lambda: ["lm_head"])  # left out of scoring and search (listed)
     num_workers: int = 1  # data-parallel scoring actors; scores are sums over tokens, reduced in float64

@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("jobs.sensitivity")
 HANDLE_MODES = ("linear", "shared_input")
+SCORES = {  # search.score -> what the report says a score is
+    "gradient": "gradient (Fisher/Taylor): sum over tokens of (dL/dY . (Y_quantized - Y))^2, a Linear at a time",
+    "loss_delta": "loss delta: the summed next-token loss with the Linear quantized minus without, a Linear at a time",
+}
 
 
 @dataclass
@@ -52,6 +56,8 @@ def _check(s: Any) -> None:
     for name in ("num_workers", "batch_size", "threads_per_worker"):
         if getattr(s, name) < 1:
             raise ConfigError(f"search.{name}", f"must be >= 1 (got {getattr(s, name)})")
+    if s.score not in SCORES:
+        raise ConfigError("search.score", f"must be one of {', '.join(SCORES)} (got {s.score!r})")
     if s.handles not in HANDLE_MODES:
         raise ConfigError("search.handles", f"must be one of {', '.join(HANDLE_MODES)} (got {s.handles!r})")
     if len(s.candidates) < 2 or len(set(s.candidates)) != len(s.candidates):
@@ -201,7 +207,8 @@ class SensitivityJob:
         scores = group_scores(reduce_scores([part["scores"] for part in parts]), p.groups)
         handles = _search_handles(p.groups, p.shapes, scores)
         result = search(handles, s.effective_bits)
-        header = {"scheme": list(s.candidates), "model": spec.model.path or spec.model.name,
+        header = {"scheme": list(s.candidates), "score": SCORES[s.score],
+                  "model": spec.model.path or spec.model.name,
                   "calibration": {"dataset": spec.calib.path, "samples": len(p.rows),
                                   "max_samples": spec.calib.num_samples, "seq_len": spec.calib.seq_len,
                                   "batch_size": s.batch_size, "batches": len(batches)},

@@ -82,7 +82,7 @@ def _rowdot(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return get_op("rowdot")(p, q)  # float32 sums (one fused read of each row on CUDA)
 
 
-def _call(block: nn.Module, x: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+def call_block(block: nn.Module, x: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
     y = block(x, **kwargs)
     return y[0] if isinstance(y, tuple) else y
 
@@ -130,14 +130,14 @@ def backward_by_block(lw: Layerwise, norm: nn.Module, head: nn.Module, ids: torc
         for block in lw.blocks:
             inputs.append(x)
             with place(block):
-                x = _call(block, x, kwargs)
+                x = call_block(block, x, kwargs)
     grad = loss_grad(norm, head, x, ids if targets is None else targets, chunk)
     for index in reversed(range(len(inputs))):
         if on_output_grad is not None:
             on_output_grad(index, grad)
         x = inputs.pop().detach().requires_grad_(True)
         with place(lw.blocks[index]), torch.enable_grad():
-            y = _call(lw.blocks[index], x, kwargs)
+            y = call_block(lw.blocks[index], x, kwargs)
             y.backward(grad)
         grad = x.grad
         del x, y

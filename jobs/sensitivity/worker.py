@@ -15,6 +15,7 @@ from core.data.calib_mm import CalibRows
 from core.models import MODELS
 from core.models.auto import meta_model
 from jobs.quantize.layerwise import Layerwise, fits_on, weight_bytes
+from jobs.sensitivity.loss_delta import loss_delta_scores
 from jobs.sensitivity.scoring import LinearScorer, ScoringBatch, model_linears, score_batches
 
 
@@ -45,10 +46,15 @@ class ScoringWorker:
         began = time.perf_counter()
         lw = Layerwise(self.model)
         linears = model_linears(self.model, [lw.block_prefix(i) for i in range(len(lw.blocks))])
-        scorer = LinearScorer({n: linears[n] for n in names}, list(self.search.candidates))
+        chosen, candidates = {n: linears[n] for n in names}, list(self.search.candidates)
+        inputs = (_inputs(lw, b, self.device) for b in batches)
         with lw.weights_on(self.device, self.stream) as place:
-            score_batches(self.model, scorer, (_inputs(lw, b, self.device) for b in batches), place=place)
-            scores = scorer.scores  # reading the sums synchronizes
+            if self.search.score == "loss_delta":
+                scores = loss_delta_scores(self.model, chosen, candidates, inputs, place=place)
+            else:
+                scorer = LinearScorer(chosen, candidates)
+                score_batches(self.model, scorer, inputs, place=place)
+                scores = scorer.scores  # reading the sums synchronizes
         out: dict[str, Any] = {"scores": scores, "streamed": self.stream, "entered_at": self.entered_at,
                                "load_seconds": self.load_seconds, "weights_seconds": self.weights_seconds,
                                "score_seconds": time.perf_counter() - began,

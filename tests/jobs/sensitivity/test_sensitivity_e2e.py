@@ -83,3 +83,25 @@ def test_infeasible_budget_fails_before_ray(storage: Path, cli_in_process) -> No
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith("error: config error: search.effective_bits: budget 3 bits cannot be met"), line
     assert "smallest achievable is 4." in line, line
+
+
+def test_loss_delta_scores_through_the_job(quant_storage: Path, ray_head) -> None:
+    """search.score=loss_delta end to end (2 workers, real Ray and MLflow): the report says which score it holds,
+    adds up, and its unquantized candidates score 0 (the values themselves: test_loss_delta.py)."""
+    result = run_cli([*SENS, "search.score=loss_delta", *ray_head.args, "job.name=sens-ld"], quant_storage,
+                     env=ray_head.env)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    report = quant_storage / "sens-ld" / "report"
+    manifest = json.loads((report / "report.json").read_text())
+    assert manifest["header"]["score"].startswith("loss delta")
+    assert recompute_effective_bits(report / "report.md") == pytest.approx(manifest["search"]["effective_bits"])
+    scores = [h["candidates"] for h in manifest["handles"]]
+    assert all(c["fp16"]["score"] == 0.0 for c in scores)
+    assert sum(c["w4g128"]["score"] != 0.0 for c in scores) > len(scores) // 2
+
+
+def test_unknown_score_method_is_one_line(storage: Path, cli_in_process) -> None:
+    result = cli_in_process([*SENS, "search.score=hessian", "job.name=bad-score"], storage)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: config error: search.score: must be one of gradient, loss_delta (got 'hessian')")

@@ -1,0 +1,93 @@
+"""Loss-delta scores (`search.score=loss_delta`): for each Linear and candidate format, how much the summed
+next-token loss over the calibration tokens changes when that Linear alone is quantized (weights fake-quantized;
+activations too for wNaM formats), the rest of the model unchanged. The gradient score estimates this change to
+second order from one backward pass; this measures it, at one pass of the later blocks per (Linear, candidate,
+batch). Each batch's block inputs come from one FP forward and are kept (as the gradient scorer keeps them), so a
+Linear of block i reruns blocks i..N-1 only. A change can be negative (the format happens to fit the calibration
+data better); the search takes it as it is. Sums over tokens, so shards of batches add up as for the gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+
+import torch
+from torch import nn
+
+from jobs.quantize.layerwise import Layerwise
+from jobs.sensitivity.scoring import LOGITS_CHUNK, ScoringBatch, call_block
+from kernels.quant import QuantFormat, get_op, parse_target
+
+
+def summed_loss(norm: nn.Module, head: nn.Module, h: torch.Tensor, targets: torch.Tensor,
+                chunk: int = LOGITS_CHUNK) -> torch.Tensor:
+    """The next-token cross entropy summed over tokens (IGNORE = -100 targets excluded) of head(norm(h)), in
+    float64, the logits formed a chunk of tokens at a time in float32 (float64 for a float64 model)."""
+    feats = norm(h)[:, :-1].reshape(-1, h.shape[-1])
+    labels = targets[:, 1:].reshape(-1)
+    step = max(1, chunk // head.out_features)
+    dtype = torch.promote_types(feats.dtype, torch.float32)
+    return sum(nn.functional.cross_entropy(head(feats[s:s + step]).to(dtype), labels[s:s + step],
+                                           reduction="sum").double() for s in range(0, len(labels), step))
+
+
+@contextmanager
+def quantized(linear: nn.Linear, fmt: QuantFormat) -> Iterator[None]:
+    """`linear` computing as its quantized self: fake-quantized weights (in their own dtype) and, for formats with
+    activation bits, per-token fake-quantized inputs; restored on exit."""
+    weight = linear.weight.data
+    linear.weight.data = get_op("fake_quant")(weight.float(), fmt).to(weight.dtype)
+    hook = None
+    if fmt.act_bits:
+        def quantize_input(_module: nn.Module, args: tuple) -> tuple:
+            x = args[0]
+            return (get_op("fake_quant_per_token")(x.float(), fmt.act_bits).to(x.dtype), *args[1:])
+        hook = linear.register_forward_pre_hook(quantize_input)
+    try:
+        yield
+    finally:
+        linear.weight.data = weight
+        if hook is not None:
+            hook.remove()
+
+
+@torch.no_grad()
+def loss_delta_scores(model: nn.Module, linears: dict[str, nn.Linear], candidates: list[str],
+                      batches: Iterable[torch.Tensor | ScoringBatch], chunk: int = LOGITS_CHUNK,
+                      place: Callable[[nn.Module], AbstractContextManager] | None = None,
+                      ) -> dict[str, dict[str, float]]:
+    """Loss change per Linear of `linears` (decoder-block Linears) and candidate, summed over `batches` (token ids
+    or ScoringBatch); unquantized candidates score 0. `place`: as score_batches' (a model larger than the GPU)."""
+    place = place or (lambda _block: nullcontext())
+    lw = Layerwise(model)
+    norm, head = lw.final_norm(), model.get_output_embeddings()
+    prefixes = [lw.block_prefix(i) for i in range(len(lw.blocks))]
+    block_of = {name: next(i for i, p in enumerate(prefixes) if name.startswith(p)) for name in linears}
+    formats = {c: parse_target(c) for c in candidates}
+    sums = {name: {c: 0.0 for c in candidates} for name in linears}
+
+    def loss_from(index: int, h: torch.Tensor, kwargs: dict, targets: torch.Tensor) -> torch.Tensor:
+        for block in lw.blocks[index:]:
+            with place(block):
+                h = call_block(block, h, kwargs)
+        return summed_loss(norm, head, h, targets, chunk)
+
+    for batch in batches:
+        b = batch if isinstance(batch, ScoringBatch) else ScoringBatch(batch)
+        targets = b.ids if b.targets is None else b.targets
+        x = lw.embed(b.ids) if b.x is None else b.x
+        kwargs = lw.block_kwargs(x)
+        inputs = []
+        for block in lw.blocks:
+            inputs.append(x)
+            with place(block):
+                x = call_block(block, x, kwargs)
+        base = summed_loss(norm, head, x, targets, chunk)
+        for name, linear in linears.items():
+            for cand, fmt in formats.items():
+                if fmt is not None:
+                    with quantized(linear, fmt):
+                        sums[name][cand] += float(loss_from(block_of[name], inputs[block_of[name]], kwargs, targets)
+                                                  - base)
+    return sums
