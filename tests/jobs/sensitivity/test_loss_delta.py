@@ -78,3 +78,28 @@ def test_shards_add_up_and_repeat() -> None:
     for name, by_cand in whole.items():
         for cand, value in by_cand.items():
             assert parts[name][cand] == pytest.approx(value, rel=1e-12, abs=1e-12), (name, cand)
+
+
+def test_given_inputs_and_ignored_targets_as_a_vlm_batch() -> None:
+    """A ScoringBatch (a VLM's merged embeddings as the first block's input, caption labels with IGNORE = -100
+    positions): the same loss changes as the token ids give when those are the embeddings and labels."""
+    from jobs.sensitivity.scoring import ScoringBatch
+
+    model, (ids,) = _model().double(), _batches(1)
+    targets = ids.clone()
+    targets[:, :10] = -100  # a prompt: no loss
+    linears = _linears(model)
+    embeds = model.get_input_embeddings()(ids)
+    given = loss_delta_scores(model, linears, CANDIDATES, [ScoringBatch(ids, embeds, targets)])
+    with torch.no_grad():
+        def loss(batch_targets: torch.Tensor) -> float:
+            logits = model(input_ids=ids).logits[:, :-1]
+            return float(nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                     batch_targets[:, 1:].reshape(-1), reduction="sum"))
+
+        name = "model.layers.1.mlp.gate_proj"
+        base = loss(targets)
+        with quantized(linears[name], parse_target("w4g32")):
+            expected = loss(targets) - base
+    assert given[name]["w4g32"] == pytest.approx(expected, rel=1e-6)
+    assert given[name]["w4g32"] != pytest.approx(loss_delta_scores(model, linears, CANDIDATES, [ids])[name]["w4g32"])
