@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from jobs.quantize.layerwise import Layerwise
-from jobs.sensitivity.scoring import LOGITS_CHUNK, ScoringBatch, call_block
+from jobs.sensitivity.scoring import LOGITS_CHUNK, ScoringBatch, call_block, forward_keeping_inputs
 from kernels.quant import QuantFormat, get_op, parse_target
 
 
@@ -76,14 +76,8 @@ def loss_delta_scores(model: nn.Module, linears: dict[str, nn.Linear], candidate
     for batch in batches:
         b = batch if isinstance(batch, ScoringBatch) else ScoringBatch(batch)
         targets = b.ids if b.targets is None else b.targets
-        x = lw.embed(b.ids) if b.x is None else b.x
-        kwargs = lw.block_kwargs(x)
-        inputs = []
-        for block in lw.blocks:
-            inputs.append(x)
-            with place(block):
-                x = call_block(block, x, kwargs)
-        base = summed_loss(norm, head, x, targets, chunk)
+        inputs, out, kwargs = forward_keeping_inputs(lw, b.ids, b.x, place)
+        base = summed_loss(norm, head, out, targets, chunk)
         for name, linear in linears.items():
             for cand, fmt in formats.items():
                 if fmt is not None:

@@ -112,6 +112,22 @@ def loss_grad(norm: nn.Module, head: nn.Module, h: torch.Tensor, ids: torch.Tens
     return h.grad
 
 
+@torch.no_grad()
+def forward_keeping_inputs(lw: Layerwise, ids: torch.Tensor, x: torch.Tensor | None,
+                           place: Callable[[nn.Module], AbstractContextManager],
+                           ) -> tuple[list[torch.Tensor], torch.Tensor, dict[str, Any]]:
+    """A no-grad forward through the decoder blocks: every block's input (the first: `x`, default the embeddings of
+    `ids`), the last block's output and the keyword arguments the blocks take; `place(block)` around each call."""
+    x = lw.embed(ids) if x is None else x
+    kwargs = lw.block_kwargs(x)
+    inputs = []
+    for block in lw.blocks:
+        inputs.append(x)
+        with place(block):
+            x = call_block(block, x, kwargs)
+    return inputs, x, kwargs
+
+
 def backward_by_block(lw: Layerwise, norm: nn.Module, head: nn.Module, ids: torch.Tensor,
                       chunk: int = LOGITS_CHUNK, *, x: torch.Tensor | None = None, targets: torch.Tensor | None = None,
                       on_output_grad: Callable[[int, torch.Tensor], None] | None = None,
@@ -123,14 +139,7 @@ def backward_by_block(lw: Layerwise, norm: nn.Module, head: nn.Module, ids: torc
     dL/dy_i)` sees each block's output gradient (MBQ's modality weights), last block first; `place(block)`:
     a context each block call runs in (a model larger than the GPU: the block borrowed onto it)."""
     place = place or (lambda _block: nullcontext())
-    with torch.no_grad():
-        x = lw.embed(ids) if x is None else x
-        kwargs = lw.block_kwargs(x)
-        inputs = []
-        for block in lw.blocks:
-            inputs.append(x)
-            with place(block):
-                x = call_block(block, x, kwargs)
+    inputs, x, kwargs = forward_keeping_inputs(lw, ids, x, place)
     grad = loss_grad(norm, head, x, ids if targets is None else targets, chunk)
     for index in reversed(range(len(inputs))):
         if on_output_grad is not None:
