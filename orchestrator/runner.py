@@ -64,8 +64,10 @@ class _Early:
     """A warm-up started before the MLflow run exists: its result, or the error to raise inside the run."""
     warm: Any = None
     error: Exception | None = None
+    taken: bool = False  # the run took the result (and closes it); else _early_warm_up does
 
-    def result(self) -> Any:
+    def take(self) -> Any:
+        self.taken = True
         if self.error is not None:
             raise self.error
         return self.warm
@@ -75,7 +77,8 @@ class _Early:
 def _early_warm_up(job: Any, spec: Any) -> Iterator[_Early | None]:
     """On a cluster the job attaches to (connecting starts nothing), connect and call the job's warm_up() first of
     all: its workers start and load the model while the driver opens the MLflow run and runs prepare(). Errors are
-    kept for the run to raise (so it is marked FAILED); None when the job has no warm-up or starts a cluster."""
+    kept for the run to raise (so it is marked FAILED); the run closes the result (before it ends), or this does if
+    the run never took it. None when the job has no warm-up or starts a cluster."""
     warm_up = getattr(job, "warm_up", None) if getattr(job, "needs_cluster", True) else None
     if warm_up is None or not attaches(spec.cluster):
         yield None
@@ -84,18 +87,23 @@ def _early_warm_up(job: Any, spec: Any) -> Iterator[_Early | None]:
         early = _Early()
         try:
             stack.enter_context(connect(spec.cluster))
-            early.warm = stack.enter_context(_closing(warm_up(spec)))
-        except Exception as err:  # noqa: BLE001  raised by the run (result())
+            early.warm = warm_up(spec)
+        except Exception as err:  # noqa: BLE001  raised by the run (take())
             early.error = err
-        yield early
+        try:
+            yield early
+        finally:
+            if not early.taken:  # the MLflow run failed to open
+                _close(early.warm)
 
 
 def _prepare_and_run(job: Any, spec: Any, ctx: RunContext, early: _Early | None) -> dict[str, Any]:
     """prepare() then run() on the cluster. A warm-up started early (attached) overlaps prepare(); otherwise the
-    job's warm_up() runs right after connecting, after prepare(): an embedded cluster starts only for good input."""
+    job's warm_up() runs right after connecting, after prepare(): an embedded cluster starts only for good input.
+    Either way its result is closed here, inside the MLflow run."""
     if early is not None:
-        ctx.warm = early.result()
-        return job.run(spec, ctx, job.prepare(spec, ctx))
+        with _closing(early.take()) as ctx.warm:
+            return job.run(spec, ctx, job.prepare(spec, ctx))
     needs_cluster = getattr(job, "needs_cluster", True)
     warm_up = getattr(job, "warm_up", None) if needs_cluster else None
     prepared = job.prepare(spec, ctx)
@@ -106,12 +114,16 @@ def _prepare_and_run(job: Any, spec: Any, ctx: RunContext, early: _Early | None)
 
 @contextmanager
 def _closing(warm: Any) -> Iterator[Any]:
-    """A warm-up's result, its close() (if it has one) called when the job ends, done or failed."""
+    """A warm-up's result, closed when the job ends, done or failed."""
     try:
         yield warm
     finally:
-        if hasattr(warm, "close"):
-            warm.close()
+        _close(warm)
+
+
+def _close(warm: Any) -> None:
+    if hasattr(warm, "close"):  # e.g. workers: ended, their GPUs free at once
+        warm.close()
 
 
 def run_job(spec: Any, cfg: DictConfig, redactor: Redactor) -> dict[str, Any]:

@@ -18,13 +18,14 @@ from orchestrator.runner import _prepare_and_run
 
 
 class Warm:
-    """What a warm-up returns (e.g. workers loading the model); close() is the runner's to call at the end."""
+    """What a warm-up returns (e.g. workers loading the model); close() is the runner's to call at the end, while
+    the MLflow run is still open (it records the run's status then, where there is one)."""
 
-    def __init__(self, calls: list) -> None:
-        self.calls = calls
+    def __init__(self, calls: list, job: Recording) -> None:
+        self.calls, self.job = calls, job
 
     def close(self) -> None:
-        self.calls.append(("close",))
+        self.calls.append(("close", self.job.run_status()))
 
 
 class Recording:
@@ -34,6 +35,15 @@ class Recording:
         self.calls: list[tuple] = []
         self.fail_prepare, self.fail_warm_up = fail_prepare, fail_warm_up
         self.store = store  # the MLflow store run_job opens (warm_up records whether it exists yet)
+        self.run_id = ""
+
+    def run_status(self) -> str | None:
+        """The status of this job's MLflow run in its store now (None: no run seen)."""
+        if not self.run_id:
+            return None
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(tracking_uri=f"sqlite:///{self.store}").get_run(self.run_id).info.status
 
     def warm_up(self, spec) -> Warm:
         import ray
@@ -41,12 +51,13 @@ class Recording:
         self.calls.append(("warm_up", ray.is_initialized(), *([self.store.exists()] if self.store else [])))
         if self.fail_warm_up:
             raise ConfigError("search.candidates", "unknown format 'w5'")
-        return Warm(self.calls)
+        return Warm(self.calls, self)
 
     def prepare(self, spec, ctx: RunContext) -> str:
         import ray
 
-        self.calls.append(("prepare", ray.is_initialized(), bool(ctx.run and ctx.run.run_id)))
+        self.run_id = ctx.run.run_id if ctx.run else ""
+        self.calls.append(("prepare", ray.is_initialized(), bool(self.run_id)))
         if self.fail_prepare:
             raise ConfigError("calib.path", "no such file")
         return "prepared"
@@ -64,8 +75,8 @@ def _ctx(tmp_path: Path) -> RunContext:
     return RunContext(run=None, job_dir=tmp_path, job_uri=str(tmp_path))
 
 
-def _run_recording(job: Recording, storage: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """run_job on `job` registered as a job kind, its MLflow store (sqlite) under `storage`."""
+def _run_recording(job: Recording, storage: Path, monkeypatch: pytest.MonkeyPatch, uri: str | None = None) -> None:
+    """run_job on `job` registered as a job kind, its MLflow store (sqlite) under `storage` (or at `uri`)."""
     from core.redact import Redactor
     from jobs.registry import JOBS
     from orchestrator.compose import compose, to_spec
@@ -73,7 +84,8 @@ def _run_recording(job: Recording, storage: Path, monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setitem(JOBS._entries, "recording", lambda: job)
     job.store = storage / "mlflow.db"
-    cfg = compose(["job=inspect", "job.kind=recording", f"job.storage={storage}", f"tracking.uri=sqlite:///{job.store}"])
+    cfg = compose(["job=inspect", "job.kind=recording", f"job.storage={storage}",
+                   f"tracking.uri={uri or f'sqlite:///{job.store}'}"])
     run_job(to_spec(cfg), cfg, Redactor())
 
 
@@ -95,15 +107,20 @@ def test_attached_warm_up_comes_before_the_mlflow_run_and_prepare(tmp_path: Path
         job = Recording()
         _run_recording(job, tmp_path / "ok", monkeypatch)
         # warm_up before the MLflow store exists (start_run creates it); prepare inside the run
-        assert job.calls == [("warm_up", True, False), ("prepare", True, True), ("run", True, "prepared"), ("close",)]
+        assert job.calls == [("warm_up", True, False), ("prepare", True, True), ("run", True, "prepared"),
+                             ("close", "RUNNING")]  # the workers ended inside the run
         failing = Recording(fail_prepare=True)
         with pytest.raises(ConfigError, match="calib.path"):
             _run_recording(failing, tmp_path / "bad-prepare", monkeypatch)
-        assert failing.calls == [("warm_up", True, False), ("prepare", True, True), ("close",)]  # released too
+        assert failing.calls == [("warm_up", True, False), ("prepare", True, True), ("close", "RUNNING")]
         bad_warm_up = Recording(fail_warm_up=True)
         with pytest.raises(ConfigError, match="search.candidates"):
             _run_recording(bad_warm_up, tmp_path / "bad-warm-up", monkeypatch)
         assert bad_warm_up.calls == [("warm_up", True, False)]  # nothing prepared
+        no_run = Recording()
+        with pytest.raises(Exception, match="nowhere"):  # noqa: PT011  MLflow's own error type
+            _run_recording(no_run, tmp_path / "no-run", monkeypatch, uri="nowhere://tracking")
+        assert no_run.calls == [("warm_up", True, False), ("close", None)]  # the run never opened: workers ended
     finally:
         ray.shutdown()
     assert _only_run(tmp_path / "ok").info.status == "FINISHED"
@@ -121,7 +138,7 @@ def test_embedded_cluster_starts_only_after_prepare(tmp_path: Path, monkeypatch:
     assert failing.calls == [("prepare", False, False)]  # bad input: no cluster started, no warm-up
     job = Recording()
     _prepare_and_run(job, _spec(cluster), _ctx(tmp_path), None)
-    assert job.calls == [("prepare", False, False), ("warm_up", True), ("run", True, "prepared"), ("close",)]
+    assert job.calls == [("prepare", False, False), ("warm_up", True), ("run", True, "prepared"), ("close", None)]
 
 
 def test_the_user_error_reported_is_the_one_meant() -> None:
