@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("jobs.sensitivity")
 HANDLE_MODES = ("linear", "shared_input")
+WORKER, WORKER_METHODS = "jobs.sensitivity.worker:ScoringWorker", ("score",)  # by path: imported in workers only
 SCORES = {  # search.score -> what the report says a score is
     "gradient": "gradient (Fisher/Taylor): sum over tokens of (dL/dY . (Y_quantized - Y))^2, a Linear at a time",
     "loss_delta": "loss delta: the summed next-token loss with the Linear quantized minus without, a Linear at a time",
@@ -159,8 +160,7 @@ class SensitivityJob:
         _check(s)
         use_gpu = wants_gpu(s.use_gpu)
         check_fits("search", 1, s.cpus_per_worker, 1 if use_gpu else 0)  # workers beyond the capacity wait (_gather)
-        actor = remote_actor("jobs.sensitivity.worker:ScoringWorker", ("score",), num_cpus=s.cpus_per_worker,
-                             num_gpus=1 if use_gpu else 0)
+        actor = remote_actor(WORKER, WORKER_METHODS, num_cpus=s.cpus_per_worker, num_gpus=1 if use_gpu else 0)
         created_at = time.time()
         dtype = compute_dtype(s.dtype, use_gpu)
         log.info("sensitivity: starting %d scoring worker(s) on %s (%s)", s.num_workers, "GPU" if use_gpu else "CPU",

@@ -28,8 +28,9 @@ def summed_loss(norm: nn.Module, head: nn.Module, h: torch.Tensor, targets: torc
     labels = targets[:, 1:].reshape(-1)
     step = max(1, chunk // head.out_features)
     dtype = torch.promote_types(feats.dtype, torch.float32)
+    # per-token losses summed in float64: a chunk's float32 sum (~1e4 nats) would blur the small differences scored
     return sum(nn.functional.cross_entropy(head(feats[s:s + step]).to(dtype), labels[s:s + step],
-                                           reduction="sum").double() for s in range(0, len(labels), step))
+                                           reduction="none").double().sum() for s in range(0, len(labels), step))
 
 
 @contextmanager

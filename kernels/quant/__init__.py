@@ -54,5 +54,4 @@ def _triton_module():
         return None
 
 
-__all__ = ["OPS", "UNQUANTIZED", "QuantFormat", "check_group_size", "get_op", "parse_format", "parse_target",
-           "reference"]
+__all__ = ["OPS", "UNQUANTIZED", "QuantFormat", "check_group_size", "get_op", "parse_format", "parse_target"]

@@ -8,10 +8,10 @@ IEEE round-to-nearest, as in torch; the update may fuse into an FMA, so a value 
 rounding boundary can round the other way than the reference (the tests bound how often).
 
 per_token_quant_delta: the reference takes ~9 passes over a float32 copy of the activations (abs, amax, divide,
-round, clamp, multiply, subtract, casts); sensitivity scoring calls it for every w8a8 candidate of every Linear
-(a 14 s Llama-3-8B scan took 13.4 s with this, peaking 3 GiB lower). Here one program owns a row: one read for
-the max, one read and one write of the difference in the input's dtype; the same operations in the same order
-as the reference, so the same values.
+round, clamp, multiply, subtract, casts); sensitivity scoring calls it for every w8a8 candidate of every Linear.
+Here one program owns a row: one read for the max, one read and one write of the difference in the input's dtype;
+the same operations in the same order as the reference, so the same values. (A Llama-3-8B scan peaks 3 GiB lower
+with it; its time effect was within the spread of the machines measured.)
 
 rowdot: the reference casts both operands to float32 copies, multiplies into a third and sums it; here each row is
 read once in its own dtype and summed in float32 registers (the order of the sum differs: float32 rounding).
@@ -97,8 +97,9 @@ def per_token_quant_delta(x: torch.Tensor, bits: int = 8) -> torch.Tensor:
     out = torch.empty_like(rows)
     qmin, qmax = qrange(bits)
     inv_qmax = float(torch.tensor(1.0) / qmax)  # float32 1/qmax, as torch's scalar division computes it
-    _per_token_delta_kernel[(rows.shape[0],)](rows, out, rows.shape[1], rows.stride(0), out.stride(0), float(qmin),
-                                              float(qmax), inv_qmax, BLOCK=1024)
+    with torch.cuda.device(x.device):  # Triton launches on the current device
+        _per_token_delta_kernel[(rows.shape[0],)](rows, out, rows.shape[1], rows.stride(0), out.stride(0),
+                                                  float(qmin), float(qmax), inv_qmax, BLOCK=1024)
     return out.view(x.shape)
 
 
@@ -115,11 +116,12 @@ def _rowdot_kernel(p_ptr, q_ptr, out_ptr, cols, stride_p, stride_q, BLOCK: tl.co
 
 
 def rowdot(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    if not (p.is_cuda and q.is_cuda) or p.shape != q.shape or p.dim() != 2 or not p.numel():
+    if not p.is_cuda or p.device != q.device or p.shape != q.shape or p.dim() != 2 or not p.numel():
         from kernels.quant import reference
 
         return reference.rowdot(p, q)
     p, q = p.contiguous(), q.contiguous()
     out = torch.empty(p.shape[0], dtype=torch.float32, device=p.device)
-    _rowdot_kernel[(p.shape[0],)](p, q, out, p.shape[1], p.stride(0), q.stride(0), BLOCK=1024)
+    with torch.cuda.device(p.device):
+        _rowdot_kernel[(p.shape[0],)](p, q, out, p.shape[1], p.stride(0), q.stride(0), BLOCK=1024)
     return out

@@ -82,10 +82,14 @@ def test_an_actor_named_by_import_path_is_built_in_the_worker_only(two_cpus: str
 
     from core.cluster import remote_actor
 
-    assert "xml.dom.minidom" not in sys.modules  # a module nothing here imports
-    actor = remote_actor("xml.dom.minidom:Document", ("toxml",), num_cpus=1)
-    assert ray.get(actor.remote().toxml.remote()) == '<?xml version="1.0" ?>'  # built and called in the worker
-    assert "xml.dom.minidom" not in sys.modules  # never imported by the driver
+    loaded = sys.modules.pop("xml.dom.minidom", None)  # whatever imported it before: gone from this process now
+    try:
+        actor = remote_actor("xml.dom.minidom:Document", ("toxml",), num_cpus=1)
+        assert ray.get(actor.remote().toxml.remote()) == '<?xml version="1.0" ?>'  # built and called in the worker
+        assert "xml.dom.minidom" not in sys.modules  # never imported by the driver
+    finally:
+        if loaded is not None:
+            sys.modules["xml.dom.minidom"] = loaded
     missing = remote_actor("no_such_module_here:Worker", ("work",), num_cpus=1)
     with pytest.raises(Exception, match="no_such_module_here"):  # noqa: PT011  Ray's wrapper type
         ray.get(missing.remote().work.remote())  # the constructor's error, raised by the first call

@@ -131,7 +131,7 @@ def test_per_token_quant_delta_is_formed_in_float32() -> None:
     """Q_a(x) - x for bf16 x: the float32 difference rounded once, not the difference of two bf16 roundings."""
     x = (torch.randn(4, 256, generator=torch.Generator().manual_seed(1)) * 3).to(torch.bfloat16)
     delta = get_op("per_token_quant_delta")(x, 8)
-    exact = fake_quant_per_token(x.double(), 8) - x.double()  # float64: the definition
+    exact = fake_quant_per_token(x.double(), 8) - x.double()  # Q_a(x) as the op forms it, minus x exactly
     assert delta.dtype == torch.bfloat16
     assert torch.equal(delta, exact.to(torch.bfloat16)), "one rounding of the exact difference"
     assert not torch.equal(delta, fake_quant_per_token(x, 8) - x), "two bf16 roundings differ (the reason)"
