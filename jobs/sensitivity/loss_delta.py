@@ -15,6 +15,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 import torch
 from torch import nn
 
+from jobs.quantize.algorithms.act_quant import act_quant_inputs
 from jobs.quantize.layerwise import Layerwise
 from jobs.sensitivity.scoring import LOGITS_CHUNK, ScoringBatch, call_block, forward_keeping_inputs
 from kernels.quant import QuantFormat, get_op, parse_target
@@ -39,18 +40,11 @@ def quantized(linear: nn.Linear, fmt: QuantFormat) -> Iterator[None]:
     activation bits, per-token fake-quantized inputs; restored on exit."""
     weight = linear.weight.data
     linear.weight.data = get_op("fake_quant")(weight.float(), fmt).to(weight.dtype)
-    hook = None
-    if fmt.act_bits:
-        def quantize_input(_module: nn.Module, args: tuple) -> tuple:
-            x = args[0]
-            return (get_op("fake_quant_per_token")(x.float(), fmt.act_bits).to(x.dtype), *args[1:])
-        hook = linear.register_forward_pre_hook(quantize_input)
     try:
-        yield
+        with act_quant_inputs([linear], fmt.act_bits) if fmt.act_bits else nullcontext():
+            yield
     finally:
         linear.weight.data = weight
-        if hook is not None:
-            hook.remove()
 
 
 @torch.no_grad()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -39,3 +42,25 @@ def install_act_quant(block: nn.Module, names: list[str], act_bits: int = 8) -> 
         parent_name, _, child = name.rpartition(".")
         parent = block.get_submodule(parent_name) if parent_name else block
         setattr(parent, child, ActQuantLinear.wrap(module, act_bits))
+
+
+@contextmanager
+def act_quant_inputs(linears: Iterable[nn.Linear], bits: int, scale: torch.Tensor | None = None) -> Iterator[None]:
+    """While inside, the Linears see their inputs fake-quantized per token: Q_a(x), or Q_a(x / s) * s for a
+    smoothing scale s (with weights Q(W s) / s they then compute Q_a(x / s) Q(W s)^T, the deployed W/A product after
+    smoothing), formed in float32 and rounded back to x's dtype."""
+    quant = get_op("fake_quant_per_token")
+
+    def hook(_module: nn.Module, args: tuple) -> tuple:
+        x = args[0]
+        if scale is None:
+            return (quant(x.float(), bits).to(x.dtype), *args[1:])
+        sf = scale.to(x.device, torch.float32)
+        return (quant(x.float() / sf, bits).mul_(sf).to(x.dtype), *args[1:])
+
+    handles = [lin.register_forward_pre_hook(hook) for lin in linears]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()

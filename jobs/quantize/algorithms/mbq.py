@@ -20,8 +20,8 @@ loss; only norm-fed mappings are smoothed (SmoothQuant's default) unless smooth_
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,11 +29,11 @@ import torch
 from torch import nn
 
 from core.errors import ConfigError
+from jobs.quantize.algorithms.act_quant import act_quant_inputs
 from jobs.quantize.algorithms.awq import AWQ, AWQConfig
 from jobs.quantize.algorithms.mappings import ResolvedMapping
 from jobs.quantize.algorithms.smoothquant import smooth_scales
 from jobs.quantize.algorithms.stats import Stats
-from kernels.quant import get_op
 
 TEXT, VISION = 1, 2  # core.data.calib_mm codes (0: padding)
 NORMALIZE = ("modality", "tokens")
@@ -102,23 +102,4 @@ class MBQ(AWQ):
                             for k in range(self.cfg.n_grid)])
 
     def scoring(self, m: ResolvedMapping, s: torch.Tensor) -> AbstractContextManager:
-        return _act_quant_inputs(m.linears, s, self.fmt.act_bits) if self.fmt.act_bits else nullcontext()
-
-
-@contextmanager
-def _act_quant_inputs(linears: tuple[nn.Linear, ...], s: torch.Tensor, bits: int) -> Iterator[None]:
-    """The Linears see Q_a(x / s) * s: with weights Q(W s) / s they compute Q_a(x / s) Q(W s)^T, the deployed
-    W/A product after smoothing by s."""
-    quant = get_op("fake_quant_per_token")
-
-    def hook(_module: nn.Module, args: tuple) -> tuple:
-        x = args[0]
-        sf = s.to(x.device, torch.float32)
-        return (quant(x.float() / sf, bits).mul_(sf).to(x.dtype), *args[1:])
-
-    handles = [lin.register_forward_pre_hook(hook) for lin in linears]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
+        return act_quant_inputs(m.linears, self.fmt.act_bits, s) if self.fmt.act_bits else nullcontext()
