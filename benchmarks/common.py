@@ -60,6 +60,18 @@ def run_logged(cmd: list[str], log: Path, timeout: float | None = None) -> str:
     return out
 
 
+def bytecode_cache(path: str) -> None:
+    """Python bytecode for this process and every process it starts (runs, their Ray heads and workers) kept under
+    `path`, as in an environment pip installed (the project's image included: pip compiles at install). The lent
+    GPU image ships torch and transformers without .pyc files and sets PYTHONDONTWRITEBYTECODE=1, so there every
+    new process compiles their Python again (10-14 s for torch + transformers' Llama). '' leaves it as it is."""
+    if not path:
+        return
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    os.environ["PYTHONPYCACHEPREFIX"] = path
+    sys.dont_write_bytecode, sys.pycache_prefix = False, path
+
+
 def add_common_args(parser: argparse.ArgumentParser, work: str, deadline: float | None = None) -> None:
     parser.add_argument("--work", default=work)
     parser.add_argument("--deadline", type=float, default=deadline,

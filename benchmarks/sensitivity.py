@@ -19,7 +19,10 @@ the GPU, "scoring" the auto_quantize call (its calibration, scoring and LP searc
 task's torch.cuda.max_memory_allocated, model included. --passes (default 2) runs everything again: the first pass on
 a fresh machine pays one-time costs (ModelOpt JIT-builds its CUDA extension inside its scoring, about a minute;
 both read CUDA libraries from disk), the second is what a machine that ran a job before sees; each row's ratio is
-against the peer of its own pass. Each finished row is printed with the table
+against the peer of its own pass. Bytecode: --pycache gives every process of both sides one bytecode cache, so
+the second pass imports as a pip-installed environment does (benchmarks/common.py bytecode_cache: the lent GPU
+image compiles torch's Python in every process otherwise); the first pass compiles what the builder did not
+import (Ray, MLflow, ModelOpt...). Each finished row is printed with the table
 so far and appended to --work/rows.jsonl; --deadline bounds the whole call (the last run gets what
 is left and is killed past it) so the table is recorded before a time limit outside ends the call.
 """
@@ -35,7 +38,7 @@ from contextlib import nullcontext
 from importlib.util import find_spec
 from pathlib import Path
 
-from benchmarks.common import add_common_args, parse_args, ray_head, record, run_logged
+from benchmarks.common import add_common_args, bytecode_cache, parse_args, ray_head, record, run_logged
 from benchmarks.quant import LLAMA3_8B, build_model, write_calib
 
 SHAPES = {"llama3-8b": LLAMA3_8B,
@@ -183,8 +186,11 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=2,
                         help="every run this many times: the first pass on a fresh machine pays one-time costs "
                              "(the peer's CUDA extension build, CUDA libraries read from disk), later ones not")
+    parser.add_argument("--pycache", default="/tmp/bench-pycache",
+                        help="one bytecode cache for both sides' processes ('' for the environment's own setting)")
     add_common_args(parser, "/tmp/bench-sensitivity", deadline=540.0)
     args = parse_args(parser)
+    bytecode_cache(args.pycache)  # before the model builder's imports: it compiles torch's once for all
     modes = args.cluster.split(",")
     if not set(modes) <= {"embedded", "attached"}:
         parser.error(f"--cluster: embedded and/or attached, comma-separated (got {args.cluster!r})")

@@ -6,15 +6,16 @@ Per batch, the model runs block by block so that an 8B model fits one GPU with l
 weights: a no-grad forward keeps only each block's input; the loss gradient at the last block's output
 comes from the final norm and lm_head over chunks of tokens (never the whole float32 logits); then, from
 the last block down, each block is recomputed with grad and back-propagated alone, and each of its
-Linears is scored in the hook on its output gradient (its X is dropped right after). Weights are
+Linears is scored in its backward hook, given its output and input gradients (its X is dropped right after). Weights are
 frozen, so the backward computes input gradients only. Q_f(W) is recomputed in the hook for every
 batch rather than cached for the whole model (2 candidates x 16 GB for an 8B model).
 
 dY is formed from small terms, never as the difference of two full outputs (bf16 outputs cannot resolve
-an int8 change): X (Q(W) - W)^T, plus (Q_a(X) - X) Q(W)^T with activation quantization. G . dY is
-contracted over the smaller side (in or out features), in float32; the squares add up in float64. The
-loss is summed over tokens, not averaged, so scores of batches split over workers add up to the scores
-of one worker.
+an int8 change). With dW = Q(W) - W and dx = Q_a(X) - X (formed in float32), per token
+G . dY = G . (Q_a(X) dW^T) + (G W) . dx, and G W is the Linear's input gradient, which the backward computes
+anyway (a full backward hook hands it over): one GEMM per candidate, contracted over the smaller side (in or
+out features), the dot products in float32, their squares added in float64. The loss is summed over tokens, not
+averaged, so scores of batches split over workers add up to the scores of one worker.
 """
 
 from __future__ import annotations
@@ -47,35 +48,31 @@ class LinearScorer:
                                strict=True)) for name in self.linears}
 
     @torch.no_grad()
-    def score(self, name: str, x: torch.Tensor, grad: torch.Tensor) -> None:
+    def score(self, name: str, x: torch.Tensor, grad: torch.Tensor, input_grad: torch.Tensor) -> None:
+        """Add one batch: the Linear's input `x`, output gradient `grad` and input gradient `input_grad` (G W)."""
         w = self.linears[name].weight.detach()
-        x2, g2 = x.reshape(-1, x.shape[-1]), grad.reshape(-1, grad.shape[-1])
+        x2, g2, gx2 = (t.reshape(-1, t.shape[-1]) for t in (x, grad, input_grad))
         sums = self._sums.setdefault(name, torch.zeros(len(self.candidates), dtype=torch.float64, device=w.device))
         for k, fmt in enumerate(self.formats.values()):
             if fmt is not None:  # unquantized: dY = 0
-                sums[k] += token_products(g2, delta_terms(x2, w, fmt)).double().square().sum()
+                sums[k] += token_products(g2, x2, gx2, w, fmt).double().square().sum()
 
 
-def delta_terms(x: torch.Tensor, w: torch.Tensor, fmt: QuantFormat) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Pairs (A, B) with Q_a(x) Q_f(W)^T - x W^T = sum A B^T: x (Q(W) - W)^T [+ (Q_a(x) - x) Q(W)^T]."""
+def token_products(g: torch.Tensor, x: torch.Tensor, input_grad: torch.Tensor, w: torch.Tensor,
+                   fmt: QuantFormat) -> torch.Tensor:
+    """Per token g . dY (float32), dY = Q_a(x) Q_f(W)^T - x W^T, as g . (Q_a(x) dW^T) + (g W) . dx with
+    `input_grad` = g W. The dW term is contracted over the smaller of in/out features: (g dW) . Q_a(x) when
+    in < out, else g . (Q_a(x) dW^T): the same GEMM FLOPs, the smaller float32 product."""
     wf = w.float()
-    wq = get_op("fake_quant")(wf, fmt)
-    terms = [(x, (wq - wf).to(w.dtype))]
-    if fmt.act_bits:  # Q_a(x) - x formed in float32 (a fused kernel on CUDA)
-        terms.append((get_op("per_token_quant_delta")(x, fmt.act_bits), wq.to(w.dtype)))
-    return terms
-
-
-def token_products(g: torch.Tensor, terms: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """Per token g . dY (float32) with dY = sum A B^T, contracted over the smaller of in/out features:
-    (G B) . A when in < out, else G . (A B^T). Same GEMM FLOPs; the smaller float32 product."""
-    out_features, in_features = terms[0][1].shape
+    dw = (get_op("fake_quant")(wf, fmt) - wf).to(w.dtype)
+    dx = get_op("per_token_quant_delta")(x, fmt.act_bits) if fmt.act_bits else None  # float32 inside (fused on CUDA)
+    out_features, in_features = w.shape
     if in_features < out_features:
-        return sum(_rowdot(g @ b, a) for a, b in terms)
-    dy = terms[0][0] @ terms[0][1].T
-    for a, b in terms[1:]:
-        dy.addmm_(a, b.T)
-    return _rowdot(g, dy)
+        u = g @ dw
+        products = _rowdot(u, x) if dx is None else _rowdot(u, x) + _rowdot(u, dx)
+    else:
+        products = _rowdot(g, (x if dx is None else x + dx) @ dw.T)
+    return products if dx is None else products + _rowdot(input_grad, dx)
 
 
 def _rowdot(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -168,14 +165,19 @@ def score_batches(model: nn.Module, scorer: LinearScorer, batches: Iterable[torc
     norm, head = lw.final_norm(), model.get_output_embeddings()
     saved: dict[str, torch.Tensor] = {}
 
-    def on_forward(name: str):
-        def hook(_m: nn.Module, args: tuple, out: torch.Tensor) -> None:
+    def keep_input(name: str):
+        def hook(_m: nn.Module, args: tuple, _out: torch.Tensor) -> None:
             if torch.is_grad_enabled():  # a block's recompute; the first forward keeps nothing
                 saved[name] = args[0].detach()
-                out.register_hook(lambda g: scorer.score(name, saved.pop(name), g))
         return hook
 
-    handles = [lin.register_forward_hook(on_forward(name)) for name, lin in scorer.linears.items()]
+    def score_on_backward(name: str):
+        def hook(_m: nn.Module, grad_input: tuple, grad_output: tuple) -> None:
+            scorer.score(name, saved.pop(name), grad_output[0], grad_input[0])
+        return hook
+
+    handles = [h for name, lin in scorer.linears.items() for h in (
+        lin.register_forward_hook(keep_input(name)), lin.register_full_backward_hook(score_on_backward(name)))]
     try:
         for batch in batches:
             b = batch if isinstance(batch, ScoringBatch) else ScoringBatch(batch)

@@ -10,7 +10,6 @@ from transformers import Qwen3Config, Qwen3ForCausalLM
 from jobs.quantize.layerwise import Layerwise
 from jobs.sensitivity.scoring import (
     LinearScorer,
-    delta_terms,
     model_linears,
     reduce_scores,
     score_batches,
@@ -19,6 +18,8 @@ from jobs.sensitivity.scoring import (
 from kernels.quant import get_op, parse_format
 
 CANDIDATES = ["w4g32", "w8", "w8a8", "fp16"]
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="the CUDA copy: Triton row dots and activation deltas"))]
 
 
 def _model() -> Qwen3ForCausalLM:
@@ -132,11 +133,12 @@ def test_chunked_loss_gives_the_same_scores() -> None:
 
 
 @pytest.mark.parametrize("fmt", ["w4g128", "w8", "w8a8", "w4a8g128"])
-@pytest.mark.parametrize("shape", [(256, 1024), (1024, 256)])  # out < in: G . (A B^T); in < out: (G B) . A
-def test_bf16_token_products_match_the_definition(fmt: str, shape: tuple[int, int]) -> None:
+@pytest.mark.parametrize("shape", [(256, 1024), (1024, 256)])  # out < in: G . (X dW^T); in < out: (G dW) . X
+@pytest.mark.parametrize("device", DEVICES)
+def test_bf16_token_products_match_the_definition(fmt: str, shape: tuple[int, int], device: str) -> None:
     """bf16 X, W, G (a GPU run): sum_t (g . dY)^2 within 2e-3 of the definition computed exactly, i.e. the
     project's float32 quantizers and float64 products. (Q_a(X) rounded to bf16 before subtracting X was
-    1.7e-2 off for w8a8: the act term is formed in float32.)"""
+    1.7e-2 off for w8a8: dx is formed in float32; the bf16 input gradient g W carries the activation term.)"""
     gen = torch.Generator().manual_seed(0)
     out_f, in_f = shape
     x = (torch.randn(512, in_f, generator=gen) * torch.rand(512, 1, generator=gen) * 3).to(torch.bfloat16)
@@ -146,7 +148,8 @@ def test_bf16_token_products_match_the_definition(fmt: str, shape: tuple[int, in
     wq = get_op("fake_quant")(w.float(), f).double()
     xq = get_op("fake_quant_per_token")(x.float(), f.act_bits).double() if f.act_bits else x.double()
     exact = ((xq @ wq.T - x.double() @ w.double().T) * g.double()).sum(-1).square().sum()
-    ours = token_products(g, delta_terms(x, w, f)).double().square().sum()
+    on = [t.to(device) for t in (g, x, g @ w, w)]  # g @ w: the Linear's input gradient
+    ours = token_products(*on, f).double().square().sum()
     assert ours.item() == pytest.approx(exact.item(), rel=2e-3)
 
 
