@@ -22,6 +22,13 @@ def _math(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
+def _divide(t: torch.Tensor, number: float) -> torch.Tensor:
+    """t / number, rounded the same on every device. Torch on CUDA divides by a Python number as t * (1/number),
+    which can land a value that sits exactly on a rounding tie (a symmetric grid's -max|w| at -7.5 steps) on the
+    other side than the CPU's true division: about half the groups of a weight quantized differently."""
+    return t / torch.full_like(t, number)
+
+
 def _grouped(w: torch.Tensor, group_size: int | None) -> torch.Tensor:
     """[rows, cols] -> [rows, n_groups, group]."""
     rows, cols = w.shape
@@ -44,7 +51,7 @@ def compute_qparams(
     # 0 must be representable (padding, pruned weights): widen the range to include it.
     lo = g.amin(-1).clamp(max=0) * clip
     hi = g.amax(-1).clamp(min=0) * clip
-    scale = torch.maximum(-lo, hi) / ((qmax - qmin) / 2) if symmetric else (hi - lo) / (qmax - qmin)
+    scale = _divide(torch.maximum(-lo, hi), (qmax - qmin) / 2) if symmetric else _divide(hi - lo, qmax - qmin)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # all-zero group: any scale works
     if symmetric:
         return scale, torch.zeros_like(scale)
@@ -86,7 +93,7 @@ def fake_quant_per_token(x: torch.Tensor, bits: int = 8) -> torch.Tensor:
     """Dynamic symmetric per-token (last dim) activation quant, as vLLM's int8 kernels do (amax / 127)."""
     qmin, qmax = qrange(bits)
     xf = x.float()
-    scale = xf.abs().amax(-1, keepdim=True) / qmax
+    scale = _divide(xf.abs().amax(-1, keepdim=True), qmax)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     return (torch.round(xf / scale).clamp(qmin, qmax) * scale).to(x.dtype)
 

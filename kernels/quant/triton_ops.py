@@ -70,14 +70,14 @@ def gptq_block(
 
 
 @triton.jit
-def _per_token_delta_kernel(x_ptr, out_ptr, cols, stride_x, stride_o, qmin, qmax, inv_qmax, BLOCK: tl.constexpr):
+def _per_token_delta_kernel(x_ptr, out_ptr, cols, stride_x, stride_o, qmin, qmax, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     amax = tl.zeros([BLOCK], dtype=tl.float32)
     for start in range(0, cols, BLOCK):
         c = start + tl.arange(0, BLOCK)
         x = tl.load(x_ptr + row * stride_x + c, mask=c < cols, other=0.0).to(tl.float32)
         amax = tl.maximum(amax, tl.abs(x))
-    scale = libdevice.mul_rn(tl.max(amax, axis=0), inv_qmax)  # torch on CUDA divides by a scalar so: x * (1/s)
+    scale = tl.div_rn(tl.max(amax, axis=0), qmax)  # a true division, as the reference's on every device
     scale = tl.where(scale > 0, scale, 1.0)
     for start in range(0, cols, BLOCK):
         c = start + tl.arange(0, BLOCK)
@@ -96,10 +96,9 @@ def per_token_quant_delta(x: torch.Tensor, bits: int = 8) -> torch.Tensor:
     rows = x.reshape(-1, x.shape[-1]).contiguous()
     out = torch.empty_like(rows)
     qmin, qmax = qrange(bits)
-    inv_qmax = float(torch.tensor(1.0) / qmax)  # float32 1/qmax, as torch's scalar division computes it
     with torch.cuda.device(x.device):  # Triton launches on the current device
         _per_token_delta_kernel[(rows.shape[0],)](rows, out, rows.shape[1], rows.stride(0), out.stride(0),
-                                                  float(qmin), float(qmax), inv_qmax, BLOCK=1024)
+                                                  float(qmin), float(qmax), BLOCK=1024)
     return out.view(x.shape)
 
 

@@ -142,3 +142,31 @@ def test_get_op_falls_back_to_reference_on_cpu() -> None:
     assert get_op("quantize", backend="torch") is quantize
     with pytest.raises(KeyError, match="unknown quant op"):
         get_op("nope")
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="the same values on a CUDA device: needs one")
+
+
+@cuda
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
+@pytest.mark.parametrize("spec", ["w4g128", "w8"])
+def test_weights_quantize_the_same_on_cuda_as_on_the_cpu(spec: str, symmetric: bool) -> None:
+    """Bit for bit. A symmetric group's -max|w| sits on a rounding tie (-7.5 steps at 4 bits): torch on CUDA divides
+    by a Python number as x * (1/number), which put it on the other side in about a third of the groups."""
+    w = torch.randn(512, 1024, generator=torch.Generator().manual_seed(0)) * 0.02
+    fmt = parse_format(spec, symmetric)
+    on_cpu, on_cuda = quantize_weight(w, fmt), quantize_weight(w.cuda(), fmt)
+    for name, a, b in zip(("q", "scale", "zero"), on_cpu, on_cuda, strict=True):
+        assert torch.equal(a, b.cpu()), f"{name}: {int((a != b.cpu()).sum())} of {a.numel()} differ"
+    assert torch.equal(fake_quant(w, fmt), fake_quant(w.cuda(), fmt).cpu())
+
+
+@cuda
+@pytest.mark.parametrize("bits", [4, 8])
+def test_activations_quantize_the_same_on_cuda_as_on_the_cpu(bits: int) -> None:
+    x = (torch.randn(2048, 1024, generator=torch.Generator().manual_seed(0)) * 3).to(torch.bfloat16)
+    want = get_op("per_token_quant_delta", "torch")(x, bits)
+    for backend in ("torch", "auto"):  # the reference on CUDA, and the Triton kernel
+        got = get_op("per_token_quant_delta", backend)(x.cuda(), bits).cpu()
+        assert torch.equal(got, want), f"{backend}: {int((got != want).sum())} of {want.numel()} differ"
+    assert torch.equal(fake_quant_per_token(x.cuda(), bits).cpu(), fake_quant_per_token(x, bits))
