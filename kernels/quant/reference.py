@@ -25,7 +25,7 @@ def _math(t: torch.Tensor) -> torch.Tensor:
 def _divide(t: torch.Tensor, number: float) -> torch.Tensor:
     """t / number, rounded the same on every device. Torch on CUDA divides by a Python number as t * (1/number),
     which can land a value that sits exactly on a rounding tie (a symmetric grid's -max|w| at -7.5 steps) on the
-    other side than the CPU's true division: about half the groups of a weight quantized differently."""
+    other side than the CPU's true division: about a third of a weight's 4-bit groups quantized differently."""
     return t / torch.full_like(t, number)
 
 
