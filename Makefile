@@ -42,7 +42,7 @@ mlflow-server: setup
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) \
 	  --workers 1 --backend-store-uri sqlite:///$(CURDIR)/runs/mlflow-server.db --artifacts-destination $(MLFLOW_ARTIFACTS)
 
-# GPU machine: run with the image's python (torch/transformers there); see benchmarks/README.md
+# GPU machine: run with the image's python (torch/transformers there); see README.md "Benchmarks (GPU machine)"
 BENCH_PY ?= python3
 bench-sft:
 	$(BENCH_PY) -m benchmarks.sft $(ARGS)
