@@ -66,13 +66,14 @@ def token_products(g: torch.Tensor, x: torch.Tensor, input_grad: torch.Tensor, w
     wf = w.float()
     dw = (get_op("fake_quant")(wf, fmt) - wf).to(w.dtype)
     dx = get_op("per_token_quant_delta")(x, fmt.act_bits) if fmt.act_bits else None  # float32 inside (fused on CUDA)
+    act_term = None if dx is None else _rowdot(input_grad, dx)
     out_features, in_features = w.shape
     if in_features < out_features:
         u = g @ dw
         products = _rowdot(u, x) if dx is None else _rowdot(u, x) + _rowdot(u, dx)
-    else:
-        products = _rowdot(g, (x if dx is None else x + dx) @ dw.T)
-    return products if dx is None else products + _rowdot(input_grad, dx)
+    else:  # Q_a(x) in place of dx: one [tokens, in] temporary fewer (0.9 GiB for an 8B down_proj at 32k tokens)
+        products = _rowdot(g, (x if dx is None else dx.add_(x)) @ dw.T)
+    return products if act_term is None else products + act_term
 
 
 def _rowdot(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
