@@ -6,8 +6,8 @@ Per batch, the model runs block by block so that an 8B model fits one GPU with l
 weights: a no-grad forward keeps only each block's input; the loss gradient at the last block's output
 comes from the final norm and lm_head over chunks of tokens (never the whole float32 logits); then, from
 the last block down, each block is recomputed with grad and back-propagated alone, and each of its
-Linears is scored in its backward hook, given its output and input gradients (its X is dropped right after). Weights are
-frozen, so the backward computes input gradients only. Q_f(W) is recomputed in the hook for every
+Linears is scored in its backward hook, given its output and input gradients (its X is dropped right after).
+Weights are frozen, so the backward computes input gradients only. Q_f(W) is recomputed in the hook for every
 batch rather than cached for the whole model (2 candidates x 16 GB for an 8B model).
 
 dY is formed from small terms, never as the difference of two full outputs (bf16 outputs cannot resolve

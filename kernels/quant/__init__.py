@@ -1,8 +1,7 @@
 """Format-level quantization ops (and `rowdot`, the reduction that scores a format's error). `get_op(name)` picks a
-fused implementation at run time when one is
-available (`kernels.quant.triton_ops`, CUDA only) and the torch reference otherwise,
-so callers never import a backend directly. Importing this package imports no torch (formats are plain Python:
-a driver validates them before it pays for the ML stack); an op's first get_op does."""
+fused implementation at run time when one is available (`kernels.quant.triton_ops`, CUDA only) and the torch
+reference otherwise, so callers never import a backend directly. Importing this package imports no torch (formats
+are plain Python: a driver validates them before it pays for the ML stack); an op's first get_op does."""
 
 from __future__ import annotations
 

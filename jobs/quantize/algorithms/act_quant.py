@@ -54,7 +54,7 @@ def act_quant_inputs(linears: Iterable[nn.Linear], bits: int, scale: torch.Tenso
     def hook(_module: nn.Module, args: tuple) -> tuple:
         x = args[0]
         if scale is None:
-            return (quant(x.float(), bits).to(x.dtype), *args[1:])
+            return (quant(x, bits), *args[1:])  # float32 inside, back in x's dtype
         sf = scale.to(x.device, torch.float32)
         return (quant(x.float() / sf, bits).mul_(sf).to(x.dtype), *args[1:])
 
