@@ -63,8 +63,7 @@ def token_products(g: torch.Tensor, x: torch.Tensor, input_grad: torch.Tensor, w
     """Per token g . dY (float32), dY = Q_a(x) Q_f(W)^T - x W^T, as g . (Q_a(x) dW^T) + (g W) . dx with
     `input_grad` = g W. The dW term is contracted over the smaller of in/out features: (g dW) . Q_a(x) when
     in < out, else g . (Q_a(x) dW^T): the same GEMM FLOPs, the smaller float32 product."""
-    wf = w.float()
-    dw = (get_op("fake_quant")(wf, fmt) - wf).to(w.dtype)
+    dw = get_op("weight_quant_delta")(w, fmt)  # float32 inside (fused on CUDA)
     dx = get_op("per_token_quant_delta")(x, fmt.act_bits) if fmt.act_bits else None  # float32 inside (fused on CUDA)
     act_term = None if dx is None else _rowdot(input_grad, dx)
     out_features, in_features = w.shape

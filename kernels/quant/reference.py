@@ -89,6 +89,13 @@ def fake_quant(w: torch.Tensor, fmt: QuantFormat, clip: float | torch.Tensor = 1
     return dequantize(q, scale, zero, fmt.group_size).to(w.dtype)
 
 
+def weight_quant_delta(w: torch.Tensor, fmt: QuantFormat) -> torch.Tensor:
+    """fake_quant(w) - w, formed in float32 (float64 stays) and returned in w's dtype: what quantizing a weight to
+    `fmt` changes it by, rounded once (sensitivity scoring's dW)."""
+    wm = _math(w)
+    return (fake_quant(wm, fmt) - wm).to(w.dtype)
+
+
 def fake_quant_per_token(x: torch.Tensor, bits: int = 8) -> torch.Tensor:
     """Dynamic symmetric per-token (last dim) activation quant, as vLLM's int8 kernels do (amax / 127)."""
     qmin, qmax = qrange(bits)

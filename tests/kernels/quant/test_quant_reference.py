@@ -18,6 +18,7 @@ from kernels.quant.reference import (
     quantize,
     quantize_weight,
     unpack_int,
+    weight_quant_delta,
 )
 
 FORMATS = [f"w{b}g{g}" for b, g in itertools.product(WEIGHT_BITS, GROUP_SIZES)] + [f"w{b}" for b in WEIGHT_BITS]
@@ -137,6 +138,20 @@ def test_per_token_quant_delta_is_formed_in_float32() -> None:
     assert not torch.equal(delta, fake_quant_per_token(x, 8) - x), "two bf16 roundings differ (the reason)"
 
 
+@pytest.mark.parametrize("spec", ["w4g128", "w8", "w3g32"])
+def test_weight_quant_delta_is_the_float32_difference_rounded_once(spec: str) -> None:
+    """Q(w) - w in w's dtype: the float32 fake quant minus w, rounded once (not Q(w) rounded to bf16, minus w)."""
+    w = (torch.randn(64, 256, generator=torch.Generator().manual_seed(2)) * 0.02).to(torch.bfloat16)
+    fmt = parse_format(spec)
+    delta = get_op("weight_quant_delta")(w, fmt)
+    exact = fake_quant(w.float(), fmt).double() - w.double()
+    assert delta.dtype == torch.bfloat16 and delta.shape == w.shape
+    assert torch.equal(delta, exact.to(torch.bfloat16)), "one rounding of the float32 difference"
+    assert not torch.equal(delta, fake_quant(w, fmt) - w), "two bf16 roundings differ (the reason)"
+    w64 = w.double()
+    assert torch.equal(weight_quant_delta(w64, fmt), fake_quant(w64, fmt) - w64), "float64 stays float64"
+
+
 def test_get_op_falls_back_to_reference_on_cpu() -> None:
     assert get_op("fake_quant") is fake_quant
     assert get_op("quantize", backend="torch") is quantize
@@ -159,6 +174,18 @@ def test_weights_quantize_the_same_on_cuda_as_on_the_cpu(spec: str, symmetric: b
     for name, a, b in zip(("q", "scale", "zero"), on_cpu, on_cuda, strict=True):
         assert torch.equal(a, b.cpu()), f"{name}: {int((a != b.cpu()).sum())} of {a.numel()} differ"
     assert torch.equal(fake_quant(w, fmt), fake_quant(w.cuda(), fmt).cpu())
+
+
+@cuda
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
+@pytest.mark.parametrize("spec", ["w4g128", "w8", "w3g32"])
+def test_weight_deltas_are_the_same_on_cuda_as_on_the_cpu(spec: str, symmetric: bool) -> None:
+    w = (torch.randn(512, 1024, generator=torch.Generator().manual_seed(0)) * 0.02).to(torch.bfloat16)
+    fmt = parse_format(spec, symmetric)
+    want = weight_quant_delta(w, fmt)
+    for backend in ("torch", "auto"):  # the reference on CUDA, and the Triton kernel
+        got = get_op("weight_quant_delta", backend)(w.cuda(), fmt).cpu()
+        assert torch.equal(got, want), f"{backend}: {int((got != want).sum())} of {want.numel()} differ"
 
 
 @cuda

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.quant import get_op, reference
+from kernels.quant import get_op, parse_format, reference
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="Triton kernels need CUDA")
 
@@ -51,6 +51,28 @@ def test_per_token_quant_delta_matches_reference(shape: tuple, bits: int, dtype:
     diff = (ours.float() - ref.float()).abs()
     assert torch.equal(ours, ref), f"{int((diff > 0).sum())} of {diff.numel()} differ, by up to {diff.max():.3g}"
     assert not ours.view(-1, shape[-1])[-1].any()
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
+@pytest.mark.parametrize(("shape", "spec"), [((1024, 4096), "w4g128"), ((300, 14336), "w8"), ((64, 1000), "w4"),
+                                             ((96, 4096), "w3g32"), ((77, 512), "w2g64"), ((40, 256), "w8g128")])
+def test_weight_quant_delta_matches_reference(shape: tuple, spec: str, symmetric: bool, dtype: torch.dtype) -> None:
+    """Same range, scale and zero (IEEE division), half-to-even rounding and separately rounded multiply and
+    subtract as the reference: the same values, for whole groups, per-channel rows (not a power of 2 long), an
+    all-zero group and a row of quarters (-0.75..0.75: -7.5, -2.5, 2.5 and 7.5 steps at 4 bits, rounding ties)."""
+    gen = torch.Generator().manual_seed(shape[1] + len(spec))
+    w = (torch.randn(shape, generator=gen) * torch.rand(shape[0], 1, generator=gen) * 0.05).to(dtype).cuda()
+    w[0, :32] = 0
+    w[1] = torch.arange(shape[1], device="cuda").remainder(7).sub(3).to(dtype) * 0.25
+    fmt = parse_format(spec, symmetric)
+    ref = reference.weight_quant_delta(w, fmt)
+    ours = get_op("weight_quant_delta", backend="triton")(w, fmt)
+    assert ours.dtype == dtype and ours.shape == w.shape
+    diff = (ours.float() - ref.float()).abs()
+    assert torch.equal(ours, ref), f"{int((diff > 0).sum())} of {diff.numel()} differ, by up to {diff.max():.3g}"
+    assert ref.abs().max() > 0, "the check needs quantization error to compare"
 
 
 @cuda
