@@ -6,6 +6,7 @@ are plain Python: a driver validates them before it pays for the ML stack); an o
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable
 from functools import cache
 
@@ -18,7 +19,12 @@ _TRITON_MODULE = "kernels.quant.triton_ops"  # same function names and signature
 
 
 def get_op(name: str, backend: str = "auto") -> Callable:
-    """The implementation of op `name`: "auto" prefers Triton on CUDA, else the torch reference."""
+    """The implementation of op `name`: "auto" prefers Triton on CUDA, else the torch reference; the environment's
+    QUANT_BACKEND=torch makes "auto" the reference everywhere (to bisect a kernel, or time what one buys)."""
+    if backend == "auto":
+        backend = os.environ.get("QUANT_BACKEND", "auto")
+        if backend not in BACKENDS:
+            raise KeyError(f"QUANT_BACKEND={backend!r} is not a quant backend (known: {', '.join(BACKENDS)})")
     if name not in OPS:
         raise KeyError(f"unknown quant op {name!r} (known: {', '.join(OPS)})")
     if backend not in BACKENDS:

@@ -159,6 +159,17 @@ def test_get_op_falls_back_to_reference_on_cpu() -> None:
         get_op("nope")
 
 
+def test_quant_backend_environment_picks_auto_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    """QUANT_BACKEND=torch: the reference even where a Triton kernel runs (on CUDA the default is the kernel)."""
+    monkeypatch.setenv("QUANT_BACKEND", "torch")
+    assert get_op("weight_quant_delta") is weight_quant_delta
+    monkeypatch.delenv("QUANT_BACKEND")
+    assert (get_op("weight_quant_delta") is weight_quant_delta) == (not torch.cuda.is_available())
+    monkeypatch.setenv("QUANT_BACKEND", "fast")
+    with pytest.raises(KeyError, match="QUANT_BACKEND='fast'"):
+        get_op("rowdot")
+
+
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="the same values on a CUDA device: needs one")
 
 
