@@ -54,10 +54,11 @@ def test_per_token_quant_delta_matches_reference(shape: tuple, bits: int, dtype:
 
 
 @cuda
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
 @pytest.mark.parametrize(("shape", "spec"), [((1024, 4096), "w4g128"), ((300, 14336), "w8"), ((64, 1000), "w4"),
-                                             ((96, 4096), "w3g32"), ((77, 512), "w2g64"), ((40, 256), "w8g128")])
+                                             ((96, 4096), "w3g32"), ((77, 512), "w2g64"), ((40, 256), "w8g128"),
+                                             ((8, 28672), "w8")])  # a 70B down_proj's row: one 32768-wide tile
 def test_weight_quant_delta_matches_reference(shape: tuple, spec: str, symmetric: bool, dtype: torch.dtype) -> None:
     """Same range, scale and zero (IEEE division), half-to-even rounding and separately rounded multiply and
     subtract as the reference: the same values, for whole groups, per-channel rows (not a power of 2 long), an
