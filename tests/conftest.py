@@ -34,6 +34,24 @@ def run_cli(args: list[str], storage: Path, timeout: int = 600, env: dict | None
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
+def start_cli(args: list[str], log: Path, env: dict[str, str]) -> tuple[subprocess.Popen, Path]:
+    """The CLI in the background, its output in `log`, in a session of its own (os.killpg ends the driver with its
+    embedded Ray and actors)."""
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "orchestrator", *args], cwd=REPO, stdout=out,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", **env})
+    return proc, log
+
+
+def finish_cli(proc: subprocess.Popen, log: Path, timeout: int = 600) -> str:
+    """The output of a start_cli run, once it has succeeded."""
+    proc.wait(timeout=timeout)
+    output = log.read_text()
+    assert proc.returncode == 0, output[-4000:]
+    return output
+
+
 def run_id_of(output: str) -> str:
     match = re.search(r"MLflow run id: (\w+)", output)
     assert match, f"no MLflow run id printed:\n{output[-3000:]}"

@@ -92,19 +92,8 @@ def test_bad_freeze_is_a_config_error_naming_the_field(case: str) -> None:
     assert "\n" not in str(err.value)
 
 
-def test_group_of_a_vlm_without_layout_asks_for_regex() -> None:
-    import torch
-    import transformers
-
-    from core.models.auto import from_config
-
-    config = transformers.Mistral3Config(
-        text_config=dict(model_type="mistral", hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                         num_attention_heads=4, num_key_value_heads=2, vocab_size=300, head_dim=16),
-        vision_config=dict(model_type="pixtral", hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                           num_attention_heads=4, head_dim=16))
-    with torch.device("meta"):
-        model = from_config(config)
+def test_group_of_a_vlm_without_layout_asks_for_regex(meta_mistral3) -> None:
+    model = meta_mistral3
     with pytest.raises(ConfigError, match=re.escape("'vision': Mistral3ForConditionalGeneration has no group layout")):
         apply_freeze(model, ["vision"])
     apply_freeze(model, ["embeddings", r"re:^model\.vision_tower\."])  # regexes and API-found groups still work

@@ -109,19 +109,9 @@ def test_every_registered_class_exists_in_transformers() -> None:
         assert hasattr(transformers, name), name
 
 
-def test_image_text_class_without_layout_is_unknown_not_guessed() -> None:
+def test_image_text_class_without_layout_is_unknown_not_guessed(meta_mistral3) -> None:
     """A VLM family with no registry entry: embeddings/lm_head still found, the rest in `other`."""
-    import transformers
-
-    from core.models.auto import from_config
-
-    config = transformers.Mistral3Config(
-        text_config=dict(model_type="mistral", hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                         num_attention_heads=4, num_key_value_heads=2, vocab_size=300, head_dim=16),
-        vision_config=dict(model_type="pixtral", hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                           num_attention_heads=4, head_dim=16))
-    with torch.device("meta"):
-        model = from_config(config)
+    model = meta_mistral3
     groups = module_groups(model)
     assert not groups.known and groups.names["vision"] == [] and groups.names[OTHER]
     assert groups.names["embeddings"] == ["model.language_model.embed_tokens.weight"]

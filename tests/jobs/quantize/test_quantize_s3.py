@@ -9,7 +9,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 from core import storage
 from jobs.quantize import checkpoint
 from jobs.quantize.load import load_quantized
-from tests.conftest import REPO, make_bucket, run_id_of, s3_client, s3_keys
+from tests.conftest import REPO, finish_cli, make_bucket, run_id_of, s3_client, s3_keys, start_cli
 from tests.jobs.conftest import QUANT_ALGOS, TINY_QUANT
 
 BUCKET = "quant-e2e"
@@ -47,18 +46,7 @@ def s3_env(s3: dict, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _start(s3: dict, log: Path, args: list[str], *extra: str) -> tuple[subprocess.Popen, Path]:
     """The CLI (embedded Ray: its workers get the S3 environment from it) in the background, output in `log`."""
-    cmd = [sys.executable, "-m", "orchestrator", *args, f"job.storage={ROOT}", *extra]
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1", **s3["env"]}, stdout=out,
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    return proc, log
-
-
-def _finish(proc: subprocess.Popen, log: Path) -> str:
-    proc.wait(timeout=600)
-    output = log.read_text()
-    assert proc.returncode == 0, output[-4000:]
-    return output
+    return start_cli([*args, f"job.storage={ROOT}", *extra], log, s3["env"])
 
 
 KILLED = "gptq-killed"  # loads the FP model from S3 (the same weights the uninterrupted one builds from its config)
@@ -85,7 +73,7 @@ def runs(s3: dict, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         assert not storage.is_published(f"{ROOT}/{KILLED}/export"), "killed too late: the job had finished"
     resumed = _start(s3, logs / "resumed.log", args)
     uninterrupted = _start(s3, logs / "uninterrupted.log", [*s3["args"], "job.name=gptq-2w"])
-    return {"resumed": _finish(*resumed), "uninterrupted": _finish(*uninterrupted)}
+    return {"resumed": finish_cli(*resumed), "uninterrupted": finish_cli(*uninterrupted)}
 
 
 @pytest.fixture(scope="module")

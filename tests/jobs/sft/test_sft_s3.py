@@ -5,16 +5,14 @@ planted AWS secret key reaches neither MLflow nor the logs nor the bucket."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from core import storage
-from tests.conftest import FAST_SFT, REPO, S3_SECRET, make_bucket, run_id_of, s3_client, s3_keys
+from tests.conftest import FAST_SFT, REPO, S3_SECRET, finish_cli, make_bucket, run_id_of, s3_client, s3_keys, start_cli
 
 BUCKET = "sft-e2e"
 STEPS = 4
@@ -37,19 +35,8 @@ def s3(s3_server: dict, mlflow_s3_server: str, tmp_path_factory: pytest.TempPath
 
 def _start(s3: dict, log: Path, name: str, *extra: str) -> tuple[subprocess.Popen, Path]:
     """The CLI in the background on the bucket, its output in `log`."""
-    cmd = [sys.executable, "-m", "orchestrator", *ARGS, f"job.name={name}", f"trainer.max_steps={STEPS}",
-           f"tracking.uri={s3['tracking']}", *extra, f"job.storage=s3://{BUCKET}/runs"]
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, text=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1", **s3["env"]})
-    return proc, log
-
-
-def _finish(proc: subprocess.Popen, log: Path) -> str:
-    proc.wait(timeout=600)
-    output = log.read_text()
-    assert proc.returncode == 0, output[-4000:]
-    return output
+    return start_cli([*ARGS, f"job.name={name}", f"trainer.max_steps={STEPS}", f"tracking.uri={s3['tracking']}",
+                      *extra, f"job.storage=s3://{BUCKET}/runs"], log, s3["env"])
 
 
 def _losses(tracking: str, run_id: str) -> dict[int, float]:
@@ -70,7 +57,7 @@ def runs(s3: dict, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         assert time.time() < deadline, "timed out waiting for full's step-2 checkpoint"
         time.sleep(0.5)
     resumed = _start(s3, logs / "resumed.log", "resumed", *S3_DATA, f"trainer.checkpoint.resume={CHECKPOINT}")
-    return {"full": _finish(*full), "resumed": _finish(*resumed)}
+    return {"full": finish_cli(*full), "resumed": finish_cli(*resumed)}
 
 
 @pytest.fixture(scope="module")
