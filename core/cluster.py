@@ -30,9 +30,15 @@ def _loopback_env() -> dict[str, str]:
     return {"GLOO_SOCKET_IFNAME": "lo", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
+# Knobs of the driver's environment that every worker gets too, on an attached cluster as well (whose workers
+# otherwise inherit the environment of `ray start`): QUANT_BACKEND=torch, the reference quant ops (kernels.quant).
+PASSED_TO_WORKERS = ("QUANT_BACKEND",)
+
+
 def _worker_env() -> dict[str, str]:
     path = os.environ.get("PYTHONPATH", "")
-    return {"PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{path}" if path else str(REPO_ROOT)}
+    passed = {key: os.environ[key] for key in PASSED_TO_WORKERS if key in os.environ}
+    return {"PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{path}" if path else str(REPO_ROOT), **passed}
 
 
 def _embedded_env() -> dict[str, str]:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
 from core.cluster import ClusterConfig, check_fits, connect
 from core.errors import ConfigError
+from tests.conftest import REPO
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +49,16 @@ def test_embedded_workers_get_expandable_segments_unless_the_user_chose(two_cpus
     assert seen == expected  # what a real worker process of the embedded cluster sees
     monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "backend:cudaMallocAsync")
     assert _embedded_env()["PYTORCH_CUDA_ALLOC_CONF"] == "backend:cudaMallocAsync"
+
+
+def test_workers_of_an_attached_cluster_get_the_drivers_quant_backend(ray_head) -> None:
+    """They inherit the environment of `ray start`, not the driver's: the knob travels in the job's runtime_env."""
+    code = ("import os, ray\nfrom core.cluster import ClusterConfig, connect\n"
+            f"with connect(ClusterConfig(address={ray_head.address!r})):\n"
+            "    print('worker sees', ray.get(ray.remote(lambda: os.environ.get('QUANT_BACKEND')).remote()))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, **ray_head.env, "QUANT_BACKEND": "torch"})
+    assert "worker sees torch" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
 
 
 def test_a_user_error_in_an_actor_constructor_reaches_the_driver_as_itself(two_cpus: str) -> None:
