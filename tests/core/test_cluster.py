@@ -1,4 +1,5 @@
-"""Placement checks (core/cluster.py) on a real embedded Ray cluster of 2 CPUs and no GPU."""
+"""Placement checks (core/cluster.py) on a real embedded Ray cluster of 2 CPUs and no GPU; the worker environment
+also through a driver attached to the session's `ray start` head."""
 
 from __future__ import annotations
 
