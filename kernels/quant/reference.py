@@ -17,6 +17,13 @@ def qrange(bits: int) -> tuple[int, int]:
     return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
 
 
+def grid_steps(bits: int, symmetric: bool) -> float:
+    """The grid steps a scale divides: the group's range hi - lo (asymmetric), or max|w| from 0 (symmetric: half the
+    signed range, 7.5 at 4 bits)."""
+    qmin, qmax = qrange(bits)
+    return (qmax - qmin) / 2 if symmetric else float(qmax - qmin)
+
+
 def _math(t: torch.Tensor) -> torch.Tensor:
     """float32 math for low-precision inputs; float64 stays float64 (exactness checks)."""
     return t.to(torch.promote_types(t.dtype, torch.float32))
@@ -51,7 +58,7 @@ def compute_qparams(
     # 0 must be representable (padding, pruned weights): widen the range to include it.
     lo = g.amin(-1).clamp(max=0) * clip
     hi = g.amax(-1).clamp(min=0) * clip
-    scale = _divide(torch.maximum(-lo, hi), (qmax - qmin) / 2) if symmetric else _divide(hi - lo, qmax - qmin)
+    scale = _divide(torch.maximum(-lo, hi) if symmetric else hi - lo, grid_steps(bits, symmetric))
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # all-zero group: any scale works
     if symmetric:
         return scale, torch.zeros_like(scale)

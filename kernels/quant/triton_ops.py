@@ -31,7 +31,7 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 from kernels.quant.formats import QuantFormat
-from kernels.quant.reference import qrange
+from kernels.quant.reference import grid_steps, qrange
 
 BLOCK_ROWS = 16
 
@@ -120,7 +120,7 @@ def _weight_delta_kernel(w_ptr, out_ptr, cols, size, n_groups, stride_w, stride_
     w = tl.load(w_ptr + row * stride_w + col, mask=mask, other=0.0).to(tl.float32)
     lo = tl.minimum(tl.min(w, axis=1), 0.0)[:, None]  # masked lanes read 0, which the range includes anyway
     hi = tl.maximum(tl.max(w, axis=1), 0.0)[:, None]
-    # steps: the grid steps the range spans ((qmax - qmin) / 2 from 0 when symmetric), computed on the host
+    # steps: reference.grid_steps, computed on the host
     if SYMMETRIC:
         scale = tl.div_rn(tl.maximum(-lo, hi), steps)
     else:
@@ -149,10 +149,10 @@ def weight_quant_delta(w: torch.Tensor, fmt: QuantFormat) -> torch.Tensor:
     group = triton.next_power_of_2(size)
     groups = max(1, 1024 // group)  # about 1024 elements a program
     n_groups = cols // size
-    steps = (qmax - qmin) / 2 if fmt.symmetric else float(qmax - qmin)
     with torch.cuda.device(w.device):
         _weight_delta_kernel[(rows, triton.cdiv(n_groups, groups))](
-            w, out, cols, size, n_groups, w.stride(0), out.stride(0), float(qmin), float(qmax), steps,
+            w, out, cols, size, n_groups, w.stride(0), out.stride(0), float(qmin), float(qmax),
+            grid_steps(fmt.weight_bits, fmt.symmetric),
             SYMMETRIC=fmt.symmetric, GROUP=group, GROUPS=groups, num_warps=8 if group >= 4096 else 4)
     return out
 
