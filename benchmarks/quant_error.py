@@ -57,11 +57,11 @@ def block_errors(model_dir: str, ids: np.ndarray, q_blocks: list[torch.nn.Module
 
 def blocks_from_export(export: Path, model_dir: str, count: int) -> list[torch.nn.Module]:
     """Llama blocks rebuilt from a pack-quantized export, weights dequantized by our loader
-    (jobs/quantize/load.py), in bf16."""
+    (core/quant/load.py), in bf16."""
     from transformers import AutoConfig
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
-    from jobs.quantize.load import dequantized_state, quant_config_of
+    from core.quant.load import dequantized_state, quant_config_of
 
     qc = quant_config_of(export)
     if qc is None or qc.get("format") != "pack-quantized":

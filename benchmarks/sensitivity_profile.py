@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 
 from benchmarks.quant import SHAPES
-from jobs.quantize.layerwise import Layerwise
+from core.blocks.layerwise import Layerwise
 from jobs.sensitivity.scoring import LinearScorer, model_linears, score_batches
 
 

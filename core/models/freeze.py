@@ -81,7 +81,7 @@ def _matches(rule: Rule, groups: ModuleGroups, aliases: dict[str, str]) -> set[s
     if rule.group is not None:
         if not groups.known and rule.group in ("vision", "projector", "language"):
             raise ConfigError(FIELD, f"{rule.entry!r}: {groups.model_class} has no group layout "
-                              "(core/models/groups.py LAYOUTS); use re:<regex> entries")
+                              "(no family in core/models/families/); use re:<regex> entries")
         found = set(groups.members(rule.group))
         if not found:
             raise ConfigError(FIELD, f"{rule.entry!r}: {groups.model_class} has no {rule.group} parameters")

@@ -1,7 +1,7 @@
 """Module groups of a model: vision, projector, language, embeddings, lm_head.
 
-One registry, `LAYOUTS`, keyed by the transformers model class: each entry names the module paths of
-the vision tower, the projector and the language model. The embeddings and the lm_head are found for
+The module paths of the vision tower, the projector and the language model come from the model's family
+(core/models/families/: `Family.groups`). The embeddings and the lm_head are found for
 every family through transformers' own `get_input_embeddings()` / `get_output_embeddings()`; within
 the rest the longest matching module path decides (Qwen-VL's merger sits inside `model.visual`).
 A model whose class has no entry is a causal LM (everything but embeddings/lm_head is `language`),
@@ -21,52 +21,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.models.families import CAUSAL_LM, GroupLayout, family_of
 from core.models.inspect import numel
-from core.registry import Registry
 
 GROUPS = ("vision", "projector", "language", "embeddings", "lm_head")
 OTHER = "other"  # parameters no group claims (a family without a layout); empty for registered families
 
 
-@dataclass(frozen=True)
-class GroupLayout:
-    vision: tuple[str, ...] = ()
-    projector: tuple[str, ...] = ()
-    language: tuple[str, ...] = ()
-
-    def paths(self) -> list[tuple[str, str]]:
-        """(module path, group), longest path first."""
-        pairs = [(p, g) for g in ("vision", "projector", "language") for p in getattr(self, g)]
-        return sorted(pairs, key=lambda pair: -len(pair[0]))
-
-
-CAUSAL_LM = GroupLayout(language=("",))  # "" is the root: every parameter not otherwise claimed
-LLAVA = GroupLayout(vision=("model.vision_tower",), projector=("model.multi_modal_projector",),
-                    language=("model.language_model",))
-# LLaVA-NeXT / OneVision: the learned row separator of the anyres feature grid belongs to the projector side
-LLAVA_NEXT = GroupLayout(vision=LLAVA.vision, projector=(*LLAVA.projector, "model.image_newline"),
-                         language=LLAVA.language)
-# Qwen-VL: the patch merger (and Qwen3-VL's deepstack mergers) is the projector, inside model.visual
-QWEN_VL = GroupLayout(vision=("model.visual",), projector=("model.visual.merger", "model.visual.deepstack_merger_list"),
-                      language=("model.language_model",))
-
-LAYOUTS: Registry[GroupLayout] = Registry("module group layout", "model")
-LAYOUTS.register("LlavaForConditionalGeneration", LLAVA)
-LAYOUTS.register("LlavaNextForConditionalGeneration", LLAVA_NEXT)
-LAYOUTS.register("LlavaOnevisionForConditionalGeneration", LLAVA_NEXT)
-for _cls in ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration",
-             "Qwen3VLForConditionalGeneration", "Qwen3VLMoeForConditionalGeneration"):
-    LAYOUTS.register(_cls, QWEN_VL)
-
-
 def layout_of(model: Any) -> GroupLayout | None:
-    """The class's layout; a text-only model's is CAUSAL_LM; None for an image-text model without one
+    """The family's layout; a text-only model's is CAUSAL_LM; None for an image-text model no family knows
     (transformers maps it to image-text-to-text, or its config has a vision_config: remote-code VLMs)."""
     from core.models.auto import is_image_text
 
-    name = type(model).__name__
-    if name in LAYOUTS:
-        return LAYOUTS.get(name)
+    family = family_of(model)
+    if family is not None:
+        return family.groups
     multimodal = is_image_text(model.config) or getattr(model.config, "vision_config", None) is not None
     return None if multimodal else CAUSAL_LM
 

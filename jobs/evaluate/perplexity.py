@@ -19,7 +19,7 @@ from core.data.calib import token_blocks
 def load_model(name: str, path: str | None, overrides: dict[str, Any], attn: str = "sdpa") -> Any:
     """A quantized export (fake-quant reload) or any model the registry builds, float32 on CPU."""
     from core.models import MODELS, ModelConfig
-    from jobs.quantize.load import load_quantized, quant_config_of
+    from core.quant.load import load_quantized, quant_config_of
 
     if path and quant_config_of(path) is not None:
         return load_quantized(path, attn_implementation=attn)

@@ -18,11 +18,11 @@ from core.cluster import check_fits, compute_dtype, remote_actor, wants_gpu
 from core.data.calib_mm import CalibRows, model_calibration_rows
 from core.errors import ConfigError
 from core.models import MODELS
+from core.quant.load import is_ignored
 from jobs.base import RunContext
 from jobs.quantize import checkpoint
 from jobs.quantize.algorithms import ALGORITHMS
 from jobs.quantize.algorithms.base import build_config
-from jobs.quantize.load import is_ignored
 from kernels.quant import QuantFormat, check_group_size, parse_format, parse_target
 
 log = logging.getLogger("jobs.quantize")
@@ -63,7 +63,7 @@ def _recipe(q: Any, tracking_uri: str) -> dict[str, str]:
     """The per-Linear formats of `quant.recipe`, checked (empty without a recipe)."""
     if not q.recipe:
         return {}
-    from jobs.sensitivity.recipe import load_recipe
+    from core.quant.recipe import load_recipe
 
     if q.algorithm not in MIXED_ALGORITHMS:
         raise ConfigError("quant.algorithm", f"a recipe needs one of {', '.join(MIXED_ALGORITHMS)} "
@@ -80,8 +80,8 @@ def _recipe(q: Any, tracking_uri: str) -> dict[str, str]:
 def _check_model(spec: Any, fmt: QuantFormat, formats: dict[str, str]) -> tuple[Any, int, list[str]]:
     """Group sizes against every block Linear, on a meta-device model (no weights, no memory); the VLM
     modules left FP."""
+    from core.blocks.layerwise import Layerwise, block_linears_in_features
     from core.models.auto import meta_model
-    from jobs.quantize.layerwise import Layerwise, block_linears_in_features
 
     source = MODELS.get(spec.model.name)
     source.validate(spec.model)

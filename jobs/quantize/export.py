@@ -25,9 +25,9 @@ import torch
 from safetensors.torch import save_file
 
 from core import storage
+from core.blocks.layerwise import Layerwise
 from core.tracking import RunHandle
 from jobs.quantize import checkpoint
-from jobs.quantize.layerwise import Layerwise
 from kernels.quant import QuantFormat, get_op
 
 

@@ -1,6 +1,6 @@
 """MBQ's gradient pass: per decoder block, the mean |dL/dY| of the caption loss over vision tokens and over
-text tokens, from one FP pass over the calibration rows. The model runs block by block (jobs/sensitivity/
-scoring.py's backward_by_block: a no-grad forward keeping block inputs, then each block recomputed with grad
+text tokens, from one FP pass over the calibration rows. The model runs block by block (core/blocks/
+backward.py's backward_by_block: a no-grad forward keeping block inputs, then each block recomputed with grad
 from the last down), so no whole-model activation graph is ever held.
 
 Sums and counts are float64 Stats (sum-reduced), so data-parallel workers' shards add up to the whole pass;
@@ -17,9 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.blocks.backward import BlockBatch, backward_by_block
+from core.blocks.layerwise import Layerwise
 from core.data.calib_mm import TEXT, VISION, CalibRows
 from jobs.quantize.algorithms.stats import Stats
-from jobs.quantize.layerwise import Layerwise
 
 MODALITIES = (("vision", VISION), ("text", TEXT))
 
@@ -29,14 +30,12 @@ def modality_grad_stats(lw: Layerwise, batches: Sequence[CalibRows],
     """Per block i: "grad/<modality>/i" = sum of |dL/dY_i| over that modality's token elements and
     "count/<modality>/i" their number, L = the caption loss (next-token CE on the rows' labels, summed).
     `place`: as in backward_by_block (blocks streamed through the GPU)."""
-    from jobs.sensitivity.scoring import backward_by_block
-
     model = lw.model
     model.requires_grad_(False)  # input gradients only
     norm, head = lw.final_norm(), model.get_output_embeddings()
     stats = Stats()
     for batch in batches:
-        device = model.get_submodule(lw.arch.embed).weight.device
+        device = model.get_input_embeddings().weight.device
         modality = torch.tensor(batch.modality, device=device)
 
         def on_grad(index: int, grad: torch.Tensor, modality: torch.Tensor = modality) -> None:
@@ -48,8 +47,9 @@ def modality_grad_stats(lw: Layerwise, batches: Sequence[CalibRows],
                           torch.tensor(float(mask.sum().item() * grad.shape[-1]), dtype=torch.float64))
 
         ids = torch.tensor(batch.ids, device=device)
-        backward_by_block(lw, norm, head, ids, x=lw.embed_rows(batch),
-                          targets=torch.tensor(batch.labels, device=device), on_output_grad=on_grad, place=place)
+        x, calls = lw.capture_rows(batch)
+        backward_by_block(lw, norm, head, BlockBatch(ids, x, calls, torch.tensor(batch.labels, device=device)),
+                          on_output_grad=on_grad, place=place)
     return stats
 
 

@@ -18,13 +18,13 @@ from typing import Any
 import torch
 
 from core import storage
+from core.blocks.layerwise import Borrow, Layerwise, fits_on, module_tensors, weight_bytes
 from core.data.calib_mm import PAD, CalibRows
 from core.models import MODELS
 from jobs.quantize import checkpoint
 from jobs.quantize.activations import Activations
 from jobs.quantize.algorithms import ALGORITHMS
 from jobs.quantize.algorithms.stats import Stats
-from jobs.quantize.layerwise import Borrow, Layerwise, fits_on, module_tensors, weight_bytes
 from jobs.quantize.modality import block_weights, gradient_pass
 from kernels.quant import parse_format, parse_target
 
@@ -72,15 +72,18 @@ class CalibWorker:
         return Activations(self.device, self.offload, batches)
 
     def start(self, root: str, pos: int = 0) -> int:
-        """Inputs of block `pos`: embeddings, or those saved after block pos - 1 (parallel=data resume)."""
-        if pos:
-            self.inputs = self._activations(checkpoint.load_inputs(root, pos - 1, self.rank))
-            self.pos = pos
-        else:
-            with self.lw.stem_on(self.device):
-                self.inputs = self._activations(self.lw.embed_rows(b) for b in self.batches)
-            self.pos = 0
+        """Inputs of block `pos`: embeddings, or those saved after block pos - 1 (parallel=data resume); and every
+        batch's block calls, captured from the model's forward (core/blocks/layerwise.py)."""
+        with self.lw.stem_on(self.device):
+            firsts, self.calls = zip(*(self.lw.capture_rows(b) for b in self.batches), strict=True)
+        self.calls = list(self.calls)
+        self.inputs = self._activations(checkpoint.load_inputs(root, pos - 1, self.rank) if pos else firsts)
+        self.pos = pos
         return self.inputs.rows
+
+    def run_block(self, block: torch.nn.Module, x: torch.Tensor, k: int) -> torch.Tensor:
+        """The current block (or a copy of it) on batch `k`'s hidden states, as the model calls it."""
+        return self.lw.run_block(self.index, x, self.calls[k], block)
 
     def modality_grads(self) -> Any:
         """MBQ's gradient pass over this worker's batches (jobs/quantize/modality.py), on its device."""
@@ -112,8 +115,8 @@ class CalibWorker:
             return
         xs = list(self.inputs)
         for i in range(self.pos, index):
-            block = self._on_device(i)
-            xs = [self.lw.run_block(block, x) for x in xs]
+            self._on_device(i)
+            xs = [self.lw.run_block(i, x, calls) for x, calls in zip(xs, self.calls, strict=True)]
             self._release(keep_weights=False)
         self.inputs = self._activations(xs)
         self.pos = index
@@ -127,11 +130,11 @@ class CalibWorker:
         self.index = index
         self.block = self._on_device(index)
         # the FP outputs, for the block's output error after quantization (and blocks mode's next inputs)
-        self.fp_outputs = self._activations(self.lw.run_block(self.block, x) for x in self.inputs)
+        self.fp_outputs = self._activations(self.run_block(self.block, x, k) for k, x in enumerate(self.inputs))
         self.algo = ALGORITHMS.get(self.spec.quant.algorithm)(dict(self.spec.quant.options))
         prefix = self.lw.block_prefix(index)
         own = {n[len(prefix):]: parse_target(f) for n, f in self.formats.items() if n.startswith(prefix)}
-        self.algo.prepare(self.block, self.fmt, self.lw.run_block, own)
+        self.algo.prepare(self.block, self.fmt, self.run_block, own)
         weights = block_weights(self.weights, index)
         self.masks = [self.algo.token_masks(m, weights) for m in self.modality]
 
@@ -148,8 +151,9 @@ class CalibWorker:
         sse = update = 0.0
         count = 0
         quantized = self._activations()
-        for x, y_ref, modality, padded in zip(self.inputs, self.fp_outputs, self.modality, self.padded, strict=True):
-            y = self.lw.run_block(self.block, x)
+        for k, (x, y_ref, modality, padded) in enumerate(
+                zip(self.inputs, self.fp_outputs, self.modality, self.padded, strict=True)):
+            y = self.run_block(self.block, x, k)
             err, upd = (y.float() - y_ref.float()).square(), (y_ref.float() - x.float()).square()
             if padded:  # right padding: not part of the error
                 keep = (modality != PAD).unsqueeze(-1)

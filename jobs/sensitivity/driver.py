@@ -76,11 +76,11 @@ def _handles(spec: Any) -> tuple[dict[str, list[str]], dict[str, tuple[int, int]
     """Handles over the decoder blocks' Linears, their shapes, and every other Linear with the reason."""
     from torch import nn
 
+    from core.blocks.layerwise import Layerwise
+    from core.blocks.mappings import input_groups
     from core.models import MODELS
     from core.models.auto import meta_model
-    from jobs.quantize.algorithms.mappings import input_groups
-    from jobs.quantize.layerwise import Layerwise
-    from jobs.sensitivity.recipe import handle_name
+    from core.quant.recipe import handle_name
 
     source = MODELS.get(spec.model.name)
     model = meta_model(source, spec.model)  # causal LM or VLM class, no weights

@@ -9,15 +9,15 @@ data better); the search takes it as it is. Sums over tokens, so shards of batch
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
 
-from jobs.quantize.algorithms.act_quant import act_quant_inputs
-from jobs.quantize.layerwise import Layerwise
-from jobs.sensitivity.scoring import LOGITS_CHUNK, ScoringBatch, call_block, forward_keeping_inputs
+from core.blocks.backward import LOGITS_CHUNK, BlockBatch, Place, batch_of_ids, forward_keeping_inputs
+from core.blocks.layerwise import BlockCalls, Layerwise
+from core.quant.act_quant import act_quant_inputs
 from kernels.quant import QuantFormat, get_op, parse_target
 
 
@@ -49,11 +49,10 @@ def quantized(linear: nn.Linear, fmt: QuantFormat) -> Iterator[None]:
 
 @torch.no_grad()
 def loss_delta_scores(model: nn.Module, linears: dict[str, nn.Linear], candidates: list[str],
-                      batches: Iterable[torch.Tensor | ScoringBatch], chunk: int = LOGITS_CHUNK,
-                      place: Callable[[nn.Module], AbstractContextManager] | None = None,
-                      ) -> dict[str, dict[str, float]]:
+                      batches: Iterable[torch.Tensor | BlockBatch], chunk: int = LOGITS_CHUNK,
+                      place: Place | None = None) -> dict[str, dict[str, float]]:
     """Loss change per Linear of `linears` (decoder-block Linears) and candidate, summed over `batches` (token ids
-    or ScoringBatch); unquantized candidates score 0. `place`: as score_batches' (a model larger than the GPU)."""
+    or BlockBatch); unquantized candidates score 0. `place`: as score_batches' (a model larger than the GPU)."""
     place = place or (lambda _block: nullcontext())
     lw = Layerwise(model)
     norm, head = lw.final_norm(), model.get_output_embeddings()
@@ -62,21 +61,21 @@ def loss_delta_scores(model: nn.Module, linears: dict[str, nn.Linear], candidate
     formats = {c: parse_target(c) for c in candidates}
     sums = {name: {c: 0.0 for c in candidates} for name in linears}
 
-    def loss_from(index: int, h: torch.Tensor, kwargs: dict, targets: torch.Tensor) -> torch.Tensor:
-        for block in lw.blocks[index:]:
-            with place(block):
-                h = call_block(block, h, kwargs)
+    def loss_from(index: int, h: torch.Tensor, calls: BlockCalls, targets: torch.Tensor) -> torch.Tensor:
+        for i in range(index, len(lw.blocks)):
+            with place(lw.blocks[i]):
+                h = lw.run_block(i, h, calls)
         return summed_loss(norm, head, h, targets, chunk)
 
     for batch in batches:
-        b = batch if isinstance(batch, ScoringBatch) else ScoringBatch(batch)
+        b = batch if isinstance(batch, BlockBatch) else batch_of_ids(lw, batch)
         targets = b.ids if b.targets is None else b.targets
-        inputs, out, kwargs = forward_keeping_inputs(lw, b.ids, b.x, place)
+        inputs, out = forward_keeping_inputs(lw, b, place)
         base = summed_loss(norm, head, out, targets, chunk)
         for name, linear in linears.items():
             for cand, fmt in formats.items():
                 if fmt is not None:
                     with quantized(linear, fmt):
-                        sums[name][cand] += float(loss_from(block_of[name], inputs[block_of[name]], kwargs, targets)
+                        sums[name][cand] += float(loss_from(block_of[name], inputs[block_of[name]], b.calls, targets)
                                                   - base)
     return sums

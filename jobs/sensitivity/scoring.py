@@ -20,17 +20,15 @@ averaged, so scores of batches split over workers add up to the scores of one wo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager, nullcontext
-from typing import Any, NamedTuple
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
 
-from jobs.quantize.layerwise import Layerwise
+from core.blocks.backward import LOGITS_CHUNK, BlockBatch, Place, backward_by_block, batch_of_ids
+from core.blocks.layerwise import Layerwise
 from kernels.quant import QuantFormat, get_op, parse_target
-
-LOGITS_CHUNK = 2**27  # logits elements per chunk of the loss (float32: 512 MiB; 1046 tokens of a 128k vocabulary)
 
 
 class LinearScorer:
@@ -79,86 +77,9 @@ def _rowdot(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return get_op("rowdot")(p, q)  # float32 sums (one fused read of each row on CUDA)
 
 
-def call_block(block: nn.Module, x: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
-    y = block(x, **kwargs)
-    return y[0] if isinstance(y, tuple) else y
-
-
-def loss_grad(norm: nn.Module, head: nn.Module, h: torch.Tensor, ids: torch.Tensor,
-              chunk: int = LOGITS_CHUNK) -> torch.Tensor:
-    """dL/dh for L = the next-token cross entropy summed over tokens of head(norm(h)), the logits computed
-    (and upcast to float32, as the full-model loss does) a chunk of tokens at a time."""
-    h = h.detach().requires_grad_(True)
-    with torch.enable_grad():
-        y = norm(h)
-    feats = y.detach()[:, :-1].reshape(-1, y.shape[-1])
-    targets = ids[:, 1:].reshape(-1)
-    feats_grad = torch.empty_like(feats)
-    step = max(1, chunk // head.out_features)
-    for start in range(0, len(targets), step):
-        part = feats[start:start + step].detach().requires_grad_(True)
-        with torch.enable_grad():
-            logits = head(part).float()
-            loss = nn.functional.cross_entropy(logits, targets[start:start + step], reduction="sum")
-        loss.backward()
-        feats_grad[start:start + step] = part.grad
-        del logits, loss
-    y_grad = torch.zeros_like(y)
-    y_grad[:, :-1] = feats_grad.view(y.shape[0], -1, y.shape[-1])
-    y.backward(y_grad)
-    return h.grad
-
-
-@torch.no_grad()
-def forward_keeping_inputs(lw: Layerwise, ids: torch.Tensor, x: torch.Tensor | None,
-                           place: Callable[[nn.Module], AbstractContextManager],
-                           ) -> tuple[list[torch.Tensor], torch.Tensor, dict[str, Any]]:
-    """A no-grad forward through the decoder blocks: every block's input (the first: `x`, default the embeddings of
-    `ids`), the last block's output and the keyword arguments the blocks take; `place(block)` around each call."""
-    x = lw.embed(ids) if x is None else x
-    kwargs = lw.block_kwargs(x)
-    inputs = []
-    for block in lw.blocks:
-        inputs.append(x)
-        with place(block):
-            x = call_block(block, x, kwargs)
-    return inputs, x, kwargs
-
-
-def backward_by_block(lw: Layerwise, norm: nn.Module, head: nn.Module, ids: torch.Tensor,
-                      chunk: int = LOGITS_CHUNK, *, x: torch.Tensor | None = None, targets: torch.Tensor | None = None,
-                      on_output_grad: Callable[[int, torch.Tensor], None] | None = None,
-                      place: Callable[[nn.Module], AbstractContextManager] | None = None) -> None:
-    """One batch: no-grad forward keeping block inputs, the loss gradient, then each block recomputed with
-    grad and back-propagated from the last down (Linear output-gradient hooks fire in its backward).
-    `x`: the first block's inputs (default: the embeddings of `ids`; a VLM's merged image+text embeddings);
-    `targets`: next-token labels (default `ids`; IGNORE = -100 positions carry no loss); `on_output_grad(i,
-    dL/dy_i)` sees each block's output gradient (MBQ's modality weights), last block first; `place(block)`:
-    a context each block call runs in (a model larger than the GPU: the block borrowed onto it)."""
-    place = place or (lambda _block: nullcontext())
-    inputs, x, kwargs = forward_keeping_inputs(lw, ids, x, place)
-    grad = loss_grad(norm, head, x, ids if targets is None else targets, chunk)
-    for index in reversed(range(len(inputs))):
-        if on_output_grad is not None:
-            on_output_grad(index, grad)
-        x = inputs.pop().detach().requires_grad_(True)
-        with place(lw.blocks[index]), torch.enable_grad():
-            y = call_block(lw.blocks[index], x, kwargs)
-            y.backward(grad)
-        grad = x.grad
-        del x, y
-
-
-class ScoringBatch(NamedTuple):
-    ids: torch.Tensor  # [B, T] token ids
-    x: torch.Tensor | None = None  # the first block's inputs (a VLM's merged embeddings); None: embed(ids)
-    targets: torch.Tensor | None = None  # next-token labels (IGNORE: no loss); None: ids
-
-
-def score_batches(model: nn.Module, scorer: LinearScorer, batches: Iterable[torch.Tensor | ScoringBatch],
-                  chunk: int = LOGITS_CHUNK,
-                  place: Callable[[nn.Module], AbstractContextManager] | None = None) -> None:
-    """The summed causal-LM loss per batch (token ids, or a ScoringBatch), back-propagated block by block,
+def score_batches(model: nn.Module, scorer: LinearScorer, batches: Iterable[torch.Tensor | BlockBatch],
+                  chunk: int = LOGITS_CHUNK, place: Place | None = None) -> None:
+    """The summed causal-LM loss per batch (token ids, or a BlockBatch), back-propagated block by block,
     scoring each decoder-block Linear of `scorer` as its output gradient arrives (`place`: backward_by_block's)."""
     model.requires_grad_(False)
     lw = Layerwise(model)
@@ -180,8 +101,8 @@ def score_batches(model: nn.Module, scorer: LinearScorer, batches: Iterable[torc
         lin.register_forward_hook(keep_input(name)), lin.register_full_backward_hook(score_on_backward(name)))]
     try:
         for batch in batches:
-            b = batch if isinstance(batch, ScoringBatch) else ScoringBatch(batch)
-            backward_by_block(lw, norm, head, b.ids, chunk, x=b.x, targets=b.targets, place=place)
+            b = batch if isinstance(batch, BlockBatch) else batch_of_ids(lw, batch)
+            backward_by_block(lw, norm, head, b, chunk, place=place)
     finally:
         for h in handles:
             h.remove()

@@ -11,12 +11,13 @@ from typing import Any
 
 import torch
 
+from core.blocks.backward import BlockBatch
+from core.blocks.layerwise import Layerwise, fits_on, weight_bytes
 from core.data.calib_mm import CalibRows
 from core.models import MODELS
 from core.models.auto import meta_model
-from jobs.quantize.layerwise import Layerwise, fits_on, weight_bytes
 from jobs.sensitivity.loss_delta import loss_delta_scores
-from jobs.sensitivity.scoring import LinearScorer, ScoringBatch, model_linears, score_batches
+from jobs.sensitivity.scoring import LinearScorer, model_linears, score_batches
 
 
 class ScoringWorker:
@@ -64,11 +65,12 @@ class ScoringWorker:
         return out
 
 
-def _inputs(lw: Layerwise, batch: CalibRows, device: torch.device) -> ScoringBatch:
-    """Token ids, the first block's inputs (token embeddings, or a VLM's merged image+text embeddings) and the
-    next-token targets (caption labels; for text rows the ids themselves)."""
-    return ScoringBatch(torch.tensor(batch.ids, device=device), lw.embed_rows(batch),  # a copy: ids may be read-only
-                        torch.tensor(batch.labels, device=device))
+def _inputs(lw: Layerwise, batch: CalibRows, device: torch.device) -> BlockBatch:
+    """Token ids, the first block's inputs (token embeddings, or a VLM's merged image+text embeddings) and calls,
+    and the next-token targets (caption labels; for text rows the ids themselves)."""
+    x, calls = lw.capture_rows(batch)
+    return BlockBatch(torch.tensor(batch.ids, device=device), x, calls,  # a copy: ids may be read-only
+                      torch.tensor(batch.labels, device=device))
 
 
 def _sync(device: torch.device) -> None:

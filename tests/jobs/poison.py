@@ -1,4 +1,4 @@
-"""Checks that a streamed pass borrows every weight it uses (jobs/quantize/layerwise.py weights_on): the model
+"""Checks that a streamed pass borrows every weight it uses (core/blocks/layerwise.py weights_on): the model
 is filled with NaN and `borrowed` hands tensors their real values only for its body, so a module used without
 being borrowed turns the result into NaN. On CPU, where a real borrow moves nothing, this is what can fail."""
 
@@ -10,12 +10,11 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-import jobs.quantize.layerwise as layerwise
+import core.blocks.layerwise as layerwise
 
 
 def poison_unborrowed(monkeypatch: pytest.MonkeyPatch, lw: layerwise.Layerwise) -> None:
-    keep = {id(t) for t in lw.rotary.buffers()} if lw.rotary is not None else set()  # moves itself
-    tensors = [t for t in layerwise.module_tensors(lw.model) if id(t) not in keep and t.is_floating_point()]
+    tensors = [t for t in layerwise.module_tensors(lw.model) if t.is_floating_point()]
     real = {id(t): t.data for t in tensors}
     for t in tensors:
         t.data = torch.full_like(t.data, float("nan"))

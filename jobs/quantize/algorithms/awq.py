@@ -23,15 +23,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.blocks.mappings import (
+    ResolvedMapping,
+    fold_scales,
+    require_wiring,
+    resolve_mappings,
+)
 from core.errors import ConfigError
 from jobs.quantize.algorithms.base import AlgorithmConfig, BlockResult, QuantAlgorithm, RunBlock
 from jobs.quantize.algorithms.clip import ClipSearchConfig, search_clip
-from jobs.quantize.algorithms.mappings import (
-    ResolvedMapping,
-    fold_scales,
-    require_family,
-    resolve_mappings,
-)
 from jobs.quantize.algorithms.stats import Stats
 from kernels.quant import QuantFormat, get_op
 
@@ -57,7 +57,7 @@ class AWQ(QuantAlgorithm):
     def prepare(self, block: nn.Module, fmt: QuantFormat, run_block: RunBlock | None = None,
                 formats: Mapping[str, QuantFormat | None] | None = None) -> None:
         super().prepare(block, fmt, run_block, formats)
-        self.family = require_family(block, self.name)
+        self.family = require_wiring(block, self.name)
 
     def input_stats(self, key: str, x: torch.Tensor, stats: Stats) -> None:
         super().input_stats(key, x, stats)
@@ -70,7 +70,7 @@ class AWQ(QuantAlgorithm):
         fake_quant = get_op("fake_quant")
         for m in self._mappings(block)[0]:
             scope = block.get_submodule(scope_name(m.linear_names))
-            captured = [self._capture(block, scope, x) for x in xs]
+            captured = [self._capture(block, scope, x, k) for k, x in enumerate(xs)]
             originals = [lin.weight.detach().clone() for lin in m.linears]
             formats = [self.fmt_of(name) for name in m.linear_names]
             losses = torch.zeros(self.cfg.n_grid, dtype=torch.float64, device=originals[0].device)
@@ -87,7 +87,8 @@ class AWQ(QuantAlgorithm):
                     lin.weight.copy_(w)
             stats.add(f"awq_loss/{m.prev_name}", losses)
 
-    def _capture(self, block: nn.Module, scope: nn.Module, x: torch.Tensor) -> tuple[tuple, dict, torch.Tensor]:
+    def _capture(self, block: nn.Module, scope: nn.Module, x: torch.Tensor, k: int,
+                 ) -> tuple[tuple, dict, torch.Tensor]:
         """The scope's call (args, kwargs) and FP output inside a block forward, which stops right there."""
         box: dict = {}
 
@@ -97,7 +98,7 @@ class AWQ(QuantAlgorithm):
 
         handle = scope.register_forward_hook(hook, with_kwargs=True)
         try:
-            self.forward(block, x)
+            self.forward(block, x, k)
         except _Captured:
             pass
         finally:

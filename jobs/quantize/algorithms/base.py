@@ -18,8 +18,8 @@ get the next block's inputs (no activations move); rank 0's BlockResult is the o
 Block-parallel: capture every block's inputs from the FP model, then quantize blocks on different
 workers independently (faster, but later blocks do not see earlier blocks' quantization error).
 
-`run_block(block, x) -> y` runs the block on hidden states x with whatever else the model passes
-(position embeddings, mask, position ids); the driver captures those when it records the block inputs.
+`run_block(block, x, k) -> y` runs the block (or a copy of it) on hidden states x of the shard's batch k with
+whatever else the model passes it for that batch (core/blocks/layerwise.py captures those from the model).
 """
 
 from __future__ import annotations
@@ -33,14 +33,14 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from core.blocks.mappings import find_linears, input_groups
 from core.errors import ConfigError
-from jobs.quantize.algorithms.act_quant import install_act_quant
-from jobs.quantize.algorithms.mappings import find_linears, input_groups
+from core.quant.act_quant import install_act_quant
 from jobs.quantize.algorithms.metrics import layer_metrics
 from jobs.quantize.algorithms.stats import Stats, reduce_stats
 from kernels.quant import QuantFormat, check_group_size, get_op
 
-RunBlock = Callable[[nn.Module, torch.Tensor], Any]
+RunBlock = Callable[[nn.Module, torch.Tensor, int], Any]
 
 
 @dataclass
@@ -137,8 +137,8 @@ class QuantAlgorithm:
         masks = list(masks) if masks is not None else [None] * len(xs)
         with torch.no_grad():
             if pass_idx == 0:
-                for x, mask in zip(xs, masks, strict=True):
-                    self._observe_inputs(block, x, stats, mask)
+                for k, (x, mask) in enumerate(zip(xs, masks, strict=True)):
+                    self._observe_inputs(block, x, k, stats, mask)
             else:
                 self.observe_pass_shard(block, xs, stats, pass_idx, (prior or Stats()).to(_device(block)), masks)
         return stats
@@ -173,7 +173,7 @@ class QuantAlgorithm:
         raise NotImplementedError
 
     def observe_pass(
-        self, block: nn.Module, x: torch.Tensor, stats: Stats, pass_idx: int, prior: Stats,
+        self, block: nn.Module, x: torch.Tensor, k: int, stats: Stats, pass_idx: int, prior: Stats,
         mask: torch.Tensor | None,
     ) -> None:
         raise NotImplementedError
@@ -183,8 +183,8 @@ class QuantAlgorithm:
         masks: Sequence[torch.Tensor | None],
     ) -> None:
         """A later pass over the whole shard; batch by batch unless the algorithm does better."""
-        for x, mask in zip(xs, masks, strict=True):
-            self.observe_pass(block, x, stats, pass_idx, prior, mask)
+        for k, (x, mask) in enumerate(zip(xs, masks, strict=True)):
+            self.observe_pass(block, x, k, stats, pass_idx, prior, mask)
 
     def fmt_of(self, name: str) -> QuantFormat | None:
         return self.formats.get(name, self.fmt)
@@ -197,10 +197,11 @@ class QuantAlgorithm:
         key = f"gram/{self.group_key[name]}"
         return stats[key] if key in stats else None
 
-    def forward(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, block: nn.Module, x: torch.Tensor, k: int) -> torch.Tensor:
+        """The block on batch `k`'s hidden states `x`."""
         if self.run_block is None:
             raise ValueError(f"{self.name}: prepare(block, fmt, run_block) needs run_block to observe")
-        y = self.run_block(block, x)
+        y = self.run_block(block, x, k)
         return y[0] if isinstance(y, tuple) else y
 
     @torch.no_grad()
@@ -215,12 +216,13 @@ class QuantAlgorithm:
         lin.weight.copy_(deq.to(lin.weight.dtype))
         result.layers[name] = LayerQuant(q, scale.float(), zero.to(torch.int8), fmt)
 
-    def _observe_inputs(self, block: nn.Module, x: torch.Tensor, stats: Stats, mask: torch.Tensor | None) -> None:
+    def _observe_inputs(self, block: nn.Module, x: torch.Tensor, k: int, stats: Stats,
+                        mask: torch.Tensor | None) -> None:
         def record(key: str, inp: torch.Tensor) -> None:
             self.input_stats(key, flatten_tokens(inp, mask), stats)
 
         with _input_hooks(block, [g[0] for g in self.groups], record):
-            self.forward(block, x)
+            self.forward(block, x, k)
 
 
 def _device(block: nn.Module) -> torch.device:

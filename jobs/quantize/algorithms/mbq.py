@@ -7,7 +7,7 @@ modality's output error moves the caption loss:
 
 of the scope's output (attention / MLP / the Linear, as in AWQ). The weights are per decoder block: before
 calibration one pass of the FP model over the calibration rows back-propagates the caption loss block by
-block (jobs/quantize/modality.py, on jobs/sensitivity/scoring.py's backward_by_block) and takes the mean
+block (jobs/quantize/modality.py, on core/blocks/backward.py's backward_by_block) and takes the mean
 |dL/dY_block| over vision tokens, g_v, and over text tokens, g_t: w_vision = g_v / g_t, w_text = 1 (only the
 ratio changes the argmin). weights=equal sets both to 1: with normalize=tokens that is AWQ exactly.
 
@@ -28,10 +28,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.blocks.mappings import ResolvedMapping
 from core.errors import ConfigError
-from jobs.quantize.algorithms.act_quant import act_quant_inputs
+from core.quant.act_quant import act_quant_inputs
 from jobs.quantize.algorithms.awq import AWQ, AWQConfig
-from jobs.quantize.algorithms.mappings import ResolvedMapping
 from jobs.quantize.algorithms.smoothquant import smooth_scales
 from jobs.quantize.algorithms.stats import Stats
 

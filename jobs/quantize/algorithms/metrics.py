@@ -25,7 +25,7 @@ def layer_metrics(w_ref: torch.Tensor, w_q: torch.Tensor, gram: torch.Tensor | N
 def block_output_error(
     ref_block: nn.Module,
     q_block: nn.Module,
-    run_block: Callable[[nn.Module, torch.Tensor], torch.Tensor],
+    run_block: Callable[[nn.Module, torch.Tensor, int], torch.Tensor],
     inputs: Iterable[torch.Tensor],
 ) -> dict[str, float]:
     """mse of the quantized block's output vs the FP block's, and rel_err = that error over the energy
@@ -33,8 +33,8 @@ def block_output_error(
     the error)."""
     sse = update = 0.0
     count = 0
-    for x in inputs:
-        y_ref, y_q = _tensor(run_block(ref_block, x)).float(), _tensor(run_block(q_block, x)).float()
+    for k, x in enumerate(inputs):
+        y_ref, y_q = _tensor(run_block(ref_block, x, k)).float(), _tensor(run_block(q_block, x, k)).float()
         sse += (y_q - y_ref).square().sum().item()
         update += (y_ref - x.float()).square().sum().item()
         count += y_ref.numel()

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from core.blocks.mappings import fold_scales, require_wiring, resolve_mappings
 from core.errors import ConfigError
 from jobs.quantize.algorithms.base import AlgorithmConfig, BlockResult, QuantAlgorithm, RunBlock
-from jobs.quantize.algorithms.mappings import fold_scales, require_family, resolve_mappings
 from jobs.quantize.algorithms.stats import Stats
 from kernels.quant import QuantFormat, get_op
 
@@ -43,7 +43,7 @@ class SmoothQuant(QuantAlgorithm):
             raise ConfigError("quant.format", f"smoothquant needs an activation-quantized format "
                               f"(w8a8, w4a8, w4a8g128, ...), got {fmt.name!r}")
         super().prepare(block, fmt, run_block, formats)
-        self.family = require_family(block, self.name)
+        self.family = require_wiring(block, self.name)
 
     def input_stats(self, key: str, x: torch.Tensor, stats: Stats) -> None:
         super().input_stats(key, x, stats)

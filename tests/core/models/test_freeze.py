@@ -92,9 +92,9 @@ def test_bad_freeze_is_a_config_error_naming_the_field(case: str) -> None:
     assert "\n" not in str(err.value)
 
 
-def test_group_of_a_vlm_without_layout_asks_for_regex(meta_mistral3) -> None:
-    model = meta_mistral3
-    with pytest.raises(ConfigError, match=re.escape("'vision': Mistral3ForConditionalGeneration has no group layout")):
+def test_group_of_a_vlm_without_layout_asks_for_regex(meta_unknown_vlm) -> None:
+    model = meta_unknown_vlm
+    with pytest.raises(ConfigError, match=re.escape("'vision': Gemma3ForConditionalGeneration has no group layout")):
         apply_freeze(model, ["vision"])
     apply_freeze(model, ["embeddings", r"re:^model\.vision_tower\."])  # regexes and API-found groups still work
     assert "model.language_model.embed_tokens.weight" in _frozen(model)

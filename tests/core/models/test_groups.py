@@ -10,7 +10,7 @@ import torch
 
 from core.models import MODELS, ModelConfig
 from core.models.auto import meta_model
-from core.models.groups import GROUPS, LAYOUTS, OTHER, group_counts, module_groups
+from core.models.groups import GROUPS, OTHER, group_counts, module_groups
 
 # group -> parameter-name prefixes; the first matching group wins (list the specific ones first)
 LLAVA = {"projector": ["model.multi_modal_projector."], "vision": ["model.vision_tower."],
@@ -102,16 +102,23 @@ def test_qwen_vl_groups(config_name: str, model_class: str, vision: dict) -> Non
         assert any(n.startswith("model.visual.deepstack_merger_list.") for n in module_groups(model).names["projector"])
 
 
-def test_every_registered_class_exists_in_transformers() -> None:
-    import transformers
+def test_every_registered_family_resolves() -> None:
+    """Every family's model types are transformers' own, and its group layout, block path and wiring are set."""
+    from transformers import CONFIG_MAPPING
 
-    for name in LAYOUTS.names():
-        assert hasattr(transformers, name), name
+    from core.models.families import FAMILIES
+
+    for name in FAMILIES.names():
+        family = FAMILIES.get(name)
+        assert family.name == name and family.blocks.endswith("layers"), name
+        for model_type in family.model_types:
+            assert model_type in CONFIG_MAPPING, (name, model_type)
+        assert bool(family.block_classes) == bool(family.mappings), name
 
 
-def test_image_text_class_without_layout_is_unknown_not_guessed(meta_mistral3) -> None:
+def test_image_text_class_without_layout_is_unknown_not_guessed(meta_unknown_vlm) -> None:
     """A VLM family with no registry entry: embeddings/lm_head still found, the rest in `other`."""
-    model = meta_mistral3
+    model = meta_unknown_vlm
     groups = module_groups(model)
     assert not groups.known and groups.names["vision"] == [] and groups.names[OTHER]
     assert groups.names["embeddings"] == ["model.language_model.embed_tokens.weight"]

@@ -29,7 +29,7 @@ class TinyBlock:
     calib: list[torch.Tensor]  # calibration batches [BATCH, SEQ, HIDDEN]
     held_out: list[torch.Tensor]
 
-    def run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def run_block(self, block: nn.Module, x: torch.Tensor, k: int = 0) -> torch.Tensor:
         pos = torch.arange(x.shape[1]).unsqueeze(0).expand(x.shape[0], -1)
         return block(x, position_embeddings=self.rotary(x, pos), position_ids=pos)
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import torch
 
+from core.blocks.layerwise import Layerwise
 from core.data.calib_mm import PAD, TEXT, VISION
 from core.models import MODELS, ModelConfig
 from jobs.quantize.algorithms.awq import AWQ, _sse
 from jobs.quantize.algorithms.mbq import MBQ, token_weights
 from jobs.quantize.algorithms.stats import Stats, reduce_stats
-from jobs.quantize.layerwise import Layerwise, named_tensors
 from jobs.quantize.modality import block_weights, modality_grad_stats, modality_weights
 from kernels.quant import parse_format
 from tests.core.data.test_calib_mm import calib
@@ -78,8 +78,8 @@ def test_gradient_pass_matches_full_model_autograd() -> None:
     sums = {(i, m): 0.0 for i in range(2) for m in (VISION, TEXT)}
     counts = dict.fromkeys(sums, 0)
     for b in rows.batches(4):
-        outs.clear()
-        x = lw.embed_rows(b).requires_grad_(True)
+        x = lw.capture_rows(b)[0].requires_grad_(True)
+        outs.clear()  # the capture's recorders went through the hooks too
         logits = model(inputs_embeds=x, use_cache=False).logits
         labels = torch.tensor(b.labels)
         loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
@@ -154,22 +154,23 @@ def test_bad_mbq_input_is_one_line(tmp_path, cli_in_process) -> None:
 
 
 def test_stem_on_borrows_only_the_stem_and_gives_it_back(monkeypatch) -> None:
-    """The worker embeds calibration rows with the embeddings, vision tower and projector on its GPU (on the
-    CPU the 7B shape's ViT took minutes); the blocks stay put and the CPU tensors come back untouched."""
+    """The worker embeds calibration rows with everything outside the blocks (embeddings, vision tower, projector,
+    final norm) on its GPU (on the CPU the 7B shape's ViT took minutes); the blocks stay put and the CPU tensors
+    come back untouched."""
     model, lw, rows = tiny_llava(torch.float32, num_samples=2, text_ratio=0.0)
-    stem = ("model.vision_tower.", "model.multi_modal_projector.", lw.arch.embed + ".")
-    borrowed = {id(t) for t in named_tensors(model, lw.stem())}
+    borrowed = {id(t) for t in lw.stem()}
     assert {n for n, p in model.named_parameters() if id(p) in borrowed} == {
-        n for n, _ in model.named_parameters() if n.startswith(stem)}
+        n for n, _ in model.named_parameters() if not n.startswith(lw.block_prefix(0)[:-2])}
+    assert {"model.vision_tower", "model.multi_modal_projector"} <= set(lw.fp_modules())
     if torch.cuda.is_available():  # same embeddings from the GPU stem
         batch = next(iter(rows.batches(2)))
         before = {n: p.data_ptr() for n, p in model.named_parameters()}
         monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # the ViT's patch conv in TF32: 1e-3 off
         with lw.stem_on(torch.device("cuda")):
-            assert model.get_parameter(f"{lw.arch.embed}.weight").is_cuda
-            on_gpu = lw.embed_rows(batch).cpu()
+            assert model.get_input_embeddings().weight.is_cuda
+            on_gpu = lw.capture_rows(batch)[0].cpu()
         assert all(not p.is_cuda and p.data_ptr() == before[n] for n, p in model.named_parameters())
-        torch.testing.assert_close(on_gpu, lw.embed_rows(batch), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(on_gpu, lw.capture_rows(batch)[0], rtol=1e-4, atol=1e-5)
 
 
 def test_streamed_gradient_pass_equals_whole_model(monkeypatch) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from jobs.quantize.load import load_quantized
+from core.quant.load import load_quantized
 from tests.conftest import mlflow_run, run_cli, run_id_of
 
 FORMAT = "w2g32"  # divides the fixture's widths (128, 384); w3g32 barely moved caption accuracy (0.79 vs 0.78)

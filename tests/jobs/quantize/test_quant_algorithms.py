@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from jobs.quantize.algorithms.act_quant import ActQuantLinear
-from jobs.quantize.algorithms.mappings import FAMILIES, find_linears, fold_scales, resolve_mappings
+from core.blocks.mappings import find_linears, fold_scales, resolve_mappings
+from core.models.families import FAMILIES
+from core.quant.act_quant import ActQuantLinear
 from kernels.quant import get_op, parse_format
 from kernels.quant.reference import dequantize, pack_int, unpack_int
 
@@ -94,7 +95,7 @@ def test_folding_scales_keeps_the_fp_function(tiny, with_linear_prev: bool) -> N
     block = tiny.fresh()
     x = tiny.held_out[0]
     before = tiny.run_block(block, x)
-    mappings, skipped = resolve_mappings(block, FAMILIES["llama"])
+    mappings, skipped = resolve_mappings(block, FAMILIES.get("llama"))
     assert not skipped
     gen = torch.Generator().manual_seed(0)
     for m in mappings:
@@ -110,7 +111,7 @@ def test_gqa_skips_v_to_o() -> None:
 
     config = Qwen3Config(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
                          head_dim=16, num_hidden_layers=1)
-    mappings, skipped = resolve_mappings(Qwen3DecoderLayer(config, 0), FAMILIES["llama"])
+    mappings, skipped = resolve_mappings(Qwen3DecoderLayer(config, 0), FAMILIES.get("llama"))
     assert [m.prev_name for m in mappings] == ["input_layernorm", "post_attention_layernorm", "mlp.up_proj"]
     assert len(skipped) == 1 and skipped[0].startswith("self_attn.v_proj -> self_attn.o_proj")
 

@@ -16,8 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from core.quant.load import load_quantized
 from jobs.quantize import checkpoint
-from jobs.quantize.load import load_quantized
 from kernels.quant import get_op
 from tests.conftest import REPO, kill_under, mlflow_run, run_cli, run_id_of
 from tests.jobs.conftest import QUANT_ALGOS, TINY_QUANT

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from core import storage
+from core.quant.load import load_quantized
 from jobs.quantize import checkpoint
-from jobs.quantize.load import load_quantized
 from tests.conftest import REPO, finish_cli, make_bucket, run_id_of, s3_client, s3_keys, start_cli
 from tests.jobs.conftest import QUANT_ALGOS, TINY_QUANT
 

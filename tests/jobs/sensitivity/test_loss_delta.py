@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from jobs.quantize.layerwise import Layerwise
+from core.blocks.layerwise import Layerwise
 from jobs.sensitivity.loss_delta import loss_delta_scores, quantized
 from jobs.sensitivity.scoring import model_linears, reduce_scores
 from kernels.quant import get_op, parse_target

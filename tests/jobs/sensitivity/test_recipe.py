@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.sensitivity.recipe import handle_members, handle_name, load_recipe
+from core.quant.recipe import handle_members, handle_name, load_recipe
 
 
 def test_handle_names_round_trip() -> None:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
-from jobs.quantize.layerwise import Layerwise
+from core.blocks.layerwise import Layerwise
 from jobs.sensitivity.scoring import (
     LinearScorer,
     model_linears,

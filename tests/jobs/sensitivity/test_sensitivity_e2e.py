@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from jobs.quantize.load import load_quantized
-from jobs.sensitivity.recipe import load_recipe
+from core.quant.load import load_quantized
+from core.quant.recipe import load_recipe
 from jobs.sensitivity.report import recompute_effective_bits
 from tests.conftest import mlflow_run, run_cli, run_id_of
 from tests.jobs.conftest import TINY_QUANT

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from jobs.quantize.algorithms.act_quant import install_act_quant
+from core.quant.act_quant import install_act_quant
 from kernels.quant import get_op
 
 

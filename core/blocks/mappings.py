@@ -1,0 +1,106 @@
+"""Folding scales along a decoder block's wiring (the family's mappings: core/models/families/).
+
+AWQ/SmoothQuant fold a per-input-channel scale s into the op producing a shared input (divide its output by s)
+and multiply the consumers' weight columns by s, which leaves the FP function unchanged. GPTQ/RTN only use the
+shared-input groups, to compute one Gram matrix per input instead of one per Linear.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from core.errors import ConfigError
+from core.models.families import Family, all_families, wiring_of
+
+
+@dataclass(frozen=True)
+class ResolvedMapping:
+    prev_name: str
+    prev: nn.Module
+    linear_names: tuple[str, ...]
+    linears: tuple[nn.Linear, ...]
+    # the producer's output rows that make the input (a fused Linear's tail)
+    rows: slice = field(default_factory=lambda: slice(None))
+    norm_offset: float = 0.0  # a norm that scales by (offset + weight)
+
+    @property
+    def key(self) -> str:
+        return self.linear_names[0]  # the input-group key used in stats
+
+    @property
+    def prev_is_norm(self) -> bool:
+        return not isinstance(self.prev, nn.Linear)
+
+
+def find_linears(block: nn.Module) -> dict[str, nn.Linear]:
+    return {name: mod for name, mod in block.named_modules() if isinstance(mod, nn.Linear)}
+
+
+def require_wiring(block: nn.Module, algorithm: str) -> Family:
+    """The family wiring `algorithm` folds scales along, or a one-line error naming the algorithm and block."""
+    family = wiring_of(block)
+    if family is None or not family.mappings:
+        known = ", ".join(f.name for f in all_families() if f.mappings)
+        raise ConfigError("quant.algorithm", f"{algorithm} needs the wiring of block {type(block).__name__!r}, "
+                          f"which matches no family with mappings (known: {known}); gptq and rtn need none")
+    return family
+
+
+def resolve_mappings(block: nn.Module, family: Family) -> tuple[list[ResolvedMapping], list[str]]:
+    """Mappings that can be folded in this block, and why the others cannot (e.g. GQA for v -> o)."""
+    resolved, skipped = [], []
+    for m in family.mappings:
+        prev = block.get_submodule(m.prev)
+        linears = tuple(block.get_submodule(n) for n in m.linears)
+        width = linears[0].in_features
+        rows = slice(None)
+        if isinstance(prev, nn.Linear) and m.prev_rows == "tail":
+            rows = slice(prev.out_features - width, None)
+            ok = prev.out_features > width and not _gqa_qkv(block, m.prev)
+        elif isinstance(prev, nn.Linear):
+            ok = prev.out_features == width  # GQA: v has fewer outputs than o has inputs
+        else:
+            ok = getattr(prev, "weight", None) is not None and tuple(prev.weight.shape) == (width,)
+        if ok:
+            resolved.append(ResolvedMapping(m.prev, prev, m.linears, linears, rows,
+                                            0.0 if isinstance(prev, nn.Linear) else family.norm_offset))
+        else:
+            skipped.append(f"{m.prev} -> {', '.join(m.linears)}: output width does not match {width} inputs")
+    return resolved, skipped
+
+
+def _gqa_qkv(block: nn.Module, prev: str) -> bool:
+    """A fused qkv under GQA: its v rows are fewer than o's inputs, so its tail is not v alone."""
+    config = getattr(block.get_submodule(prev.rpartition(".")[0]), "config", None)
+    heads, kv = getattr(config, "num_attention_heads", None), getattr(config, "num_key_value_heads", None)
+    return prev.endswith("qkv_proj") and kv not in (None, heads)
+
+
+def input_groups(block: nn.Module, linear_names: list[str]) -> list[tuple[str, ...]]:
+    """Linears grouped by shared input (family wiring), the rest one per group; first name is the key."""
+    family = wiring_of(block)
+    groups = [m.linears for m in family.mappings] if family else []
+    groups = [g for g in groups if set(g) <= set(linear_names)]
+    covered = {n for g in groups for n in g}
+    return groups + [(n,) for n in linear_names if n not in covered]
+
+
+@torch.no_grad()
+def fold_scales(mapping: ResolvedMapping, scales: torch.Tensor) -> None:
+    """prev output /= s, consumer weight columns *= s: same FP function, rescaled input channels."""
+    s = scales.float()
+    prev = mapping.prev
+    if isinstance(prev, nn.Linear):
+        rows = prev.weight[mapping.rows]
+        rows.copy_((rows.float() / s[:, None]).to(rows.dtype))
+    else:  # a norm scaling by (offset + weight): offset + w' = (offset + w) / s
+        w = prev.weight
+        w.copy_(((mapping.norm_offset + w.float()) / s - mapping.norm_offset).to(w.dtype))
+    if getattr(prev, "bias", None) is not None:
+        bias = prev.bias[mapping.rows]
+        bias.copy_((bias.float() / s).to(bias.dtype))
+    for lin in mapping.linears:
+        lin.weight.copy_((lin.weight.float() * s).to(lin.weight.dtype))
