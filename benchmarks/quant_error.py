@@ -40,7 +40,7 @@ def block_errors(model_dir: str, ids: np.ndarray, q_blocks: list[torch.nn.Module
     embed = tensors_with_prefix(root, "model.embed_tokens.")["weight"].to(dev)
     rotary = LlamaRotaryEmbedding(config).to(dev)
     xs = [embed[torch.as_tensor(ids[i:i + batch], device=dev)] for i in range(0, len(ids), batch)]
-    def run(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def run(block: torch.nn.Module, x: torch.Tensor, _batch: int = 0) -> torch.Tensor:
         pos = torch.arange(x.shape[1], device=dev).unsqueeze(0).expand(x.shape[0], -1)
         y = block(x, position_embeddings=rotary(x, pos), position_ids=pos)
         return y[0] if isinstance(y, tuple) else y

@@ -66,7 +66,8 @@ class EvaluateJob:
         evaluator = EVALUATORS.get(e.metric)
         task = ray.remote(num_cpus=1)(evaluate)
         inputs = ray.put(prepared.inputs)
-        refs = [task.remote(name, path, overrides, inputs, e) for _, name, path, overrides in prepared.models]
+        refs = [task.remote(name, path, overrides, inputs, e, spec.model.seed)
+                for _, name, path, overrides in prepared.models]
         raw = dict(zip([m[0] for m in prepared.models], ray.get(refs), strict=True))
         results = {label: evaluator.summarize(r, prepared.inputs, prepared.tokenizer) for label, r in raw.items()}
         table = _table(prepared, results, evaluator.columns(prepared.inputs))

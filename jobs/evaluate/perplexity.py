@@ -16,17 +16,15 @@ import torch.nn.functional as F
 from core.data.calib import token_blocks
 
 
-def load_model(name: str, path: str | None, overrides: dict[str, Any], attn: str = "sdpa") -> Any:
+def load_model(name: str, path: str | None, overrides: dict[str, Any], attn: str = "sdpa", seed: int = 0) -> Any:
     """A quantized export (fake-quant reload) or any model the registry builds, float32 on CPU."""
-    from core.models import MODELS, ModelConfig
+    from core.models import ModelConfig, build_model
     from core.quant.load import load_quantized, quant_config_of
 
     if path and quant_config_of(path) is not None:
         return load_quantized(path, attn_implementation=attn)
-    cfg = ModelConfig(name=name, path=path, overrides=dict(overrides), attn_implementation=attn)
-    source = MODELS.get(name)
-    torch.manual_seed(0)  # config-built (random) models: the same init as quantize's default quant.seed
-    return source.build(cfg, source.hf_config(cfg), torch.float32).eval()
+    cfg = ModelConfig(name=name, path=path, overrides=dict(overrides), attn_implementation=attn, seed=seed)
+    return build_model(cfg, torch.float32).eval()
 
 
 @torch.no_grad()
@@ -64,9 +62,9 @@ class Perplexity:
 PERPLEXITY = Perplexity()
 
 
-def evaluate(name: str, path: str | None, overrides: dict, inputs: Any, e: Any) -> dict[str, Any]:
-    """Runs in a Ray task: one model, one process, scored by the eval.metric's evaluator."""
+def evaluate(name: str, path: str | None, overrides: dict, inputs: Any, e: Any, seed: int = 0) -> dict[str, Any]:
+    """Runs in a Ray task: one model (built with model.seed), one process, scored by the eval.metric's evaluator."""
     from jobs.evaluate.registry import EVALUATORS
 
     torch.set_num_threads(e.threads)
-    return EVALUATORS.get(e.metric).score(load_model(name, path, overrides), inputs, e)
+    return EVALUATORS.get(e.metric).score(load_model(name, path, overrides, seed=seed), inputs, e)

@@ -42,7 +42,6 @@ class QuantConfig:
     # (jobs/quantize/activations.py): GPU memory then holds about one block, its statistics and two batches
     offload_activations: bool = True
     ignore: list[str] = field(default_factory=lambda: ["lm_head"])  # module names / "re:<regex>" left FP
-    seed: int = 0  # torch seed before building a random-init model (qwen3_tiny): every process same weights
     resume: str = "auto"  # auto: continue from <job_dir>/blocks | never: refuse existing block checkpoints
     export: bool = True
     # mixed precision (conf/quant/mixed.yaml): a sensitivity report (its dir or report.json, local or s3://)

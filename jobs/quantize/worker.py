@@ -20,7 +20,7 @@ import torch
 from core import storage
 from core.blocks.layerwise import Borrow, Layerwise, fits_on, module_tensors, weight_bytes
 from core.data.calib_mm import PAD, CalibRows
-from core.models import MODELS
+from core.models import build_model
 from jobs.quantize import checkpoint
 from jobs.quantize.activations import Activations
 from jobs.quantize.algorithms import ALGORITHMS
@@ -30,10 +30,8 @@ from kernels.quant import parse_format, parse_target
 
 
 def build_fp_model(spec: Any, dtype: str = "float32") -> Any:
-    """The FP model on CPU; seeded so random-init models are identical in every process."""
-    source = MODELS.get(spec.model.name)
-    torch.manual_seed(spec.quant.seed)
-    model = source.build(spec.model, source.hf_config(spec.model), getattr(torch, dtype)).eval()
+    """The FP model on CPU (core.models.build_model: random-init models identical in every process)."""
+    model = build_model(spec.model, getattr(torch, dtype)).eval()
     model.config.use_cache = False
     return model
 

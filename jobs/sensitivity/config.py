@@ -16,4 +16,3 @@ class SearchConfig:
     threads_per_worker: int = 1
     batch_size: int = 4  # calibration samples per forward/backward
     dtype: str = "auto"  # auto: bfloat16 on GPU, float32 on CPU
-    seed: int = 0  # torch seed before building a random-init model (every process the same weights)

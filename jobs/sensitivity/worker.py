@@ -14,7 +14,7 @@ import torch
 from core.blocks.backward import BlockBatch
 from core.blocks.layerwise import Layerwise, fits_on, weight_bytes
 from core.data.calib_mm import CalibRows
-from core.models import MODELS
+from core.models import MODELS, build_model
 from core.models.auto import meta_model
 from jobs.sensitivity.loss_delta import loss_delta_scores
 from jobs.sensitivity.scoring import LinearScorer, model_linears, score_batches
@@ -31,12 +31,11 @@ class ScoringWorker:
         if use_gpu:
             torch.cuda.reset_peak_memory_stats(self.device)
         source = MODELS.get(spec.model.name)
-        torch.manual_seed(self.search.seed)  # a random-init model: every worker (and the quantize job) the same weights
         # a model larger than the GPU stays on the CPU and its blocks are streamed (Layerwise.weights_on)
         self.stream = not fits_on(weight_bytes(meta_model(source, spec.model), getattr(torch, dtype)), self.device)
         weights_began = time.perf_counter()
         with torch.device("cpu") if self.stream else self.device:  # transformers loads onto the context's device
-            self.model = source.build(spec.model, source.hf_config(spec.model), getattr(torch, dtype)).eval()
+            self.model = build_model(spec.model, getattr(torch, dtype)).eval()
         _sync(self.device)
         loaded = time.perf_counter()
         self.load_seconds, self.weights_seconds = loaded - began, loaded - weights_began

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from core import storage
-from core.models import MODELS
+from core.models import MODELS, build_model
 from core.models.freeze import apply_freeze
 from core.models.inspect import describe, embedding_params
 from core.tracking import RunHandle
@@ -64,7 +64,7 @@ def _zero_init_wanted(mode: str, stage: int, hf_config: Any) -> bool:
     return approx_params > 1e9  # big enough that a full replica per worker hurts
 
 
-def build_model(spec: Any, ds_config: dict, dtype: torch.dtype) -> tuple[Any, Any, Any]:
+def build_for_training(spec: Any, ds_config: dict, dtype: torch.dtype) -> tuple[Any, Any, Any]:
     source = MODELS.get(spec.model.name)
     hf_config = source.hf_config(spec.model)
     tokenizer = source.tokenizer(spec.model)
@@ -72,10 +72,10 @@ def build_model(spec: Any, ds_config: dict, dtype: torch.dtype) -> tuple[Any, An
         from transformers.integrations import HfDeepSpeedConfig
 
         ds_marker = HfDeepSpeedConfig(ds_config)  # makes transformers build/load under zero.Init
-        model = source.build(spec.model, hf_config, dtype)
+        model = build_model(spec.model, dtype, hf_config)
         del ds_marker  # must not outlive construction (rank-0-only model builds would hang)
     else:
-        model = source.build(spec.model, hf_config, dtype)
+        model = build_model(spec.model, dtype, hf_config)
     apply_freeze(model, list(spec.model.freeze))  # before the optimizer: it gets trainable parameters only
     if spec.trainer.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -175,7 +175,8 @@ def train_loop(config: dict[str, Any]) -> None:
     (job_dir / "workers" / f"rank{env.rank}.pid").write_text(str(os.getpid()))
     _seed_all(t.seed + env.rank)
     ds_config = build_ds_config(t, bf16=config["bf16"])
-    model, hf_config, tokenizer = build_model(spec, ds_config, torch.bfloat16 if config["bf16"] else torch.float32)
+    dtype = torch.bfloat16 if config["bf16"] else torch.float32
+    model, hf_config, tokenizer = build_for_training(spec, ds_config, dtype)
     _fuse_ops(model, t.fused_ops, env)
     info = _log_model(run, model, env)
     engine, scheduler = build_engine(spec, model, ds_config, env.device)
