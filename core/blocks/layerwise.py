@@ -16,6 +16,7 @@ blocks can be found (the largest ModuleList of identical modules holding Linears
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -162,6 +163,8 @@ class Layerwise:
             block.forward = recorder(i)
         dtype = self.model.get_input_embeddings().weight.dtype
         images = {k: v.to(dtype) if v.is_floating_point() else v for k, v in (images or {}).items()}
+        if images and "mm_token_type_ids" in inspect.signature(self.model.forward).parameters:
+            images.setdefault("mm_token_type_ids", mm_token_types(self.model.config, ids))
         try:
             self.model(input_ids=ids, **images, use_cache=False)
         except _Captured:
@@ -188,6 +191,17 @@ class Layerwise:
         y = y[0] if isinstance(y, tuple) else y
         added = calls.added.get(index)
         return y if added is None else y + added
+
+
+def mm_token_types(config: Any, ids: torch.Tensor) -> torch.Tensor:
+    """Per token 0 text, 1 image, 2 video, 3 audio, from the config's placeholder ids (what transformers'
+    processors return as mm_token_type_ids: Qwen3-VL's 3D rope positions are computed from it)."""
+    types = torch.zeros_like(ids)
+    for code, key in ((1, "image_token_id"), (2, "video_token_id"), (3, "audio_token_id")):
+        token = getattr(config, key, None)
+        if token is not None:
+            types[ids == token] = code
+    return types
 
 
 def named_tensors(model: nn.Module, names: Iterable[str]) -> list[torch.Tensor]:
