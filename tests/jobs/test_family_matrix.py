@@ -1,0 +1,182 @@
+"""The family matrix: every model family users bring, as a tiny random-init model directory (tests/families.py, built
+from its transformers config, nothing downloaded), through every job kind's own code, in this process.
+
+Per family: `job=inspect` and `model.freeze` through the CLI entry point (no Ray there); 2 SFT steps with the SFT
+worker's own build, DeepSpeed ZeRO-3 engine and step (one gloo rank; the Ray Train path is the SFT end-to-end
+tests'); quantize with each applicable algorithm at w4g32 and w8a8 (MBQ on the VLMs) with the calibration worker's
+own code and the job's export, each export reloaded with the project's loader; the sensitivity worker's scores
+with two candidates; evaluate's perplexity of each export. Ray is left out of the cells: each job's worker code is
+what runs (its Ray plumbing is the end-to-end tests' business), so the matrix costs seconds per family.
+
+Tolerances: a reloaded export's logits equal the calibrated in-memory model's (fake quant) to 1e-4 relative (float32,
+the same dequantized weights); against the FP model they are within 0.5 relative (random 2-layer models at 4 bits:
+0.04-0.25 seen), and w8a8 within 0.15.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from core.models import MODELS, build_model
+from tests.jobs.family_models import TINY_FAMILIES, VLM_FAMILIES, saved_families
+
+W4, W8A8 = "w4g32", "w8a8"
+ALGORITHMS = [("rtn", W4), ("gptq", W4), ("awq", W4), ("gptq", W8A8), ("smoothquant", W8A8)]
+VLM_ALGORITHMS = [("mbq", W4)]
+CALIB_TEXT = ["calib.num_samples=4", "calib.seq_len=32"]
+CALIB_IMAGES = ["calib=image_caption", "calib.num_samples=2", "calib.text_ratio=0.5", "calib.seq_len=160"]
+
+
+@pytest.fixture(scope="module")
+def family_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return saved_families(tmp_path_factory.mktemp("families"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_process_group():
+    """One gloo rank for the SFT cells' DeepSpeed engines."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        yield
+        return
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def _spec(overrides: list[str], storage: Path) -> Any:
+    from orchestrator.compose import compose, to_spec
+
+    return to_spec(compose([*overrides, "tracking.enabled=false", f"job.storage={storage}"]))
+
+
+def _logits(model: Any, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=ids, use_cache=False).logits.float()
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+def inspect_and_freeze(name: str, path: Path, storage: Path, cli: Any) -> None:
+    model = ["model=hf", f"model.path={path}", "tracking.enabled=false"]
+    result = cli(["job=inspect", *model], storage)
+    assert result.returncode == 0 and "language" in result.stdout, result.stdout + result.stderr
+    group = "vision" if name in VLM_FAMILIES else "embeddings"
+    frozen = cli(["job=inspect", *model, f"model.freeze=[{group}]"], storage)
+    assert frozen.returncode == 0, frozen.stdout + frozen.stderr
+    assert "trainable" in frozen.stdout and frozen.stdout != result.stdout
+
+
+def sft_two_steps(name: str, path: Path, storage: Path) -> list[float]:
+    from core.data.sft import build_sft_data
+    from jobs.sft.batches import BatchPlan
+    from jobs.sft.deepspeed_config import build_ds_config
+    from jobs.sft.worker import WorkerEnv, build_engine, build_for_training, train_step
+
+    data = ["data=mm_demo"] if name in VLM_FAMILIES else []
+    spec = _spec(["job=sft", "model=hf", f"model.path={path}", *data, "data.max_length=256",
+                  "data.pack_max_length=256", "trainer.micro_batch_size=1", "trainer.num_workers=1",
+                  "trainer.zero.param_persistence_threshold=0", "trainer.max_steps=2"], storage)
+    source = MODELS.get("hf")
+    rows = build_sft_data(spec.data, source.tokenizer(spec.model), source.processor(spec.model)).rows
+    ds_config = build_ds_config(spec.trainer, bf16=False)
+    model, _, tokenizer = build_for_training(spec, ds_config, torch.float32)
+    engine, _ = build_engine(spec, model, ds_config, torch.device("cpu"))
+    env = WorkerEnv(0, 1, torch.device("cpu"))
+    plan = BatchPlan(rows, 1, spec.trainer.grad_accum, 1, 0, spec.data.seed, pad_id=tokenizer.pad_token_id or 0)
+    losses = [train_step(engine, plan.step(step), env)[0] for step in (1, 2)]
+    engine.destroy()
+    return losses
+
+
+def calibrate(name: str, path: Path, algorithm: str, fmt: str, storage: Path) -> dict[str, Any]:
+    """The quantize job's worker over every block, then the job's export, reloaded with the project's loader."""
+    from core.data.calib_mm import model_calibration_rows
+    from core.quant.load import load_quantized
+    from core.tracking import RunHandle
+    from jobs.base import RunContext
+    from jobs.quantize.algorithms.stats import reduce_stats
+    from jobs.quantize.blockloop import export
+    from jobs.quantize.driver import QuantizeJob
+    from jobs.quantize.modality import modality_weights
+    from jobs.quantize.worker import CalibWorker
+
+    calib = CALIB_IMAGES if algorithm == "mbq" else CALIB_TEXT
+    job = f"{name}-{algorithm}-{fmt}"
+    spec = _spec(["job=quantize", "model=hf", f"model.path={path}", f"quant={algorithm}", f"quant.format={fmt}",
+                  "quant.batch_size=2", "quant.num_workers=1", *calib, f"job.name={job}"], storage)
+    ctx = RunContext(RunHandle("", ""), storage / job, str(storage / job))
+    prepared = QuantizeJob().prepare(spec, ctx)  # the driver's own validation and calibration rows
+    rows = model_calibration_rows(spec.calib, MODELS.get("hf"), spec.model)
+    worker = CalibWorker(spec, 0, rows.batches(spec.quant.batch_size), False, "float32")
+    root = str(storage / job / "blocks")
+    weights = None
+    if algorithm == "mbq":
+        weights = modality_weights(reduce_stats([worker.modality_grads()]), prepared.num_blocks, rows.counts())
+        worker.set_modality_weights(weights)
+    worker.start(root)
+    metrics = [worker.calibrate(i, root) for i in range(prepared.num_blocks)]
+    worker.flush()
+    from jobs.quantize.driver import fp_ignore
+
+    out = export(spec, prepared.fmt, root, ctx, "float32", {}, fp_ignore(prepared.fp_modules), weights)
+    return {"export": Path(out), "in_memory": worker.lw.model, "metrics": metrics, "spec": spec,
+            "reloaded": load_quantized(out)}
+
+
+def sensitivity_scores(path: Path, storage: Path) -> dict[str, dict[str, float]]:
+    from core.blocks.layerwise import Layerwise
+    from core.data.calib_mm import model_calibration_rows
+    from jobs.sensitivity.worker import ScoringWorker
+
+    spec = _spec(["job=sensitivity", "model=hf", f"model.path={path}", *CALIB_TEXT,
+                  "search.candidates=[w4g32,w8a8]", "search.batch_size=2"], storage)
+    worker = ScoringWorker(spec, False, "float32")
+    lw = Layerwise(worker.model)
+    names = [f"{lw.block_prefix(i)}{n}" for i, block in enumerate(lw.blocks)
+             for n, m in block.named_modules() if isinstance(m, torch.nn.Linear)]
+    rows = model_calibration_rows(spec.calib, MODELS.get("hf"), spec.model)
+    return worker.score(rows.batches(2), names)["scores"]
+
+
+@pytest.mark.parametrize("name", TINY_FAMILIES)
+def test_family(name: str, family_dirs: dict[str, Path], tmp_path: Path, cli_in_process: Any) -> None:
+    from core.models import ModelConfig
+    from jobs.evaluate.perplexity import load_model, perplexity
+
+    path, storage = family_dirs[name], tmp_path / "runs"
+    inspect_and_freeze(name, path, storage, cli_in_process)
+
+    losses = sft_two_steps(name, path, storage)
+    assert all(math.isfinite(loss) for loss in losses), losses
+
+    fp = build_model(ModelConfig(name="hf", path=str(path)), torch.float32).eval()
+    ids = torch.randint(3, 250, (2, 24), generator=torch.Generator().manual_seed(0))
+    reference = _logits(fp, ids)
+    fp_ppl = perplexity(load_model("hf", str(path), {}), ids.numpy(), 2)["perplexity"]
+    for algorithm, fmt in ALGORITHMS + (VLM_ALGORITHMS if name in VLM_FAMILIES else []):
+        out = calibrate(name, path, algorithm, fmt, storage)
+        got = _logits(out["reloaded"], ids)
+        assert _rel(got, _logits(out["in_memory"], ids)) < 1e-4, (algorithm, fmt)
+        assert _rel(got, reference) < (0.15 if fmt == W8A8 else 0.5), (algorithm, fmt, _rel(got, reference))
+        assert all(math.isfinite(m["block_rel_err"]) for m in out["metrics"])
+        ppl = perplexity(load_model("hf", str(out["export"]), {}), ids.numpy(), 2)["perplexity"]  # job=evaluate's
+        assert math.isfinite(ppl) and abs(math.log(ppl / fp_ppl)) < 0.5, (algorithm, fmt, ppl, fp_ppl)
+
+    scores = sensitivity_scores(path, storage)
+    assert scores and all(math.isfinite(v) and v >= 0 for s in scores.values() for v in s.values())
+    assert sum(s["w4g32"] for s in scores.values()) > 0
