@@ -46,4 +46,45 @@ def saved_families(root: Path) -> dict[str, Path]:
     """Every family's directory under `root`."""
     dirs = {name: _text(root, name) for name in TEXT_FAMILIES}
     dirs["llava"] = _llava(root)
-    return dirs
+    return dirs | {name: _vlm_text_side(root, name) for name in NO_CPU_PROCESSOR}
+
+
+# VLMs whose transformers processors need torchvision (their video processors; Pixtral's image processor), which
+# this CPU stack cannot load (the PyPI torchvision wheel does not match the CPU torch build): saved without a
+# processor, so the matrix runs their text-side cells and tests/core/blocks their image path with pixels by hand
+NO_CPU_PROCESSOR = ["qwen3_vl", "internvl", "mistral3"]
+IMAGE_TOKEN = VOCAB_SIZE + 7  # inside the vocabulary, never produced by the byte tokenizer
+
+
+def vlm_config(name: str):
+    import transformers
+
+    text = {k: v for k, v in TEXT.items() if not k.endswith("token_id")} | {"vocab_size": VOCAB_SIZE + 8}
+    if name == "qwen3_vl":
+        rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3], "mrope_interleaved": True}
+        return transformers.Qwen3VLConfig(
+            text_config={**text, "rope_parameters": rope},
+            vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=8,
+                               spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=64,
+                               deepstack_visual_indexes=[0, 1], num_position_embeddings=16),
+            image_token_id=IMAGE_TOKEN, video_token_id=IMAGE_TOKEN - 1, vision_start_token_id=IMAGE_TOKEN - 2,
+            vision_end_token_id=IMAGE_TOKEN - 3)
+    if name == "internvl":
+        return transformers.InternVLConfig(
+            text_config=dict(model_type="qwen2", **text), image_token_id=IMAGE_TOKEN, downsample_ratio=0.5,
+            vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                               image_size=[32, 32], patch_size=[8, 8]))
+    return transformers.Mistral3Config(
+        text_config=dict(model_type="mistral", **text), image_token_index=IMAGE_TOKEN, spatial_merge_size=2,
+        vision_config=dict(model_type="pixtral", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                           num_attention_heads=2, head_dim=16, image_size=32, patch_size=8))
+
+
+def _vlm_text_side(root: Path, name: str) -> Path:
+    from core.models.auto import from_config
+
+    torch.manual_seed(0)
+    out = root / name
+    from_config(vlm_config(name)).save_pretrained(out)
+    byte_tokenizer().save_pretrained(out)
+    return out

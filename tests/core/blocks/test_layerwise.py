@@ -108,3 +108,31 @@ def test_no_blocks_is_a_one_line_error() -> None:
     model.config.model_type = "mystery"
     with pytest.raises(ConfigError, match="no decoder blocks found in model_type 'mystery'"):
         Layerwise(model)
+
+
+@pytest.mark.parametrize("name", ["internvl", "mistral3", "qwen3_vl"])
+def test_merged_image_text_embeddings_replay(name: str) -> None:
+    """A VLM's first block inputs are its merged image+text embeddings (its own vision tower and projector), and the
+    replay of its language model's blocks equals its forward (pixels made by hand: these processors need torchvision,
+    which this CPU stack lacks; tests/jobs/family_models.py)."""
+    from tests.jobs.family_models import IMAGE_TOKEN, vlm_config
+
+    torch.manual_seed(0)
+    model = from_config(vlm_config(name), attn_implementation="sdpa").eval()
+    lw = Layerwise(model)
+    assert lw.family is not None and lw.layers == "model.language_model.layers"
+    fp = ["model.visual"] if name == "qwen3_vl" else ["model.vision_tower", "model.multi_modal_projector"]
+    assert lw.fp_modules() == fp
+    gen = torch.Generator().manual_seed(2)
+    images = {"internvl": {"pixel_values": torch.randn(1, 3, 32, 32, generator=gen)},
+              "mistral3": {"pixel_values": torch.randn(1, 3, 32, 32, generator=gen),
+                           "image_sizes": torch.tensor([[32, 32]])},
+              "qwen3_vl": {"pixel_values": torch.randn(16, 3 * 2 * 8 * 8, generator=gen),
+                           "image_grid_thw": torch.tensor([[1, 4, 4]])}}[name]
+    ids = torch.tensor([[5, 6, *[IMAGE_TOKEN] * 4, 7, 8, 9, 10]])  # 4 image tokens in each family's geometry
+    x, _ = lw.capture(ids, images)
+    text_only = lw.capture(ids)[0]
+    assert not torch.equal(x[0, 2:6], text_only[0, 2:6]) and torch.equal(x[0, :2], text_only[0, :2])
+    own = model_hidden(model, lw, ids, {**images, "mm_token_type_ids": mm_token_types(model.config, ids)}
+                       if name == "qwen3_vl" else images)
+    torch.testing.assert_close(replay(lw, ids, images), own, rtol=1e-6, atol=1e-6)
