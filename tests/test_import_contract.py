@@ -25,7 +25,8 @@ def test_the_tree_keeps_the_contract() -> None:
 @pytest.mark.parametrize("where,line,expected", [
     ("jobs/quantize/driver.py", "    from jobs.sensitivity import search  # planted",
      "jobs.quantize.driver imports jobs.sensitivity (a job kind never imports another job kind)"),
-    ("core/models/build.py", "import jobs.sft  # planted", "core.models.build imports jobs.sft (core never imports jobs)"),
+    ("core/models/build.py", "import jobs.sft  # planted",
+     "core.models.build imports jobs.sft (core never imports jobs)"),
     ("kernels/quant/formats.py", "from core.models import MODELS  # planted",
      "kernels.quant.formats imports core.models (kernels use only core.errors, core.registry of core)"),
     ("core/models/registry.py", 'MODELS.register("x", "orchestrator.cli:main")',
