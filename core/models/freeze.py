@@ -1,44 +1,33 @@
-"""`model.freeze`: which parameters do not train.
-
-Entries, applied in order of kind (not position): every include freezes, then every exclude thaws.
+"""`model.freeze`: which parameters do not train, in the grammar every module selection uses (core/models/select.py):
   vision | projector | language | embeddings | lm_head   a module group (core/models/groups.py)
-  re:<regex>     parameters whose name matches (re.search) the regex, e.g. re:layers\\.[0-3]\\.
+  <name or glob> a parameter or module name (and everything under it), e.g. model.layers.0 or *.mlp.*
+  re:<regex>     parameters whose name the regex is found in (re.search), e.g. re:layers\\.[0-3]\\.
   !<entry>       exclude: keep these trainable even if an include matched them, e.g. '!re:layers\\.11\\.'
                  (quote it on the command line: model.freeze='[language,"!re:layers\\.11\\."]')
-Names are `named_parameters()` names of the built transformers model (print them: job=inspect). A
-regex also sees the names of tied tensors (lm_head.weight of a tied model).
+Includes freeze, then excludes thaw (order of kind, not position). Names are `named_parameters()` names of the
+built transformers model (print them: job=inspect), tied tensors under every name (lm_head.weight of a tied model).
 
 Tied embeddings (qwen3_tiny, llava_tiny): lm_head and embed_tokens are one tensor, so freezing either
 `embeddings` or `lm_head` freezes both; the report says so. To freeze only one, untie it
 (model.overrides.tie_word_embeddings=false, and for a VLM its text_config's).
 
-Errors are ConfigErrors naming `model.freeze`: an unknown group, a bad regex, an entry that matches
-nothing on this model, an exclude that thaws nothing, or a freeze that leaves nothing to train. The
-jobs check them before Ray starts, on a meta-device copy of the model (core/models/auto.py meta_model).
+Errors are ConfigErrors naming `model.freeze`: a bad regex, an entry that matches nothing on this model, a group
+of a VLM no family knows, an exclude that thaws nothing, or a freeze that leaves nothing to train. The jobs check
+them before Ray starts, on a meta-device copy of the model (core/models/auto.py meta_model).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from core.errors import ConfigError
 from core.models.auto import meta_model
-from core.models.groups import GROUPS, ModuleGroups, module_groups
+from core.models.groups import ModuleGroups, group_members, module_groups
 from core.models.inspect import numel
+from core.models.select import parse, select
 
 FIELD = "model.freeze"
-EXCLUDE, REGEX = "!", "re:"
-SYNTAX = f"groups: {', '.join(GROUPS)}; re:<regex>; !<entry> to exclude"
-
-
-@dataclass(frozen=True)
-class Rule:
-    entry: str  # as written
-    exclude: bool
-    group: str | None = None
-    pattern: re.Pattern | None = None
 
 
 @dataclass
@@ -54,59 +43,20 @@ class FreezeReport:
                 f"{self.trainable_params:,} params trainable" + (f" ({notes})" if notes else ""))
 
 
-def parse_rules(entries: list[str]) -> list[Rule]:
-    """Syntax only (no model needed)."""
-    rules = []
-    for entry in entries:
-        if not isinstance(entry, str) or not entry.lstrip(EXCLUDE).strip():
-            raise ConfigError(FIELD, f"empty entry {entry!r} ({SYNTAX})")
-        exclude = entry.startswith(EXCLUDE)
-        body = entry[1:] if exclude else entry
-        if body.startswith(REGEX):
-            try:
-                rules.append(Rule(entry, exclude, pattern=re.compile(body[len(REGEX):])))
-            except re.error as err:
-                raise ConfigError(FIELD, f"{entry!r}: not a valid regex ({err})") from None
-        elif body in GROUPS:
-            rules.append(Rule(entry, exclude, group=body))
-        else:
-            raise ConfigError(FIELD, f"unknown group {body!r} ({SYNTAX})")
+def resolve(model: Any, entries: list[str]) -> tuple[set[str], ModuleGroups]:
+    """The canonical names of the parameters `entries` freeze, and the model's groups."""
+    rules = parse(entries, FIELD)
     if rules and all(r.exclude for r in rules):
         raise ConfigError(FIELD, f"only exclusions ({', '.join(entries)}): nothing to freeze")
-    return rules
-
-
-def _matches(rule: Rule, groups: ModuleGroups, aliases: dict[str, str]) -> set[str]:
-    """Canonical parameter names the rule selects; a ConfigError if it selects none."""
-    if rule.group is not None:
-        if not groups.known and rule.group in ("vision", "projector", "language"):
-            raise ConfigError(FIELD, f"{rule.entry!r}: {groups.model_class} has no group layout "
-                              "(no family in core/models/families/); use re:<regex> entries")
-        found = set(groups.members(rule.group))
-        if not found:
-            raise ConfigError(FIELD, f"{rule.entry!r}: {groups.model_class} has no {rule.group} parameters")
-        return found
-    found = {canonical for name, canonical in aliases.items() if rule.pattern.search(name)}
-    if not found:
-        example = next(iter(aliases), "")
-        raise ConfigError(FIELD, f"{rule.entry!r} matches no parameter of {groups.model_class} (names look like "
-                          f"{example!r}; job=inspect lists them)")
-    return found
-
-
-def resolve(model: Any, entries: list[str]) -> tuple[set[str], ModuleGroups]:
-    rules = parse_rules(entries)
     groups = module_groups(model)
+    for rule in rules:
+        if rule.group in ("vision", "projector", "language") and not groups.known:
+            raise ConfigError(FIELD, f"{rule.entry!r}: {groups.model_class} has no group layout "
+                              "(no family in core/models/families/); use names or re:<regex> entries")
     canonical = {id(p): n for n, p in model.named_parameters()}
     aliases = {n: canonical[id(p)] for n, p in model.named_parameters(remove_duplicate=False)}
-    frozen: set[str] = set()
-    for rule in (r for r in rules if not r.exclude):
-        frozen |= _matches(rule, groups, aliases)
-    for rule in (r for r in rules if r.exclude):
-        thawed = _matches(rule, groups, aliases) & frozen
-        if not thawed:
-            raise ConfigError(FIELD, f"{rule.entry!r} excludes nothing the other entries freeze")
-        frozen -= thawed
+    chosen = select(aliases, entries, FIELD, groups.model_class, group_members(model), what="parameter")
+    frozen = {aliases[n] for n in chosen}
     if frozen and len(frozen) == len(canonical):
         raise ConfigError(FIELD, f"{', '.join(entries)} freezes every parameter: nothing left to train")
     return frozen, groups

@@ -96,3 +96,15 @@ def group_counts(model: Any, groups: ModuleGroups | None = None) -> dict[str, di
                       "trainable": sum(numel(params[n]) for n in names if params[n].requires_grad),
                       "tensors": len(names)}
     return out
+
+
+def group_members(model: Any) -> dict[str, set[str]]:
+    """group -> the names of its tensors, shared ones and every alias of a tied tensor included (the tied lm_head's
+    `lm_head.weight` is in both `embeddings` and `lm_head`): what core/models/select.py matches group entries on."""
+    groups = module_groups(model)
+    canonical = {id(p): n for n, p in model.named_parameters()}
+    aliases: dict[str, set[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        aliases.setdefault(canonical[id(param)], set()).add(name)
+    return {group: {alias for name in groups.members(group) for alias in aliases.get(name, {name})}
+            for group in groups.names}

@@ -5,9 +5,7 @@ Activation-quantized formats (w8a8) get per-token int8 fake quant on the quantiz
 
 from __future__ import annotations
 
-import fnmatch
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +20,6 @@ def quant_config_of(path: str | Path) -> dict[str, Any] | None:
     config = json.loads((Path(path) / "config.json").read_text())
     qc = config.get("quantization_config")
     return qc if qc and qc.get("quant_method") == "compressed-tensors" else None
-
-
-def is_ignored(name: str, patterns: list[str]) -> bool:
-    """compressed-tensors style: "re:<regex>" matches the full name, else an exact name or glob."""
-    for pattern in patterns:
-        if pattern.startswith("re:"):
-            if re.fullmatch(pattern[3:], name):
-                return True
-        elif name == pattern or fnmatch.fnmatchcase(name, pattern):
-            return True
-    return False
 
 
 def scheme_of(qc: dict[str, Any], module: str) -> dict[str, Any]:

@@ -157,6 +157,7 @@ def export(spec: Any, fmt: Any, root: str, ctx: RunContext, dtype: str, formats:
     """`fp_ignore`: ignore entries for the VLM modules left FP; `modality_weights`: MBQ's (written beside the
     smoothing scales, the scale cache)."""
     from core.models import MODELS
+    from core.models.select import select_linears
     from jobs.quantize.export import write_export
     from jobs.quantize.worker import build_fp_model
 
@@ -172,7 +173,8 @@ def export(spec: Any, fmt: Any, root: str, ctx: RunContext, dtype: str, formats:
         info["recipe"] = {"source": spec.quant.recipe, "formats": formats}
     if modality_weights:
         info["modality_weights"] = modality_weights
-    ignore = [*spec.quant.ignore, *(fp_ignore or [])]
+    # compressed-tensors reads plain entries as exact names: the selected Linears by name, then the FP VLM modules
+    ignore = [*sorted(select_linears(model, list(spec.quant.ignore), "quant.ignore")), *(fp_ignore or [])]
     out = write_export(model, tokenizer, root, fmt, ignore, storage.join(ctx.job_uri, "export"), info, ctx.run,
                        per_module, processor=processor, modality_weights=modality_weights)
     log.info("export: %s", out)

@@ -41,7 +41,7 @@ class QuantConfig:
     # on a GPU: keep the calibration activations in pinned host memory, streamed in one batch ahead
     # (jobs/quantize/activations.py): GPU memory then holds about one block, its statistics and two batches
     offload_activations: bool = True
-    ignore: list[str] = field(default_factory=lambda: ["lm_head"])  # module names / "re:<regex>" left FP
+    ignore: list[str] = field(default_factory=lambda: ["lm_head"])  # left FP; syntax: core/models/select.py
     resume: str = "auto"  # auto: continue from <job_dir>/blocks | never: refuse existing block checkpoints
     export: bool = True
     # mixed precision (conf/quant/mixed.yaml): a sensitivity report (its dir or report.json, local or s3://)

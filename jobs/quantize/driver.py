@@ -18,7 +18,7 @@ from core.cluster import check_fits, compute_dtype, remote_actor, wants_gpu
 from core.data.calib_mm import CalibRows, model_calibration_rows
 from core.errors import ConfigError
 from core.models import MODELS
-from core.quant.load import is_ignored
+from core.models.select import select_linears
 from jobs.base import RunContext
 from jobs.quantize import checkpoint
 from jobs.quantize.algorithms import ALGORITHMS
@@ -91,11 +91,12 @@ def _check_model(spec: Any, fmt: QuantFormat, formats: dict[str, str]) -> tuple[
     unknown = sorted(set(formats) - set(linears))
     if unknown:
         raise ConfigError("quant.recipe", f"names Linears this model does not have: {', '.join(unknown[:3])}")
+    ignored = select_linears(model, list(spec.quant.ignore), "quant.ignore")
     for name, in_features in linears.items():
         own = parse_target(formats[name]) if name in formats else fmt
         if own is not None:
             check_group_size(own, name, in_features)
-        if is_ignored(name, list(spec.quant.ignore)):
+        if name in ignored:
             raise ConfigError("quant.ignore", f"{name} is inside a decoder block; ignoring block Linears is not "
                               "supported yet (only modules outside the blocks, e.g. lm_head)")
     lw = Layerwise(model)

@@ -9,7 +9,7 @@ class SearchConfig:
     effective_bits: float = 4.5  # budget: total weight bits (scales/zeros included) / weight elements
     score: str = "gradient"  # gradient: sum over tokens of (dL/dY . dY)^2 | loss_delta: the measured loss change
     handles: str = "linear"  # linear: each block Linear | shared_input: Linears reading one input (q/k/v, gate/up)
-    ignore: list[str] = field(default_factory=lambda: ["lm_head"])  # left out of scoring and search (listed)
+    ignore: list[str] = field(default_factory=lambda: ["lm_head"])  # not scored (listed); core/models/select.py
     num_workers: int = 1  # data-parallel scoring actors; scores are sums over tokens, reduced in float64
     use_gpu: str = "auto"  # auto | true | false
     cpus_per_worker: float = 1.0

@@ -6,7 +6,6 @@ runs), reduces the score sums, runs the exact search and writes the report (jobs
 from __future__ import annotations
 
 import logging
-import re
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -67,11 +66,6 @@ def _check(s: Any) -> None:
         parse_target(cand)
 
 
-def _ignored(name: str, patterns: list[str]) -> bool:
-    return any(re.fullmatch(p[3:], name) if p.startswith("re:") else name == p or name.startswith(p + ".")
-               for p in patterns)
-
-
 def _handles(spec: Any) -> tuple[dict[str, list[str]], dict[str, tuple[int, int]], dict[str, str]]:
     """Handles over the decoder blocks' Linears, their shapes, and every other Linear with the reason."""
     from torch import nn
@@ -80,18 +74,20 @@ def _handles(spec: Any) -> tuple[dict[str, list[str]], dict[str, tuple[int, int]
     from core.blocks.mappings import input_groups
     from core.models import MODELS
     from core.models.auto import meta_model
+    from core.models.select import select_linears
     from core.quant.recipe import handle_name
 
     source = MODELS.get(spec.model.name)
     model = meta_model(source, spec.model)  # causal LM or VLM class, no weights
     lw = Layerwise(model)
+    ignored = select_linears(model, list(spec.search.ignore), "search.ignore")
     groups: dict[str, list[str]] = {}
     for i, block in enumerate(lw.blocks):
         prefix = lw.block_prefix(i)
         names = [n for n, m in block.named_modules() if isinstance(m, nn.Linear)]
         sets = input_groups(block, names) if spec.search.handles == "shared_input" else [(n,) for n in names]
         for members in sets:
-            full = [prefix + n for n in members if not _ignored(prefix + n, list(spec.search.ignore))]
+            full = [prefix + n for n in members if prefix + n not in ignored]
             if full:
                 groups[handle_name(full)] = full
     shapes = {n: (m.in_features, m.out_features) for n, m in model.named_modules() if isinstance(m, nn.Linear)}
@@ -99,7 +95,7 @@ def _handles(spec: Any) -> tuple[dict[str, list[str]], dict[str, tuple[int, int]
     fp_prefixes = tuple(f"{m}." for m in lw.fp_modules())
 
     def why(name: str) -> str:
-        if _ignored(name, list(spec.search.ignore)):
+        if name in ignored:
             return "search.ignore"
         if name.startswith(fp_prefixes):
             return "vision tower / projector: kept in 16-bit"

@@ -97,7 +97,7 @@ def test_inspect_text_model(cli_in_process, storage: Path) -> None:
 def test_inspect_bad_freeze_fails_with_one_line(cli_in_process, storage: Path) -> None:
     result = cli_in_process(["job=inspect", "model=qwen3_tiny", "model.freeze=[projector]"], storage)
     assert result.returncode == 2
-    assert result.stderr.strip() == "error: config error: model.freeze: 'projector': Qwen3ForCausalLM has no " \
-                                    "projector parameters"
+    assert result.stderr.strip() == "error: config error: model.freeze: 'projector': matches no parameter of " \
+        "Qwen3ForCausalLM (names look like 'model.embed_tokens.weight'; job=inspect lists them)"
     run = mlflow_run(storage, run_id_of(result.stdout))
     assert run.info.status == "FAILED" and "model.freeze" in run.data.tags["error"]
