@@ -18,6 +18,7 @@ import torch.distributed as dist
 
 from core import storage
 from core.models import MODELS, build_model
+from core.models.families import family_of
 from core.models.freeze import apply_freeze
 from core.models.inspect import describe, embedding_params
 from core.tracking import RunHandle
@@ -89,7 +90,8 @@ def _fuse_ops(model: Any, setting: str, env: WorkerEnv) -> None:
     wanted = str(setting).lower()
     if wanted == "false" or (wanted == "auto" and (env.device.type != "cuda" or not compiler_works(env.device))):
         return
-    counts = fuse_model(model)
+    family = family_of(model)
+    counts = fuse_model(model, family.fused_ops if family else {})
     if env.rank == 0:
         print(f"fused ops: {', '.join(f'{n} x{c}' for n, c in sorted(counts.items())) or 'none'}", flush=True)
 

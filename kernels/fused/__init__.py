@@ -3,10 +3,11 @@ embedding are memory-bound chains of small kernels in eager PyTorch (the profile
 an H200 put more GPU time in elementwise mul/copy kernels than in attention). `fuse_model` swaps them, module by
 module, for the same math in kernels/fused/ops.py, compiled by torch.compile (or left eager: the reference).
 
-One registry, keyed by module class name, for the classes of transformers' own modeling files only (a
-trust_remote_code copy with the same name may compute something else): an entry installs the fused forward on
-one module. Each registered class is checked against its own forward by tests/kernels/fused/test_fusions.py;
-anything else keeps its own forward.
+Which module classes take which fused op is the model family's (core/models/families/: `Family.fused_ops`, class
+name -> op kind), handed to `fuse_model`; only classes of transformers' own modeling files are fused (a
+trust_remote_code copy with the same name may compute something else). `INSTALLERS` installs the fused forward of
+one op kind on one module. Each family's classes are checked against their own forward by
+tests/kernels/fused/test_fusions.py; anything else keeps its own forward.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import logging
 import sys
 import types
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
 
@@ -23,7 +24,6 @@ import torch
 from torch import nn
 from transformers.activations import SiLUActivation
 
-from core.registry import Registry
 from kernels.fused import ops
 
 log = logging.getLogger("kernels.fused")
@@ -37,7 +37,6 @@ class FusedOps:
 
 
 Installer = Callable[[nn.Module, FusedOps], bool]  # True when it installed something on this module
-FUSIONS: Registry[Installer] = Registry("fused module", "trainer.fused_ops")
 _OWN_MODELING = "transformers.models."
 
 
@@ -94,19 +93,17 @@ def install_rotary(module: nn.Module, fused: FusedOps) -> bool:
     return True
 
 
-for _family in ("Llama", "Mistral", "Qwen2", "Qwen3"):
-    FUSIONS.register(f"{_family}RMSNorm", install_rms_norm)
-    FUSIONS.register(f"{_family}MLP", install_gated_mlp)
-    FUSIONS.register(f"{_family}Attention", install_rotary)
+INSTALLERS: dict[str, Installer] = {"rms_norm": install_rms_norm, "gated_mlp": install_gated_mlp,
+                                    "rotary": install_rotary}
 
 
-def fuse_model(model: nn.Module, fused: FusedOps | None = None) -> dict[str, int]:
-    """Install the fused forward on every registered module of `model` (the compiled ops unless `fused` is
-    given); returns how many per class."""
+def fuse_model(model: nn.Module, classes: Mapping[str, str], fused: FusedOps | None = None) -> dict[str, int]:
+    """Install the fused forward on every module of `model` whose class `classes` names (class name -> op kind of
+    INSTALLERS; the compiled ops unless `fused` is given); returns how many per class."""
     fused, counts = fused or fused_ops(compiled=True), Counter()
     for module in model.modules():
         cls = type(module)
-        if cls.__name__ in FUSIONS and cls.__module__.startswith(_OWN_MODELING) \
-                and FUSIONS.get(cls.__name__)(module, fused):
+        kind = classes.get(cls.__name__)
+        if kind and cls.__module__.startswith(_OWN_MODELING) and INSTALLERS[kind](module, fused):
             counts[cls.__name__] += 1
     return dict(counts)

@@ -12,9 +12,11 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from kernels.fused import FUSIONS, FusedOps, fuse_model, fused_ops, ops
+from core.models.families import all_families
+from kernels.fused import FusedOps, fuse_model, fused_ops, ops
 
 FAMILIES = ["llama", "mistral", "qwen2", "qwen3"]
+CLASSES = {cls: kind for family in all_families() for cls, kind in family.fused_ops.items()}  # every family's
 # The model runs in float64, but RMSNorm normalises in float32 by design (HF's math, kept by the fused op), so a
 # compiled norm may round differently from the eager one at float32's 6e-8: 1e-6 of each gradient's scale.
 # The eager fused ops run the eager modules' operations in the same order: 1e-12.
@@ -70,7 +72,7 @@ def test_fused_model_equals_eager(family: str, compiled: bool, restore_rotary) -
     model = tiny_model(family)
     restore_rotary(model)
     expected = loss_and_grads(model)
-    counts = fuse_model(model, fused_ops(compiled))
+    counts = fuse_model(model, CLASSES, fused_ops(compiled))
     prefix = type(model.model.norm).__name__.removesuffix("RMSNorm")
     norms_per_layer = 4 if family == "qwen3" else 2  # Qwen3 also norms queries and keys per head
     assert counts == {f"{prefix}RMSNorm": 2 * norms_per_layer + 1, f"{prefix}MLP": 2, f"{prefix}Attention": 1}
@@ -84,7 +86,7 @@ def test_fused_model_equals_eager_on_cuda(family: str, restore_rotary) -> None:
     model = tiny_model(family).to("cuda")
     restore_rotary(model)
     expected = loss_and_grads(model)
-    assert set(fuse_model(model)) == {f"{p}{kind}" for p in [type(model.model.norm).__name__[:-7]]
+    assert set(fuse_model(model, CLASSES)) == {f"{p}{kind}" for p in [type(model.model.norm).__name__[:-7]]
                                       for kind in ("RMSNorm", "MLP", "Attention")}
     assert_close(expected, loss_and_grads(model), REL_TOL[True])
 
@@ -93,13 +95,13 @@ def test_a_gelu_mlp_keeps_its_own_forward(restore_rotary) -> None:
     model = tiny_model("llama", hidden_act="gelu")
     restore_rotary(model)
     expected = loss_and_grads(model)
-    counts = fuse_model(model, fused_ops(compiled=False))
+    counts = fuse_model(model, CLASSES, fused_ops(compiled=False))
     assert "LlamaMLP" not in counts and counts["LlamaRMSNorm"] == 5
     assert_close(expected, loss_and_grads(model), REL_TOL[False])
 
 
 def test_every_registered_family_is_tested() -> None:
-    families = {name.removesuffix(kind) for name in FUSIONS.names() for kind in ("RMSNorm", "MLP", "Attention")
+    families = {name.removesuffix(kind) for name in CLASSES for kind in ("RMSNorm", "MLP", "Attention")
                 if name.endswith(kind)}
     tested = {type(tiny_model(f).model.norm).__name__.removesuffix("RMSNorm") for f in FAMILIES}
     assert families == tested
@@ -118,7 +120,7 @@ def test_the_fused_ops_are_what_the_model_runs(restore_rotary) -> None:
 
     model = tiny_model("qwen3")
     restore_rotary(model)
-    fuse_model(model, FusedOps(*(counted(n, getattr(ops, n)) for n in ("rms_norm", "silu_mul", "rotary"))))
+    fuse_model(model, CLASSES, FusedOps(*(counted(n, getattr(ops, n)) for n in ("rms_norm", "silu_mul", "rotary"))))
     loss_and_grads(model)
     assert calls == {"rms_norm": 9, "silu_mul": 2, "rotary": 2}
 
@@ -128,7 +130,7 @@ def test_changing_shapes_and_no_grad_never_fail(restore_rotary) -> None:
     limit; they must fall back to eager, not fail the step (fullgraph would raise)."""
     model = tiny_model("qwen3")
     restore_rotary(model)
-    fuse_model(model, fused_ops(compiled=True))
+    fuse_model(model, CLASSES, fused_ops(compiled=True))
     for length in range(5, 17):
         ids = torch.randint(0, 97, (1 + length % 3, length))
         model(input_ids=ids, labels=ids).loss.backward()
@@ -140,5 +142,5 @@ def test_a_same_named_class_outside_transformers_is_left_alone() -> None:
     """trust_remote_code copies reuse transformers' class names with other signatures."""
     LlamaRMSNorm = type("LlamaRMSNorm", (torch.nn.Module,), {"forward": lambda self, x: x})  # noqa: N806
     module = LlamaRMSNorm()
-    assert fuse_model(torch.nn.Sequential(module), fused_ops(compiled=False)) == {}
+    assert fuse_model(torch.nn.Sequential(module), CLASSES, fused_ops(compiled=False)) == {}
     assert "forward" not in vars(module)
