@@ -88,3 +88,31 @@ def _vlm_text_side(root: Path, name: str) -> Path:
     from_config(vlm_config(name)).save_pretrained(out)
     byte_tokenizer().save_pretrained(out)
     return out
+
+
+def image_rows(name: str, n_image: int = 2, n_text: int = 2, length: int = 16, seed: int = 0):
+    """Calibration rows with images made by hand for the families whose processors this stack cannot load (what
+    core/data/calib_mm.py makes from image+caption chats): each image row is a few text tokens, 4 image tokens
+    (one 32x32 image in each family's geometry) and a caption that carries the loss; text rows are all loss."""
+    import numpy as np
+
+    from core.data.calib_mm import TEXT, VISION, CalibRows
+    from core.data.tokenize import IGNORE
+
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(3, 250, (n_image + n_text, length))
+    modality = np.full(ids.shape, TEXT, np.int8)
+    labels = ids.copy()
+    images = []
+    for r in range(n_image):
+        ids[r, 2:6] = IMAGE_TOKEN
+        modality[r, 2:6] = VISION
+        labels[r, :6] = IGNORE
+        pixels = rng.standard_normal((16, 3 * 2 * 8 * 8) if name == "qwen3_vl" else (1, 3, 32, 32)).astype(np.float32)
+        image = {"pixel_values": pixels}
+        if name == "qwen3_vl":
+            image["image_grid_thw"] = np.array([[1, 4, 4]])
+        if name == "mistral3":
+            image["image_sizes"] = np.array([[32, 32]])
+        images.append([image])
+    return CalibRows(ids.astype(np.int64), modality, labels.astype(np.int64), images + [[] for _ in range(n_text)])

@@ -1,4 +1,4 @@
-"""The family matrix: every model family users bring, as a tiny random-init model directory (tests/families.py, built
+"""The family matrix: every model family users bring, as a tiny random-init model directory (tests/jobs/family_models.py, built
 from its transformers config, nothing downloaded), through every job kind's own code, in this process.
 
 Per family: `job=inspect` and `model.freeze` through the CLI entry point (no Ray there); 2 SFT steps with the SFT
@@ -7,6 +7,8 @@ tests'); quantize with each applicable algorithm at w4g32 and w8a8 (MBQ on the V
 own code and the job's export, each export reloaded with the project's loader; the sensitivity worker's scores
 with two candidates; evaluate's perplexity of each export. Ray is left out of the cells: each job's worker code is
 what runs (its Ray plumbing is the end-to-end tests' business), so the matrix costs seconds per family.
+Qwen3-VL, InternVL and Mistral3 have no processor here (family_models.NO_CPU_PROCESSOR): their SFT cell trains on text
+chats and their MBQ cell calibrates on image rows made by hand (family_models.image_rows).
 
 Tolerances: a reloaded export's logits equal the calibrated in-memory model's (fake quant) to 1e-4 relative (float32,
 the same dequantized weights); against the FP model they are within 0.5 relative (random 2-layer models at 4 bits:
@@ -25,7 +27,7 @@ import pytest
 import torch
 
 from core.models import MODELS, build_model
-from tests.jobs.family_models import NO_CPU_PROCESSOR, TINY_FAMILIES, VLM_FAMILIES, saved_families
+from tests.jobs.family_models import NO_CPU_PROCESSOR, TINY_FAMILIES, VLM_FAMILIES, image_rows, saved_families
 
 W4, W8A8 = "w4g32", "w8a8"
 ALGORITHMS = [("rtn", W4), ("gptq", W4), ("awq", W4), ("gptq", W8A8), ("smoothquant", W8A8)]
@@ -117,19 +119,24 @@ def calibrate(name: str, path: Path, algorithm: str, fmt: str, storage: Path) ->
     from jobs.quantize.modality import modality_weights
     from jobs.quantize.worker import CalibWorker, build_fp_model
 
-    calib = CALIB_IMAGES if algorithm == "mbq" else CALIB_TEXT
+    calib = CALIB_IMAGES if algorithm == "mbq" and name not in NO_CPU_PROCESSOR else CALIB_TEXT
     job = f"{name}-{algorithm}-{fmt}"
-    spec = _spec(["job=quantize", "model=hf", f"model.path={path}", f"quant={algorithm}", f"quant.format={fmt}",
-                  "quant.batch_size=2", "quant.num_workers=1", *calib, f"job.name={job}"], storage)
+    overrides = ["job=quantize", "model=hf", f"model.path={path}", f"quant={algorithm}", f"quant.format={fmt}",
+                 "quant.batch_size=2", "quant.num_workers=1", *calib, f"job.name={job}"]
+    spec = _spec(overrides, storage)
     ctx = RunContext(RunHandle("", ""), storage / job, str(storage / job))
-    prepared = QuantizeJob().prepare(spec, ctx)  # the driver's own validation and calibration rows
-    rows = model_calibration_rows(spec.calib, MODELS.get("hf"), spec.model)
+    hand_made = algorithm == "mbq" and name in NO_CPU_PROCESSOR  # no processor here: image rows made by hand
+    # the driver's own validation (MBQ with hand-made rows: validated as AWQ, which refuses nothing MBQ takes)
+    checked = _spec([*overrides[:3], "quant=awq", *overrides[4:]], storage) if hand_made else spec
+    prepared = QuantizeJob().prepare(checked, ctx)
+    rows = image_rows(name) if hand_made else model_calibration_rows(spec.calib, MODELS.get("hf"), spec.model)
     worker = CalibWorker(spec, 0, rows.batches(spec.quant.batch_size), False, "float32")
     root = str(storage / job / "blocks")
     weights = None
     if algorithm == "mbq":
         weights = modality_weights(reduce_stats([worker.modality_grads()]), prepared.num_blocks, rows.counts())
         worker.set_modality_weights(weights)
+        assert any(b["grad_vision"] > 0 for b in weights["blocks"]) and rows.counts()["vision"] > 0  # images seen
     worker.start(root)
     metrics = [worker.calibrate(i, root) for i in range(prepared.num_blocks)]
     worker.flush()
@@ -174,7 +181,7 @@ def test_family(name: str, family_dirs: dict[str, Path], tmp_path: Path, cli_in_
     ids = torch.randint(3, 250, (2, 24), generator=torch.Generator().manual_seed(0))
     reference = _logits(fp, ids)
     fp_ppl = perplexity(load_model("hf", str(path), {}), ids.numpy(), 2)["perplexity"]
-    for algorithm, fmt in ALGORITHMS + (VLM_ALGORITHMS if name in VLM_FAMILIES else []):
+    for algorithm, fmt in ALGORITHMS + (VLM_ALGORITHMS if name in VLM_FAMILIES + NO_CPU_PROCESSOR else []):
         out = calibrate(name, path, algorithm, fmt, storage)
         got = _logits(out["reloaded"], ids)
         assert _rel(got, _logits(out["in_memory"], ids)) < 1e-4, (algorithm, fmt)
