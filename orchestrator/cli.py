@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from omegaconf import OmegaConf
@@ -22,6 +23,10 @@ def _setup_logging(redactor: Redactor) -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
     handler.addFilter(RedactingFilter(redactor))
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    # MLflow's store creation (its own stderr handler) and alembic's migrations: not the user's business
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is first imported
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _parse_args(argv: list[str]) -> tuple[list[str], str | None]:

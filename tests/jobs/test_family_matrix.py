@@ -1,4 +1,4 @@
-"""The family matrix: every model family users bring, as a tiny random-init model directory (tests/jobs/family_models.py, built
+"""The family matrix: every model family users bring, as a tiny random-init model directory (family_models.py, built
 from its transformers config, nothing downloaded), through every job kind's own code, in this process.
 
 Per family: `job=inspect` and `model.freeze` through the CLI entry point (no Ray there); 2 SFT steps with the SFT

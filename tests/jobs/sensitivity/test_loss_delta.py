@@ -81,16 +81,17 @@ def test_shards_add_up_and_repeat() -> None:
 
 
 def test_given_inputs_and_ignored_targets_as_a_vlm_batch() -> None:
-    """A ScoringBatch (a VLM's merged embeddings as the first block's input, caption labels with IGNORE = -100
+    """A BlockBatch (a VLM's merged embeddings as the first block's input, caption labels with IGNORE = -100
     positions): the same loss changes as the token ids give when those are the embeddings and labels."""
-    from jobs.sensitivity.scoring import ScoringBatch
+    from core.blocks.backward import BlockBatch
+    from core.blocks.layerwise import Layerwise
 
     model, (ids,) = _model().double(), _batches(1)
     targets = ids.clone()
     targets[:, :10] = -100  # a prompt: no loss
     linears = _linears(model)
-    embeds = model.get_input_embeddings()(ids)
-    given = loss_delta_scores(model, linears, CANDIDATES, [ScoringBatch(ids, embeds, targets)])
+    embeds, calls = Layerwise(model).capture(ids)
+    given = loss_delta_scores(model, linears, CANDIDATES, [BlockBatch(ids, embeds, calls, targets)])
     with torch.no_grad():
         def loss(batch_targets: torch.Tensor) -> float:
             logits = model(input_ids=ids).logits[:, :-1]
