@@ -204,13 +204,6 @@ def mm_token_types(config: Any, ids: torch.Tensor) -> torch.Tensor:
     return types
 
 
-def named_tensors(model: nn.Module, names: Iterable[str]) -> list[torch.Tensor]:
-    """The parameters and buffers of the named modules (or the named parameters) of `model`."""
-    modules = dict(model.named_modules())
-    return [t for name in names for t in (
-        module_tensors(modules[name]) if name in modules else [model.get_parameter(name)])]
-
-
 def module_tensors(*modules: nn.Module) -> list[torch.Tensor]:
     return [t for m in modules for t in [*m.parameters(), *m.buffers()]]
 
