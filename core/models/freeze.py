@@ -1,7 +1,7 @@
 """`model.freeze`: which parameters do not train, in the grammar every module selection uses (core/models/select.py):
   vision | projector | language | embeddings | lm_head   a module group (core/models/groups.py)
   <name or glob> a parameter or module name (and everything under it), e.g. model.layers.0 or *.mlp.*
-  re:<regex>     parameters whose name the regex is found in (re.search), e.g. re:layers\\.[0-3]\\.
+  re:<regex>     parameters whose name (or module's) the regex is found in (re.search), e.g. re:layers\\.[0-3]\\.
   !<entry>       exclude: keep these trainable even if an include matched them, e.g. '!re:layers\\.11\\.'
                  (quote it on the command line: model.freeze='[language,"!re:layers\\.11\\."]')
 Includes freeze, then excludes thaw (order of kind, not position). Names are `named_parameters()` names of the

@@ -1,16 +1,21 @@
 """One module-selection grammar, one parser: `model.freeze`, `quant.ignore` and `search.ignore` all read entries so.
 
-An entry selects dotted names (parameter names for model.freeze, Linear module names for the ignore lists):
-  <name or glob>   fnmatch, matched against the whole name or any dotted prefix of it: `lm_head` selects
-                   `lm_head` and `lm_head.weight`, `model.layers.0` everything in block 0, `*.down_proj` every
-                   down_proj
-  re:<regex>       names in which the regex is found (re.search), e.g. re:layers\\.[0-3]\\.
+An entry selects dotted names (parameter names for model.freeze, Linear module names for the ignore lists). Names,
+globs and regexes share one rule: an entry selects a name when it matches the name or any dotted prefix of it (the
+module holding it), so a module and its parameters are selected alike and `lm_head` selects `lm_head.weight`:
+  <name or glob>   fnmatch, full match: `lm_head` selects `lm_head` and `lm_head.weight`, `model.layers.0`
+                   everything in block 0 (not block 0x: dotted parts, not characters), `*.down_proj` every down_proj
+  re:<regex>       Python regex, found in the name or a dotted prefix (re.search), e.g. re:layers\\.[0-3]\\.
+                   (so model.freeze's `re:layers\\.2\\.` keeps its meaning). A compressed-tensors entry (re:
+                   fullmatch) selects at least what it selects there; anchor it (re:^...$) to match whole names
   vision | projector | language | embeddings | lm_head
                    a module group (core/models/groups.py; the group wins over a module of the same name): its
-                   parameters, or the modules holding them
-  !<entry>         exclude what the entry selects from what the other entries select
-So the same entry selects the same modules in all three settings (tests/core/models/test_select.py). Every entry
-must select something on the model at hand: else one ConfigError naming the field and the entry.
+                   parameters, or the modules holding them. Only where groups apply (select(groups=None): names)
+  !<entry>         exclude what the entry selects from what the other entries select (order does not matter)
+So the same entry selects the same modules in all three settings (tests/core/models/test_select.py). Every include
+must select something on the model at hand, else one ConfigError(<field>, "'<entry>': matches no module of <model
+class> ...") (`parameter` for model.freeze); an exclude must remove something. quant.ignore reaches the export's
+compressed-tensors `ignore` list as the selected Linears' exact names (jobs/quantize/blockloop.py export).
 """
 
 from __future__ import annotations
@@ -40,10 +45,11 @@ class Rule:
         if self.group is not None and groups is not None:
             members = groups.get(self.group, set())
             return name in members or any(m.startswith(name + ".") for m in members)
-        if self.pattern is not None:
-            return self.pattern.search(name) is not None
         parts = name.split(".")
-        return any(fnmatch.fnmatchcase(".".join(parts[:i]), self.glob) for i in range(1, len(parts) + 1))
+        prefixes = (".".join(parts[:i]) for i in range(len(parts), 0, -1))  # the name, then its modules
+        if self.pattern is not None:
+            return any(self.pattern.search(p) is not None for p in prefixes)
+        return any(fnmatch.fnmatchcase(p, self.glob) for p in prefixes)
 
 
 def parse(entries: Iterable[str], field: str, with_groups: bool = True) -> list[Rule]:

@@ -40,19 +40,41 @@ def test_one_error_per_bad_entry(entries: list[str], message: str) -> None:
     assert err.value.field == "search.ignore" and message in str(err.value) and "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("model,entry", [("qwen3_tiny", "re:layers\\.1\\.mlp"), ("qwen3_tiny", "*.down_proj"),
-                                         ("llava_tiny", "vision"), ("llava_tiny", "model.multi_modal_projector"),
-                                         ("llava_tiny", "lm_head")])
-def test_the_same_entry_selects_the_same_modules_in_all_three_settings(model: str, entry: str) -> None:
-    """model.freeze's parameters, quant.ignore's and search.ignore's Linears: one set of Linears."""
+ENTRIES = [("qwen3_tiny", "re:layers\\.1\\.mlp"), ("qwen3_tiny", "*.down_proj"), ("qwen3_tiny", "re:down_proj$"),
+           ("qwen3_tiny", "model.layers.0"), ("llava_tiny", "vision"), ("llava_tiny", "model.multi_modal_projector"),
+           ("llava_tiny", "lm_head"), ("llava_tiny", "re:^lm_head$"), ("llava_tiny", "re:layers\\.2\\.")]
+
+
+@pytest.mark.parametrize("model,entry", ENTRIES)
+def test_the_same_entry_selects_the_same_modules_in_all_three_settings(model: str, entry: str,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """model.freeze's parameters, quant.ignore's and search.ignore's Linears, each through its job's own code path
+    (freeze's resolve, the quantize driver's model check, the sensitivity driver's handles): one set of Linears."""
+    from jobs.quantize import driver as quantize
+    from jobs.sensitivity.driver import _handles
+    from orchestrator.compose import compose, to_spec
+
     built = meta_model(MODELS.get(model), ModelConfig(name=model))
     linears = {n for n, m in built.named_modules() if isinstance(m, torch.nn.Linear)}
     frozen, _ = resolve(built, [entry])
     aliases = {n for n, _ in built.named_parameters(remove_duplicate=False)}
     by_freeze = {n for n in linears if f"{n}.weight" in frozen
                  or (f"{n}.weight" in aliases and _same_tensor(built, f"{n}.weight", frozen))}
-    by_quant = select_linears(built, [entry], "quant.ignore")
-    by_search = select_linears(built, [entry], "search.ignore")
+
+    spec = to_spec(compose(["job=quantize", f"model={model}"]))
+    spec.quant.ignore = [entry]
+    seen: list[set[str]] = []
+    monkeypatch.setattr(quantize, "select_linears", lambda *a: seen.append(select_linears(*a)) or seen[-1])
+    try:
+        quantize._check_model(spec, quantize._check_quant(spec.quant), {})
+    except ConfigError as err:  # a block Linear selected: refused (only modules outside the blocks are ignored)
+        assert err.field == "quant.ignore" and "inside a decoder block" in err.message
+        assert any(err.message.startswith(n + " ") for n in seen[0])
+    by_quant = seen[0]
+
+    spec = to_spec(compose(["job=sensitivity", f"model={model}"]))
+    spec.search.ignore = [entry]
+    by_search = {n for n, why in _handles(spec)[2].items() if why == "search.ignore"}
     assert by_freeze == by_quant == by_search and by_quant
 
 
@@ -60,6 +82,22 @@ def _same_tensor(model: torch.nn.Module, alias: str, frozen: set[str]) -> bool:
     """A tied alias (lm_head.weight) is frozen when its canonical tensor is."""
     target = model.get_parameter(alias)
     return any(model.get_parameter(n) is target for n in frozen)
+
+
+PARAMS = ["model.embed_tokens.weight", "model.layers.0.mlp.down_proj.weight", "model.layers.0.mlp.down_proj.bias",
+          "lm_head.weight"]
+
+
+@pytest.mark.parametrize("entry,expected", [
+    ("re:down_proj$", {"model.layers.0.mlp.down_proj.weight", "model.layers.0.mlp.down_proj.bias"}),  # its module
+    ("re:^lm_head$", {"lm_head.weight"}),
+    ("lm_head", {"lm_head.weight"}),
+    ("re:layers\\.0\\.", {"model.layers.0.mlp.down_proj.weight", "model.layers.0.mlp.down_proj.bias"}),
+    ("*.weight", {n for n in PARAMS if n.endswith(".weight")}),
+])
+def test_a_module_entry_selects_its_parameters(entry: str, expected: set[str]) -> None:
+    """Names, globs and regexes match a name or any dotted prefix of it: the module holding a parameter."""
+    assert select(PARAMS, [entry], "model.freeze", "M", what="parameter") == expected
 
 
 FIRST = {"model.freeze": "model.embed_tokens.weight", "quant.ignore": "model.layers.0.self_attn.q_proj",
