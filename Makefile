@@ -8,7 +8,7 @@ TORCH_CPU := torch==2.13.0
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup run test lint bench-sft bench-quant mlflow-ui mlflow-server clean
+.PHONY: setup run test test-fast lint bench-sft bench-quant bench-overhead mlflow-ui mlflow-server clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -25,6 +25,10 @@ run: setup
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# the unit lane: everything but the end-to-end tests (marked e2e: real Ray jobs, DeepSpeed engines, servers)
+test-fast: setup
+	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -49,6 +53,11 @@ bench-sft:
 
 bench-quant:
 	$(BENCH_PY) -m benchmarks.quant $(ARGS)
+
+# fixed cost per job: tiny jobs of each kind, embedded and attached, split into phases (CPU or GPU)
+# (the venv's python where it exists: a CPU machine after `make setup`; else BENCH_PY, the GPU image's)
+bench-overhead:
+	$(if $(wildcard $(PY)),$(PY),$(BENCH_PY)) -m benchmarks.overhead $(ARGS)
 
 .PHONY: bench-sensitivity
 bench-sensitivity:

@@ -79,11 +79,21 @@ class _Hosted:
     _target: Any = None  # set on each subclass remote_actor makes
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        import time
+
         self._init_error: Exception | None = None
+        entered = time.time()
         try:
-            self._obj = _resolve(self._target)(*args, **kwargs)
+            target = _resolve(self._target)
+            imported = time.time()
+            self._obj = target(*args, **kwargs)
         except Exception as err:  # noqa: BLE001  raised again by the first call
-            self._init_error = err
+            self._init_error, imported = err, time.time()
+        self._stamps = {"entered_at": entered, "imported_at": imported, "built_at": time.time()}
+
+    def hosted_stamps(self) -> dict[str, float]:
+        """Wall-clock times: the actor's process reached its constructor, imported its class, built it."""
+        return self._stamps
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         if self._init_error is not None:
@@ -130,6 +140,18 @@ def remote_actor(target: type | str, methods: tuple[str, ...] | None = None, **o
     name = target.rpartition(":")[2] if isinstance(target, str) else target.__name__
     body = {"_target": target, **{m: forward(m) for m in methods}}
     return ray.remote(**options)(type(name, (_Hosted,), body))
+
+
+def lap_workers_loaded(actors: list[Any]) -> None:
+    """After the driver waited for `actors` (made by remote_actor) to start and load: split that wait into worker
+    start-up (process, imports: core.timing's "workers") and loading (the rest, until now), then time "work"."""
+    import ray
+
+    from core.timing import lap
+
+    stamps = ray.get([actor.hosted_stamps.remote() for actor in actors])
+    lap("load", at=max(s["imported_at"] for s in stamps))
+    lap("work")
 
 
 def attaches(cfg: ClusterConfig) -> bool:

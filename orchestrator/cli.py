@@ -48,6 +48,9 @@ def _parse_args(argv: list[str]) -> tuple[list[str], str | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from core.timing import job_started, lap
+
+    job_started()  # the interpreter's start and this module's imports were "startup"
     argv = sys.argv[1:] if argv is None else argv
     redactor = Redactor()
     _setup_logging(redactor)
@@ -62,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         if cfg_mode:
             print(OmegaConf.to_yaml(redactor.tree(OmegaConf.to_container(cfg))), end="")
             return 0
+        lap("imports")  # the runner, the job kind's driver and what they import
         from orchestrator.runner import run_job
 
         run_job(spec, cfg, redactor)

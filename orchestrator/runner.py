@@ -17,6 +17,7 @@ from core import storage
 from core.cluster import attaches, connect, ray_job_submission_id
 from core.errors import UserError
 from core.redact import Redactor
+from core.timing import STOPWATCH, lap
 from core.tracking import flatten, start_run
 from jobs.base import RunContext
 from jobs.registry import JOBS
@@ -86,7 +87,9 @@ def _early_warm_up(job: Any, spec: Any) -> Iterator[_Early | None]:
     with ExitStack() as stack:
         early = _Early()
         try:
+            lap("ray")
             stack.enter_context(connect(spec.cluster))
+            lap("workers")
             early.warm = warm_up(spec)
         except Exception as err:  # noqa: BLE001  raised by the run (take())
             early.error = err
@@ -100,16 +103,26 @@ def _early_warm_up(job: Any, spec: Any) -> Iterator[_Early | None]:
 def _prepare_and_run(job: Any, spec: Any, ctx: RunContext, early: _Early | None) -> dict[str, Any]:
     """prepare() then run() on the cluster. A warm-up started early (attached) overlaps prepare(); otherwise the
     job's warm_up() runs right after connecting, after prepare(): an embedded cluster starts only for good input.
-    Either way its result is closed here, inside the MLflow run."""
+    Either way its result is closed here, inside the MLflow run. Phases (core.timing): a job that starts workers
+    in run() laps "workers", "load", "work" and "publish" itself; the rest of run() counts as "work"."""
+    lap("prepare")
     if early is not None:
         with _closing(early.take()) as ctx.warm:
-            return job.run(spec, ctx, job.prepare(spec, ctx))
+            prepared = job.prepare(spec, ctx)
+            lap("workers")  # waiting for the early workers, until the job says they are loaded
+            summary = job.run(spec, ctx, prepared)
+            lap("end")
+            return summary
     needs_cluster = getattr(job, "needs_cluster", True)
     warm_up = getattr(job, "warm_up", None) if needs_cluster else None
     prepared = job.prepare(spec, ctx)
+    lap("ray" if needs_cluster else "work")
     with connect(spec.cluster) if needs_cluster else nullcontext():
+        lap("workers" if needs_cluster else "work")
         with _closing(warm_up(spec)) if warm_up is not None else nullcontext() as ctx.warm:
-            return job.run(spec, ctx, prepared)
+            summary = job.run(spec, ctx, prepared)
+            lap("end")  # closing the workers, shutting an embedded cluster down, ending the MLflow run
+    return summary
 
 
 @contextmanager
@@ -129,13 +142,16 @@ def _close(warm: Any) -> None:
 def run_job(spec: Any, cfg: DictConfig, redactor: Redactor) -> dict[str, Any]:
     job = JOBS.get(spec.job.kind)()
     with _early_warm_up(job, spec) as early:
-        return _tracked(job, spec, cfg, redactor, early)
+        summary = _tracked(job, spec, cfg, redactor, early)
+    log.info("%s", STOPWATCH.line())
+    return summary
 
 
 def _tracked(job: Any, spec: Any, cfg: DictConfig, redactor: Redactor, early: _Early | None) -> dict[str, Any]:
     """The job inside its MLflow run: FINISHED, or FAILED/KILLED with the error's first line as a tag."""
     storage_root = storage.absolute(spec.job.storage)
     job_name = spec.job.name or f"{spec.job.kind}-{spec.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    lap("mlflow")
     run = start_run(spec.tracking, storage.scratch_dir(storage_root), job_name, _tags(spec, job_name))
     if run.run_id:
         print(f"MLflow run id: {run.run_id}  (tracking: {run.uri})", flush=True)
@@ -155,6 +171,7 @@ def _tracked(job: Any, spec: Any, cfg: DictConfig, redactor: Redactor, early: _E
         if user_error is not None and user_error is not err:
             raise user_error from None
         raise
+    run.log_metrics({f"time_{phase}_seconds": sec for phase, sec in STOPWATCH.seconds.items() if sec}, step=0)
     run.end("FINISHED")
     for key, value in summary.items():
         print(f"{key}: {value}")

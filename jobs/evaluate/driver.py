@@ -12,6 +12,7 @@ from typing import Any
 from core import storage
 from core.errors import ConfigError
 from core.models import MODELS
+from core.timing import lap
 from jobs.base import RunContext
 from jobs.evaluate.registry import EVALUATORS
 
@@ -68,8 +69,12 @@ class EvaluateJob:
         inputs = ray.put(prepared.inputs)
         refs = [task.remote(name, path, overrides, inputs, e, spec.model.seed)
                 for _, name, path, overrides in prepared.models]
-        raw = dict(zip([m[0] for m in prepared.models], ray.get(refs), strict=True))
+        done = ray.get(refs)
+        lap("load", at=max(d["entered_at"] for d in done))
+        lap("work", at=max(d["loaded_at"] for d in done))
+        raw = {m[0]: d["scores"] for m, d in zip(prepared.models, done, strict=True)}
         results = {label: evaluator.summarize(r, prepared.inputs, prepared.tokenizer) for label, r in raw.items()}
+        lap("publish")
         table = _table(prepared, results, evaluator.columns(prepared.inputs))
         print(table, flush=True)
         ctx.run.log_text(table, f"eval/{e.metric}.md")

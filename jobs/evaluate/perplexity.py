@@ -7,6 +7,7 @@ VLM's text ability with the LLM it started from, over the same tokens (eval 6a o
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import numpy as np
@@ -63,8 +64,13 @@ PERPLEXITY = Perplexity()
 
 
 def evaluate(name: str, path: str | None, overrides: dict, inputs: Any, e: Any, seed: int = 0) -> dict[str, Any]:
-    """Runs in a Ray task: one model (built with model.seed), one process, scored by the eval.metric's evaluator."""
+    """Runs in a Ray task: one model (built with model.seed), one process, scored by the eval.metric's evaluator.
+    Returns the scores and when (wall clock) the task began and its model was loaded."""
     from jobs.evaluate.registry import EVALUATORS
 
+    entered_at = time.time()
     torch.set_num_threads(e.threads)
-    return EVALUATORS.get(e.metric).score(load_model(name, path, overrides, seed=seed), inputs, e)
+    model = load_model(name, path, overrides, seed=seed)
+    loaded_at = time.time()
+    return {"scores": EVALUATORS.get(e.metric).score(model, inputs, e), "entered_at": entered_at,
+            "loaded_at": loaded_at}

@@ -14,11 +14,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from core import storage
-from core.cluster import check_fits, compute_dtype, remote_actor, wants_gpu
+from core.cluster import check_fits, compute_dtype, lap_workers_loaded, remote_actor, wants_gpu
 from core.data.calib_mm import CalibRows, model_calibration_rows
 from core.errors import ConfigError
 from core.models import MODELS
 from core.models.select import select_linears
+from core.timing import lap
 from jobs.base import RunContext
 from jobs.quantize import checkpoint
 from jobs.quantize.algorithms import ALGORITHMS
@@ -198,6 +199,7 @@ class QuantizeJob:
             workers = [actor.remote(spec, rank, _split(rows, q.batch_size, 1)[0], use_gpu, dtype, p.formats)
                        for rank in range(n)]
             ray.get([w.start.remote(str(root)) for w in workers])
+            lap_workers_loaded(workers)
             if needs_weights:
                 weights = _modality_weights(workers, True, rows, p.num_blocks, root, ctx)
                 ray.get([w.set_modality_weights.remote(weights) for w in workers])
@@ -210,6 +212,7 @@ class QuantizeJob:
             workers = [actor.remote(spec, rank, shard, use_gpu, dtype, p.formats)
                        for rank, shard in enumerate(shards)]
             ray.get([w.start.remote(str(root), done) for w in workers])
+            lap_workers_loaded(workers)
             if needs_weights:
                 weights = _modality_weights(workers, False, rows, p.num_blocks, root, ctx)
                 ray.get([w.set_modality_weights.remote(weights) for w in workers])
@@ -233,5 +236,6 @@ class QuantizeJob:
             if "gpu_peak_gib" in history[0]:
                 summary["gpu_peak_gib"] = round(max(h["gpu_peak_gib"] for h in history), 2)
         if q.export:
+            lap("publish")
             summary["export"] = export(spec, p.fmt, root, ctx, dtype, p.formats, fp_ignore(p.fp_modules), weights)
         return summary

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.cluster import check_fits, compute_dtype, remote_actor, wants_gpu
 from core.errors import ConfigError
+from core.timing import lap
 from jobs.base import RunContext
 from kernels.quant import parse_target
 
@@ -196,6 +197,8 @@ class SensitivityJob:
         names = sorted(p.shapes)
         parts = _gather([(w, w.score.remote(shard, names)) for w, shard in zip(workers.actors, shards, strict=True)])
         timing = _timing(parts, workers.created_at, time.time() - workers.created_at)
+        lap("load", at=max(p["entered_at"] for p in parts))
+        lap("work", at=max(p["entered_at"] + p["load_seconds"] for p in parts))
         log.info("scoring: %d worker(s) in %.1f s (slowest: load %.1f s, score %.1f s; start %.1f s)%s%s", len(parts),
                  timing["scan_seconds"], timing["load_seconds"], timing["score_seconds"], timing["start_seconds"],
                  f", GPU peak {timing['gpu_peak_gib']:.2f} GiB" if "gpu_peak_gib" in timing else "",
@@ -209,6 +212,7 @@ class SensitivityJob:
                                   "max_samples": spec.calib.num_samples, "seq_len": spec.calib.seq_len,
                                   "batch_size": s.batch_size, "batches": len(batches)},
                   "budget": s.effective_bits, "excluded": p.excluded}
+        lap("publish")
         out_dir = ctx.job_dir / "report"
         paths = write_report(out_dir, result, handles, header)
         ctx.run.log_artifacts(out_dir, "sensitivity")

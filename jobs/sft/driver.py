@@ -14,6 +14,7 @@ from core.data.sft import SFTData, build_sft_data
 from core.errors import ConfigError
 from core.models import MODELS
 from core.models.freeze import check_freeze
+from core.timing import lap
 from jobs.base import RunContext
 from jobs.sft import checkpoint
 from jobs.sft.schedule import lr_multiplier
@@ -106,5 +107,9 @@ class SFTJob:
         if text is None:
             raise RuntimeError(f"{ctx.job_uri}: training ended without rank 0's summary.json")
         summary = json.loads(text)
+        stamps = summary["stamps"]  # rank 0's
+        lap("load", at=stamps["entered_at"])
+        lap("work", at=stamps["loaded_at"])
+        lap("publish", at=stamps["trained_at"])
         return {"job_dir": ctx.job_uri, "export": summary["export"], "final_step": summary["final_step"],
                 "final_loss": summary["losses"][-1]["loss"] if summary["losses"] else None}

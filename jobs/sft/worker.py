@@ -169,6 +169,7 @@ def _step_line(step: int, max_steps: int, m: dict[str, float]) -> str:
 def train_loop(config: dict[str, Any]) -> None:
     import ray
 
+    stamps = {"entered_at": time.time()}  # core.timing's phases, for the driver
     warnings.filterwarnings("ignore", category=FutureWarning)  # torch/deepspeed deprecation chatter
     spec, run, job_dir = config["spec"], config["run"], Path(config["job_dir"])
     t = spec.trainer
@@ -199,6 +200,7 @@ def train_loop(config: dict[str, Any]) -> None:
     meter = Throughput(flops_per_token(hf_config, info["total_params"] - embedding_params(model), seq_len),
                        peak_tflops(t.peak_tflops, env.device), env.world)
     history = []
+    stamps["loaded_at"] = time.time()
     for step in range(start + 1, t.max_steps + 1):
         began = time.perf_counter()
         micro_batches = plan.step(step)
@@ -220,7 +222,7 @@ def train_loop(config: dict[str, Any]) -> None:
         if (every and step % every == 0) or step == t.max_steps:
             checkpoint.save(engine, ckpt_root, step, env.rank, t.checkpoint.keep_last)
 
-    export = None
+    export, stamps["trained_at"] = None, time.time()
     if t.checkpoint.export:
         state = gather_state_dict(engine)
         if env.rank == 0:
@@ -228,7 +230,7 @@ def train_loop(config: dict[str, Any]) -> None:
             export = write_export(state, hf_config, saver, storage.join(config["job_uri"], "export"), run)
     if env.rank == 0:
         summary = {"final_step": t.max_steps, "resumed_at": start, "resumes": checkpoint.resumes(config["job_uri"]),
-                   "losses": history, "export": export}
+                   "losses": history, "export": export, "stamps": stamps}
         # in the job's storage: rank 0 may run on another node than the driver
         storage.write_text(storage.join(config["job_uri"], "summary.json"), json.dumps(summary, indent=2))
     dist.barrier()

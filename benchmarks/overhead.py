@@ -1,0 +1,100 @@
+"""What every job pays besides its work: tiny jobs of each kind run end to end by the CLI, embedded (Ray started by
+the job) and attached (to a running `ray start --head`), each split into the driver's phases (core/timing.py: its
+"timing:" line) and the process's wall time seen from outside ("exit": the interpreter's exit after the line).
+
+    python -m benchmarks.overhead                       # CPU: qwen3_tiny, every kind, both modes
+    python -m benchmarks.overhead --size 100m --kinds quantize,evaluate,sensitivity   # GPU: a ~100M Qwen3 shape
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+from benchmarks.common import add_common_args, bytecode_cache, parse_args, ray_head, record, run_logged
+from core.timing import PHASES
+
+# Tiny work, so what is measured is the fixed cost (the demo data and qwen3_tiny: nothing downloaded).
+SMALL_CALIB = ["calib.num_samples=8", "calib.seq_len=128"]
+KINDS = {
+    "quantize": ["job=quantize", *SMALL_CALIB],
+    "evaluate": ["job=evaluate", "eval.num_samples=8", "eval.seq_len=128"],
+    "sensitivity": ["job=sensitivity", *SMALL_CALIB, "search.effective_bits=6"],
+    "inspect": ["job=inspect"],
+    "sft": ["job=sft", "trainer.max_steps=2", "data.max_length=256", "data.pack_max_length=256",
+            "trainer.num_workers=2", "trainer.checkpoint.export=false"],
+}
+# --size 100m: the issue's ~100M Qwen3 shape (8 blocks), 128 x 512 calibration tokens, built from the config
+SIZES = {"tiny": [], "100m": ["model.overrides.hidden_size=768", "model.overrides.intermediate_size=3072",
+                               "model.overrides.num_hidden_layers=8", "model.overrides.num_attention_heads=12",
+                               "model.overrides.num_key_value_heads=4", "model.overrides.head_dim=64"]}
+BIG_CALIB = ["calib.num_samples=128", "calib.seq_len=512"]
+TIMING = re.compile(r"timing: (.*) \(total ([\d.]+)s\)")
+
+
+def phases_of(output: str) -> dict[str, float] | None:
+    """The driver's phases from its "timing:" line (None when the run printed none: it failed)."""
+    match = TIMING.search(output)
+    if not match:
+        return None
+    found = dict(part.rsplit(" ", 1) for part in match.group(1).split(", "))
+    return {**{p: float(found.get(p, "0s")[:-1]) for p in PHASES}, "total": float(match.group(2))}
+
+
+def run_one(kind: str, mode: str, address: str | None, args: argparse.Namespace, work: Path) -> dict | None:
+    storage = work / f"{kind}-{mode}"
+    shutil.rmtree(storage, ignore_errors=True)
+    extra = SIZES[args.size] + (BIG_CALIB if args.size != "tiny" and kind in ("quantize", "sensitivity") else [])
+    cmd = [sys.executable, "-m", "orchestrator", *KINDS[kind], *extra, f"job.storage={storage}",
+           "cluster.include_dashboard=false", *([f"cluster.address={address}"] if address else []),
+           *args.extra.split()]
+    began = time.perf_counter()
+    output = run_logged(cmd, work / f"{kind}-{mode}.log", timeout=600)
+    wall = time.perf_counter() - began
+    phases = phases_of(output)
+    if phases is None:
+        return None
+    return {"kind": kind, "mode": mode, "wall": wall, **phases, "exit": max(0.0, wall - phases["total"])}
+
+
+def table(rows: list[dict]) -> str:
+    shown = [p for p in (*PHASES, "exit") if any(r[p] >= 0.05 for r in rows)]
+    lines = ["| job | mode | wall s | " + " | ".join(shown) + " |", "|---|---|---:|" + "---:|" * len(shown)]
+    for r in rows:
+        lines.append(f"| {r['kind']} | {r['mode']} | {r['wall']:.1f} | " + " | ".join(f"{r[p]:.1f}" for p in shown)
+                     + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kinds", default="quantize,evaluate,sensitivity,inspect,sft")
+    parser.add_argument("--modes", default="embedded,attached")
+    parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each (kind, mode); all are rows")
+    parser.add_argument("--title", default="Fixed cost per job (make bench-overhead)")
+    parser.add_argument("--bytecode-cache", default="", help="see benchmarks/common.py bytecode_cache")
+    add_common_args(parser, work="/tmp/bench-overhead", deadline=None)
+    args = parse_args(parser)
+    bytecode_cache(args.bytecode_cache)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for mode in args.modes.split(","):
+        with ray_head(work) if mode == "attached" else nullcontext(None) as address:
+            for kind in args.kinds.split(","):
+                for _ in range(args.repeat):
+                    row = run_one(kind, mode, address, args, work)
+                    if row is not None:
+                        rows.append(row)
+                        print(f"{kind} {mode}: {row['wall']:.1f} s", flush=True)
+    record(args.results, f"{args.title}, size {args.size}", table(rows), args.commit)
+
+
+if __name__ == "__main__":
+    main()
