@@ -47,11 +47,11 @@ def phases_of(output: str) -> dict[str, float] | None:
 
 
 def run_one(kind: str, mode: str, address: str | None, args: argparse.Namespace, work: Path) -> dict | None:
-    storage = work / f"{kind}-{mode}"
-    shutil.rmtree(storage, ignore_errors=True)
+    storage = work / "runs"  # one MLflow store for all runs, as a user's (its creation: the first run's)
     extra = SIZES[args.size] + (BIG_CALIB if args.size != "tiny" and kind in ("quantize", "sensitivity") else [])
     cmd = [sys.executable, "-m", "orchestrator", *KINDS[kind], *extra, f"job.storage={storage}",
-           "cluster.include_dashboard=false", *([f"cluster.address={address}"] if address else []),
+           f"job.name={kind}-{mode}-{time.time_ns()}", "cluster.include_dashboard=false",
+           *([f"cluster.address={address}"] if address else []),
            *args.extra.split()]
     began = time.perf_counter()
     output = run_logged(cmd, work / f"{kind}-{mode}.log", timeout=600)
@@ -83,7 +83,9 @@ def main() -> None:
     args = parse_args(parser)
     bytecode_cache(args.bytecode_cache)
     work = Path(args.work)
+    shutil.rmtree(work / "runs", ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
+    run_one("inspect", "untimed", None, args, work)  # creates the MLflow store the timed runs share
     rows = []
     for mode in args.modes.split(","):
         with ray_head(work) if mode == "attached" else nullcontext(None) as address:

@@ -143,15 +143,16 @@ def remote_actor(target: type | str, methods: tuple[str, ...] | None = None, **o
 
 
 def lap_workers_loaded(actors: list[Any]) -> None:
-    """After the driver waited for `actors` (made by remote_actor) to start and load: split that wait into worker
-    start-up (process, imports: core.timing's "workers") and loading (the rest, until now), then time "work"."""
+    """After the driver waited for `actors` (made by remote_actor): split the wait so far, by when the slowest had
+    imported its class and when it was built, into core.timing's "workers" (process start, imports), "load" (the
+    constructor: the model) and "work" (what came after)."""
     import ray
 
     from core.timing import lap
 
     stamps = ray.get([actor.hosted_stamps.remote() for actor in actors])
     lap("load", at=max(s["imported_at"] for s in stamps))
-    lap("work")
+    lap("work", at=max(s["built_at"] for s in stamps))
 
 
 def attaches(cfg: ClusterConfig) -> bool:

@@ -37,13 +37,17 @@ class Stopwatch:
         self.seconds[self.phase] = self.seconds.get(self.phase, 0.0) + at - self.since
         self.phase, self.since = phase, at
 
-    def total(self) -> float:
-        return sum(self.seconds.values()) + time.time() - self.since
+    def so_far(self) -> dict[str, float]:
+        """Seconds per phase until now, the current phase included."""
+        out = dict(self.seconds)
+        out[self.phase] = out.get(self.phase, 0.0) + time.time() - self.since
+        return out
 
     def line(self) -> str:
         """One line for the log: the phases that took time, in order."""
-        parts = [f"{name} {sec:.1f}s" for name, sec in self.seconds.items() if sec >= 0.05]
-        return f"timing: {', '.join(parts)} (total {self.total():.1f}s)"
+        seconds = self.so_far()
+        parts = [f"{name} {sec:.1f}s" for name, sec in seconds.items() if sec >= 0.05]
+        return f"timing: {', '.join(parts)} (total {sum(seconds.values()):.1f}s)"
 
 
 STOPWATCH = Stopwatch(process_started_at())

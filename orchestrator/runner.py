@@ -171,7 +171,7 @@ def _tracked(job: Any, spec: Any, cfg: DictConfig, redactor: Redactor, early: _E
         if user_error is not None and user_error is not err:
             raise user_error from None
         raise
-    run.log_metrics({f"time_{phase}_seconds": sec for phase, sec in STOPWATCH.seconds.items() if sec}, step=0)
+    run.log_metrics({f"time_{phase}_seconds": sec for phase, sec in STOPWATCH.so_far().items() if sec}, step=0)
     run.end("FINISHED")
     for key, value in summary.items():
         print(f"{key}: {value}")

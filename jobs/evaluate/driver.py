@@ -1,5 +1,6 @@
-"""Evaluate driver: the evaluator's held-out inputs built once (so every model sees the same ones), one Ray
-task per model, a comparison table printed and logged (metrics + markdown artifact).
+"""Evaluate driver: one Ray actor per model (created by warm_up: it loads its model while the driver builds the
+evaluator's held-out inputs, once, so every model sees the same ones), a comparison table printed and logged
+(metrics + markdown artifact).
 
 Evaluators (`eval.metric`): jobs/evaluate/registry.py (perplexity, caption)."""
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core import storage
+from core.cluster import lap_workers_loaded, remote_actor
 from core.errors import ConfigError
 from core.models import MODELS
 from core.timing import lap
@@ -17,6 +19,7 @@ from jobs.base import RunContext
 from jobs.evaluate.registry import EVALUATORS
 
 log = logging.getLogger("jobs.evaluate")
+SCORER = "jobs.evaluate.perplexity:ModelScorer"  # by path: torch is imported in the workers, not here
 
 
 @dataclass
@@ -30,29 +33,60 @@ def _same_tokenizer(a: Any, b: Any) -> bool:
     return a.get_vocab() == b.get_vocab() and a.eos_token_id == b.eos_token_id
 
 
+def _check(e: Any) -> None:
+    if e.batch_size < 1 or e.threads < 1:
+        raise ConfigError("eval.batch_size", "batch_size and threads must be >= 1")
+
+
+def _models(spec: Any) -> list[tuple[str, str, str | None, dict]]:
+    """(label, registry name, path, overrides) of each model to score; eval.compare_to's path as the workers read
+    it themselves, wherever they run."""
+    models = [("model", spec.model.name, spec.model.path, dict(spec.model.overrides))]
+    if spec.eval.compare_to:
+        models.append(("compare_to", "hf", storage.absolute(spec.eval.compare_to), {}))
+    return models
+
+
+@dataclass
+class Scorers:
+    """One scoring actor per model, created by warm_up, each loading its model as it starts."""
+    actors: list[Any]
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
+
+
 class EvaluateJob:
     sections = ("model", "eval")
+
+    def warm_up(self, spec: Any) -> Scorers:
+        """The models load while the driver builds the inputs (attached to a running cluster: while it also opens the
+        MLflow run); prepare() checks every path first, so a worker's load error is never the one reported."""
+        _check(spec.eval)
+        actor = remote_actor(SCORER, ("score",), num_cpus=1)
+        return Scorers([actor.remote(name, path, overrides, spec.eval, spec.model.seed)
+                        for _, name, path, overrides in _models(spec)])
 
     def prepare(self, spec: Any, ctx: RunContext) -> Prepared:
         e = spec.eval
         evaluator = EVALUATORS.get(e.metric)
-        if e.batch_size < 1 or e.threads < 1:
-            raise ConfigError("eval.batch_size", "batch_size and threads must be >= 1")
+        _check(e)
         source = MODELS.get(spec.model.name)
         source.validate(spec.model)
         tokenizer = source.tokenizer(spec.model)
-        models = [("model", spec.model.name, spec.model.path, dict(spec.model.overrides))]
         other_cfg = None
         if e.compare_to:
             storage.local_path(e.compare_to, field="eval.compare_to")  # exists (S3: fetched into the cache)
-            other = storage.absolute(e.compare_to)  # workers read it themselves, wherever they run
             hf = MODELS.get("hf")
-            other_cfg = type(spec.model)(name="hf", path=other)
+            other_cfg = type(spec.model)(name="hf", path=storage.absolute(e.compare_to))
             hf.validate(other_cfg)
             if not _same_tokenizer(tokenizer, hf.tokenizer(other_cfg)):
                 raise ConfigError("eval.compare_to", f"{e.compare_to}: another tokenizer; scores on "
                                   "different tokens do not compare")
-            models.append(("compare_to", "hf", other, {}))
+        models = _models(spec)
         inputs = evaluator.prepare(spec, tokenizer, other_cfg)
         if spec.job.parent_run:
             ctx.run.set_tags({"job.parent_run": spec.job.parent_run})
@@ -61,18 +95,13 @@ class EvaluateJob:
     def run(self, spec: Any, ctx: RunContext, prepared: Prepared) -> dict[str, Any]:
         import ray
 
-        from jobs.evaluate.perplexity import evaluate
-
         e = spec.eval
         evaluator = EVALUATORS.get(e.metric)
-        task = ray.remote(num_cpus=1)(evaluate)
         inputs = ray.put(prepared.inputs)
-        refs = [task.remote(name, path, overrides, inputs, e, spec.model.seed)
-                for _, name, path, overrides in prepared.models]
-        done = ray.get(refs)
-        lap("load", at=max(d["entered_at"] for d in done))
-        lap("work", at=max(d["loaded_at"] for d in done))
-        raw = {m[0]: d["scores"] for m, d in zip(prepared.models, done, strict=True)}
+        actors = ctx.warm.actors
+        raw = dict(zip([m[0] for m in prepared.models], ray.get([a.score.remote(inputs) for a in actors]),
+                       strict=True))
+        lap_workers_loaded(actors)
         results = {label: evaluator.summarize(r, prepared.inputs, prepared.tokenizer) for label, r in raw.items()}
         lap("publish")
         table = _table(prepared, results, evaluator.columns(prepared.inputs))

@@ -7,7 +7,6 @@ VLM's text ability with the LLM it started from, over the same tokens (eval 6a o
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import numpy as np
@@ -63,14 +62,15 @@ class Perplexity:
 PERPLEXITY = Perplexity()
 
 
-def evaluate(name: str, path: str | None, overrides: dict, inputs: Any, e: Any, seed: int = 0) -> dict[str, Any]:
-    """Runs in a Ray task: one model (built with model.seed), one process, scored by the eval.metric's evaluator.
-    Returns the scores and when (wall clock) the task began and its model was loaded."""
-    from jobs.evaluate.registry import EVALUATORS
+class ModelScorer:
+    """A Ray actor: one model (built with model.seed) loaded as the actor starts (on an attached cluster, while the
+    driver prepares the inputs), then scored by the eval.metric's evaluator in this one process."""
 
-    entered_at = time.time()
-    torch.set_num_threads(e.threads)
-    model = load_model(name, path, overrides, seed=seed)
-    loaded_at = time.time()
-    return {"scores": EVALUATORS.get(e.metric).score(model, inputs, e), "entered_at": entered_at,
-            "loaded_at": loaded_at}
+    def __init__(self, name: str, path: str | None, overrides: dict, e: Any, seed: int = 0) -> None:
+        torch.set_num_threads(e.threads)
+        self.model, self.e = load_model(name, path, overrides, seed=seed), e
+
+    def score(self, inputs: Any) -> dict[str, Any]:
+        from jobs.evaluate.registry import EVALUATORS
+
+        return EVALUATORS.get(self.e.metric).score(self.model, inputs, self.e)

@@ -1,5 +1,5 @@
 """Evaluators by `eval.metric`: each builds its held-out inputs once in the driver (so every model sees the
-same ones), scores one model in a Ray task, and turns raw scores into metrics, table columns and comparisons."""
+same ones), scores one model in its Ray actor, and turns raw scores into metrics, table columns and comparisons."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ class Evaluator(Protocol):
         """Driver: validate eval.* and build the inputs (numpy, shipped through Ray's object store)."""
 
     def score(self, model: Any, inputs: Any, e: Any) -> dict[str, Any]:
-        """Ray task: raw scores of one model on the inputs."""
+        """In the model's Ray actor: raw scores of one model on the inputs."""
 
     def summarize(self, raw: dict[str, Any], inputs: Any, tokenizer: Any) -> dict[str, float]:
         """Driver: the metrics of one model from its raw scores."""

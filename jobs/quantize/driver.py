@@ -143,8 +143,39 @@ def _modality_weights(workers: list, blocks_mode: bool, rows: CalibRows, num_blo
     return weights
 
 
+@dataclass
+class Workers:
+    """Calibration actors created by warm_up, each building the model as it starts (attached to a running cluster:
+    while the driver opens the MLflow run and prepares); start() later gives them their batches."""
+    actors: list[Any]
+    use_gpu: bool
+    dtype: str
+
+    def close(self) -> None:
+        """End every actor (when the job ends, done or failed, and as soon as the blocks are calibrated)."""
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
+
+
 class QuantizeJob:
     sections = ("model", "quant", "calib")
+
+    def warm_up(self, spec: Any) -> Workers:
+        """quant.num_workers calibration actors loading the model (blocks mode ends those it has no block for)."""
+        from jobs.quantize.worker import CalibWorker
+
+        q = spec.quant
+        _check_quant(q)
+        use_gpu = wants_gpu(q.use_gpu)
+        dtype = compute_dtype(q.dtype, use_gpu)
+        # blocks mode needs one worker per block left (known after prepare; run() checks that many fit)
+        check_fits("quant", 1 if q.parallel == "blocks" else q.num_workers, q.cpus_per_worker, 1 if use_gpu else 0)
+        actor = remote_actor(CalibWorker, num_cpus=q.cpus_per_worker, num_gpus=1 if use_gpu else 0)
+        log.info("quantize: starting %d calibration worker(s) on %s (%s)", q.num_workers, "GPU" if use_gpu else "CPU",
+                 dtype)
+        return Workers([actor.remote(spec, rank, use_gpu, dtype) for rank in range(q.num_workers)], use_gpu, dtype)
 
     def prepare(self, spec: Any, ctx: RunContext) -> Prepared:
         fmt = _check_quant(spec.quant)
@@ -178,16 +209,9 @@ class QuantizeJob:
         import ray
 
         from jobs.quantize.blockloop import balanced_runs, export, run_alone, run_blocks
-        from jobs.quantize.worker import CalibWorker
 
-        q, p = spec.quant, prepared
-        use_gpu = wants_gpu(q.use_gpu)  # needs Ray: resolved here, not in prepare
-        dtype = compute_dtype(q.dtype, use_gpu)
-        log.info("calibrating in %s on %s", dtype, "GPU" if use_gpu else "CPU")
-        # blocks mode starts at most one worker per block; every started worker must be placed at once
-        needed = min(q.num_workers, p.num_blocks - len(p.finished)) if q.parallel == "blocks" else q.num_workers
-        check_fits("quant", max(1, needed), q.cpus_per_worker, 1 if use_gpu else 0)
-        actor = remote_actor(CalibWorker, num_cpus=q.cpus_per_worker, num_gpus=1 if use_gpu else 0)
+        q, p, warm = spec.quant, prepared, ctx.warm
+        log.info("calibrating in %s on %s", warm.dtype, "GPU" if warm.use_gpu else "CPU")
         rows, weights = p.rows, None
         needs_weights = ALGORITHMS.get(q.algorithm).needs_modality_grads
         root = storage.join(ctx.job_uri, "blocks")
@@ -195,10 +219,12 @@ class QuantizeJob:
         started = time.perf_counter()
         if q.parallel == "blocks":
             todo = [i for i in range(p.num_blocks) if i not in p.finished]
-            n = max(1, min(q.num_workers, len(todo)))
-            workers = [actor.remote(spec, rank, _split(rows, q.batch_size, 1)[0], use_gpu, dtype, p.formats)
-                       for rank in range(n)]
-            ray.get([w.start.remote(str(root)) for w in workers])
+            n = max(1, min(q.num_workers, len(todo)))  # every started worker must be placed at once
+            check_fits("quant", n, q.cpus_per_worker, 1 if warm.use_gpu else 0)
+            for surplus in warm.actors[n:]:
+                ray.kill(surplus)
+            workers = warm.actors[:n]
+            ray.get([w.start.remote(_split(rows, q.batch_size, 1)[0], p.formats, str(root)) for w in workers])
             lap_workers_loaded(workers)
             if needs_weights:
                 weights = _modality_weights(workers, True, rows, p.num_blocks, root, ctx)
@@ -209,9 +235,9 @@ class QuantizeJob:
         else:
             done = checkpoint.finished_blocks(root)
             shards = _split(rows, q.batch_size, q.num_workers)
-            workers = [actor.remote(spec, rank, shard, use_gpu, dtype, p.formats)
-                       for rank, shard in enumerate(shards)]
-            ray.get([w.start.remote(str(root), done) for w in workers])
+            workers = warm.actors
+            ray.get([w.start.remote(shard, p.formats, str(root), done)
+                     for w, shard in zip(workers, shards, strict=True)])
             lap_workers_loaded(workers)
             if needs_weights:
                 weights = _modality_weights(workers, False, rows, p.num_blocks, root, ctx)
@@ -224,8 +250,7 @@ class QuantizeJob:
                 history = run_alone(workers, [todo], root, ctx, progress)
             else:
                 history = run_blocks(workers, todo, ALGORITHMS.get(q.algorithm).n_passes, root, ctx, progress)
-        for w in workers:
-            ray.kill(w)
+        warm.close()  # the devices are free before the export
         summary: dict[str, Any] = {"job_dir": ctx.job_uri, "blocks": p.num_blocks,
                                    "resumed_at": len(p.finished)}
         if history:
@@ -237,5 +262,5 @@ class QuantizeJob:
                 summary["gpu_peak_gib"] = round(max(h["gpu_peak_gib"] for h in history), 2)
         if q.export:
             lap("publish")
-            summary["export"] = export(spec, p.fmt, root, ctx, dtype, p.formats, fp_ignore(p.fp_modules), weights)
+            summary["export"] = export(spec, p.fmt, root, ctx, warm.dtype, p.formats, fp_ignore(p.fp_modules), weights)
         return summary

@@ -47,20 +47,16 @@ def result_digest(result: Any) -> str:
 
 
 class CalibWorker:
-    def __init__(self, spec: Any, rank: int, batches: list[CalibRows], use_gpu: bool, dtype: str,
-                 formats: dict[str, str] | None = None) -> None:
+    def __init__(self, spec: Any, rank: int, use_gpu: bool, dtype: str) -> None:
+        """The model only (the driver may create workers before its calibration rows exist: start() brings them)."""
         torch.set_num_threads(spec.quant.threads_per_worker)
-        self.spec, self.rank, self.batches = spec, rank, batches
+        self.spec, self.rank = spec, rank
         self.device = torch.device("cuda" if use_gpu else "cpu")
         self.fmt = parse_format(spec.quant.format, spec.quant.symmetric)
         self.lw = Layerwise(build_fp_model(spec, dtype))
         self.propagate_fp = spec.quant.parallel == "blocks"
-        self.formats = formats or {}  # mixed precision: full Linear name -> format name
         self.offload = spec.quant.offload_activations
         self.inputs = self._activations()
-        # per batch [B, T]: PAD / TEXT / VISION (core/data/calib_mm.py); MBQ's weights come from the driver
-        self.modality = [torch.tensor(b.modality).to(self.device) for b in batches]
-        self.padded = [bool((m == PAD).any()) for m in self.modality]
         self.weights: dict[str, Any] | None = None
         self.pos = 0
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
@@ -69,9 +65,14 @@ class CalibWorker:
     def _activations(self, batches: Any = ()) -> Activations:
         return Activations(self.device, self.offload, batches)
 
-    def start(self, root: str, pos: int = 0) -> int:
-        """Inputs of block `pos`: embeddings, or those saved after block pos - 1 (parallel=data resume); and every
-        batch's block calls, captured from the model's forward (core/blocks/layerwise.py)."""
+    def start(self, batches: list[CalibRows], formats: dict[str, str], root: str, pos: int = 0) -> int:
+        """This worker's calibration batches and the per-Linear formats (mixed precision: full Linear name ->
+        format name); the inputs of block `pos`: embeddings, or those saved after block pos - 1 (parallel=data
+        resume); and every batch's block calls, captured from the model's forward (core/blocks/layerwise.py)."""
+        self.batches, self.formats = batches, formats
+        # per batch [B, T]: PAD / TEXT / VISION (core/data/calib_mm.py); MBQ's weights come from the driver
+        self.modality = [torch.tensor(b.modality).to(self.device) for b in batches]
+        self.padded = [bool((m == PAD).any()) for m in self.modality]
         with self.lw.stem_on(self.device):
             firsts, self.calls = zip(*(self.lw.capture_rows(b) for b in self.batches), strict=True)
         self.calls = list(self.calls)

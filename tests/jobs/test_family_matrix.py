@@ -130,14 +130,14 @@ def calibrate(name: str, path: Path, algorithm: str, fmt: str, storage: Path) ->
     checked = _spec([*overrides[:3], "quant=awq", *overrides[4:]], storage) if hand_made else spec
     prepared = QuantizeJob().prepare(checked, ctx)
     rows = image_rows(name) if hand_made else model_calibration_rows(spec.calib, MODELS.get("hf"), spec.model)
-    worker = CalibWorker(spec, 0, rows.batches(spec.quant.batch_size), False, "float32")
+    worker = CalibWorker(spec, 0, False, "float32")
     root = str(storage / job / "blocks")
+    worker.start(rows.batches(spec.quant.batch_size), {}, root)
     weights = None
     if algorithm == "mbq":
         weights = modality_weights(reduce_stats([worker.modality_grads()]), prepared.num_blocks, rows.counts())
         worker.set_modality_weights(weights)
         assert any(b["grad_vision"] > 0 for b in weights["blocks"]) and rows.counts()["vision"] > 0  # images seen
-    worker.start(root)
     metrics = [worker.calibrate(i, root) for i in range(prepared.num_blocks)]
     worker.flush()
     ignore = [*spec.quant.ignore, *fp_ignore(prepared.fp_modules)]
