@@ -7,6 +7,9 @@ STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 TORCH_CPU := torch==2.13.0
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 export PYTHONUNBUFFERED := 1
+# the venv's tools first (as an activated venv): one ninja for DeepSpeed's JIT op in every process (another one
+# hashes the build differently and rebuilds it)
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: setup run test test-fast lint bench-sft bench-quant bench-overhead mlflow-ui mlflow-server clean
 
@@ -16,6 +19,9 @@ $(STAMP): pyproject.toml
 	@# CPU machines: the pinned CPU build first, so nothing pulls a multi-GB CUDA wheel
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_CPU)
 	$(PY) -m pip install -q -e '.[test]'
+	@# DeepSpeed JIT-builds its CPU comm op at a job's first engine (about 30 s): build it once, here
+	$(PY) -c "from deepspeed.accelerator import get_accelerator; \
+	  get_accelerator().create_op_builder('ShareMemCommBuilder').load()" >/dev/null 2>&1 || true
 	rm -f $(VENV)/.installed-*; touch $@
 
 setup: $(STAMP)
