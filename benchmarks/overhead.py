@@ -29,10 +29,10 @@ KINDS = {
     "sft": ["job=sft", "trainer.max_steps=2", "data.max_length=256", "data.pack_max_length=256",
             "trainer.num_workers=2", "trainer.checkpoint.export=false"],
 }
-# --size 100m: the issue's ~100M Qwen3 shape (8 blocks), 128 x 512 calibration tokens, built from the config
-SIZES = {"tiny": [], "100m": ["model.overrides.hidden_size=768", "model.overrides.intermediate_size=3072",
-                               "model.overrides.num_hidden_layers=8", "model.overrides.num_attention_heads=12",
-                               "model.overrides.num_key_value_heads=4", "model.overrides.head_dim=64"]}
+# --size 100m: a ~94M Qwen3 shape (8 blocks) saved once as a bf16 model directory (model=hf), 128 x 512
+# calibration tokens: the size of issue #21's measurement
+SIZES = {"tiny": None, "100m": {"hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 8,
+                                "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 64}}
 BIG_CALIB = ["calib.num_samples=128", "calib.seq_len=512"]
 TIMING = re.compile(r"timing: (.*) \(total ([\d.]+)s\)")
 
@@ -46,9 +46,27 @@ def phases_of(output: str) -> dict[str, float] | None:
     return {**{p: float(found.get(p, "0s")[:-1]) for p in PHASES}, "total": float(match.group(2))}
 
 
+def model_dir(size: str, work: Path) -> list[str]:
+    """The model overrides of --size: none for tiny (qwen3_tiny built from its config in every process), else a
+    bf16 directory saved once (weights read from safetensors, as users' models are)."""
+    if SIZES[size] is None:
+        return []
+    out = work / f"model-{size}"
+    if not (out / "config.json").is_file():
+        import torch
+
+        from core.models import MODELS, ModelConfig, build_model
+
+        cfg = ModelConfig(name="qwen3_tiny", overrides=SIZES[size])
+        build_model(cfg, torch.bfloat16).save_pretrained(out)
+        MODELS.get("qwen3_tiny").tokenizer(cfg).save_pretrained(out)
+    return ["model=hf", f"model.path={out}"]
+
+
 def run_one(kind: str, mode: str, address: str | None, args: argparse.Namespace, work: Path) -> dict | None:
     storage = work / "runs"  # one MLflow store for all runs, as a user's (its creation: the first run's)
-    extra = SIZES[args.size] + (BIG_CALIB if args.size != "tiny" and kind in ("quantize", "sensitivity") else [])
+    extra = model_dir(args.size, work) + (BIG_CALIB if args.size != "tiny" and kind in ("quantize", "sensitivity")
+                                          else [])
     cmd = [sys.executable, "-m", "orchestrator", *KINDS[kind], *extra, f"job.storage={storage}",
            f"job.name={kind}-{mode}-{time.time_ns()}", "cluster.include_dashboard=false",
            *([f"cluster.address={address}"] if address else []),
