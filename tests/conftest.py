@@ -27,6 +27,22 @@ FAST_SFT = [
 ]  # the dashboard costs ~3 s per run; the SFT reference run keeps it on, as `make run` does
 
 
+# The end-to-end lane (`-m e2e`; `make test-fast` runs the rest): every test that uses one of these fixtures (a real
+# Ray head, S3 server, CLI jobs or a trained model), and those marked `pytest.mark.e2e` in their module.
+E2E_FIXTURES = {"ray_head", "s3_server", "s3_bucket", "mlflow_s3_server", "quantize_run", "llava_shapes", "two_cpus"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "e2e: end to end (real Ray jobs, DeepSpeed engines, servers); "
+                                       "make test-fast leaves these out")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if E2E_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
+
+
 def run_cli(args: list[str], storage: Path, timeout: int = 600, env: dict | None = None,
             ) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "orchestrator", *args, f"job.storage={storage}"]

@@ -29,6 +29,8 @@ import torch
 from core.models import MODELS, build_model
 from tests.jobs.family_models import NO_CPU_PROCESSOR, TINY_FAMILIES, VLM_FAMILIES, image_rows, saved_families
 
+pytestmark = pytest.mark.e2e  # (tests/conftest.py: the end-to-end lane)
+
 W4, W8A8 = "w4g32", "w8a8"
 ALGORITHMS = [("rtn", W4), ("gptq", W4), ("awq", W4), ("gptq", W8A8), ("smoothquant", W8A8)]
 VLM_ALGORITHMS = [("mbq", W4)]

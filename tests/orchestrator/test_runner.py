@@ -97,6 +97,7 @@ def _only_run(storage: Path):
     return run
 
 
+@pytest.mark.e2e
 def test_attached_warm_up_comes_before_the_mlflow_run_and_prepare(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     import ray
@@ -129,6 +130,7 @@ def test_attached_warm_up_comes_before_the_mlflow_run_and_prepare(tmp_path: Path
         assert failed.info.status == "FAILED" and field in failed.data.tags["error"]  # the error recorded in the run
 
 
+@pytest.mark.e2e
 def test_embedded_cluster_starts_only_after_prepare(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     failing = Recording(fail_prepare=True)

@@ -18,8 +18,8 @@ from core.tracking import TrackingConfig, start_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # CI installs chromium (.ci/run) and must run this; elsewhere a machine without it skips, saying why
-pytestmark = pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"),
-                                reason="needs Debian's chromium: apt-get install chromium")
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"),
+                                                  reason="needs Debian's chromium: apt-get install chromium")]
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
                  "--disable-background-networking", "--disable-component-update"]
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 import ray
 
 from tests.conftest import mlflow_run, run_id_of
 from tests.jobs.conftest import TINY_QUANT
+
+pytestmark = pytest.mark.e2e  # a real embedded Ray cluster (tests/conftest.py: the end-to-end lane)
 
 
 def test_a_job_asking_more_than_the_cluster_fails_instead_of_hanging(storage: Path, cli_in_process) -> None:

@@ -16,6 +16,8 @@ import torch
 
 from tests.conftest import FAST_SFT, REPO, kill_under, mlflow_run, run_id_of
 
+pytestmark = pytest.mark.e2e  # (tests/conftest.py: the end-to-end lane)
+
 STEPS = 8
 ARGS = [*FAST_SFT, f"trainer.max_steps={STEPS}", "trainer.checkpoint.every_n_steps=2",
         "trainer.checkpoint.keep_last=10"]

@@ -21,6 +21,8 @@ import torch
 from core.models import MODELS, ModelConfig
 from tests.conftest import FAST_SFT, REPO, mlflow_run, run_cli, run_id_of
 
+pytestmark = pytest.mark.e2e  # (tests/conftest.py: the end-to-end lane)
+
 ENTRIES = ["vision", r"!re:^model\.vision_tower\.encoder\.layers\.2\.", "embeddings",
            r"re:^model\.multi_modal_projector\.linear_1\.", r"re:^model\.language_model\.layers\.0\."]
 FROZEN = re.compile(r"^model\.(vision_tower\.(?!encoder\.layers\.2\.)|language_model\.embed_tokens\.|"
