@@ -9,7 +9,6 @@ the job) and attached (to a running `ray start --head`), each split into the dri
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import sys
 import time
@@ -17,7 +16,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from benchmarks.common import add_common_args, bytecode_cache, parse_args, ray_head, record, run_logged
-from core.timing import PHASES
+from core.timing import PHASES, parse_line
 
 # Tiny work, so what is measured is the fixed cost (the demo data and qwen3_tiny: nothing downloaded).
 SMALL_CALIB = ["calib.num_samples=8", "calib.seq_len=128"]
@@ -34,17 +33,6 @@ KINDS = {
 SIZES = {"tiny": None, "100m": {"hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 8,
                                 "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 64}}
 BIG_CALIB = ["calib.num_samples=128", "calib.seq_len=512"]
-TIMING = re.compile(r"timing: (.*) \(total ([\d.]+)s\)")
-
-
-def phases_of(output: str) -> dict[str, float] | None:
-    """The driver's phases from its "timing:" line (None when the run printed none: it failed)."""
-    match = TIMING.search(output)
-    if not match:
-        return None
-    found = dict(part.rsplit(" ", 1) for part in match.group(1).split(", "))
-    return {**{p: float(found.get(p, "0s")[:-1]) for p in PHASES}, "total": float(match.group(2))}
-
 
 def model_dir(size: str, work: Path) -> list[str]:
     """The model overrides of --size: none for tiny (qwen3_tiny built from its config in every process), else a
@@ -74,7 +62,7 @@ def run_one(kind: str, mode: str, address: str | None, args: argparse.Namespace,
     began = time.perf_counter()
     output = run_logged(cmd, work / f"{kind}-{mode}.log", timeout=600)
     wall = time.perf_counter() - began
-    phases = phases_of(output)
+    phases = parse_line(output)  # the driver's phases (None: the run failed)
     if phases is None:
         return None
     return {"kind": kind, "mode": mode, "wall": wall, **phases, "exit": max(0.0, wall - phases["total"])}

@@ -9,6 +9,7 @@ report of when its imports ended, say), so one wait can be split after the fact.
 from __future__ import annotations
 
 import os
+import re
 import time
 
 # The order a job goes through them; a phase a job kind does not have stays 0.
@@ -48,6 +49,16 @@ class Stopwatch:
         seconds = self.so_far()
         parts = [f"{name} {sec:.1f}s" for name, sec in seconds.items() if sec >= 0.05]
         return f"timing: {', '.join(parts)} (total {sum(seconds.values()):.1f}s)"
+
+
+def parse_line(text: str) -> dict[str, float] | None:
+    """Seconds per phase (every phase, 0 where the line leaves one out) and "total", from the first `timing:` line
+    in `text` (a job's output); None when there is none (the job failed before it)."""
+    match = re.search(r"timing: (.*) \(total ([\d.]+)s\)", text)
+    if not match:
+        return None
+    found = dict(part.rsplit(" ", 1) for part in match.group(1).split(", ") if part)
+    return {**{p: float(found.get(p, "0s")[:-1]) for p in PHASES}, "total": float(match.group(2))}
 
 
 STOPWATCH = Stopwatch(process_started_at())
