@@ -88,6 +88,9 @@ class SFTJob:
         t = spec.trainer
         # Ray Train re-routes workers' print() through its logger, which echoes it a second time
         os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+        # Ray Train's controller notices the end of training at its next poll of the workers (every 2 s by default):
+        # a poll is cheap, and the wait was the job's to pay (Ray passes this on to the controller)
+        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
         use_gpu = wants_gpu(t.use_gpu)
         resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if use_gpu else {})}
         check_fits("trainer", t.num_workers, t.cpus_per_worker, t.gpus_per_worker if use_gpu else 0,
