@@ -103,8 +103,8 @@ def _early_warm_up(job: Any, spec: Any) -> Iterator[_Early | None]:
 def _prepare_and_run(job: Any, spec: Any, ctx: RunContext, early: _Early | None) -> dict[str, Any]:
     """prepare() then run() on the cluster. A warm-up started early (attached) overlaps prepare(); otherwise the
     job's warm_up() runs right after connecting, after prepare(): an embedded cluster starts only for good input.
-    Either way its result is closed here, inside the MLflow run. Phases (core.timing): a job that starts workers
-    in run() laps "workers", "load", "work" and "publish" itself; the rest of run() counts as "work"."""
+    Either way its result is closed here, inside the MLflow run. Phases (core.timing): run() begins in "workers"
+    (on a cluster; else "work") and the job laps "load", "work" and "publish" itself as it gets there."""
     lap("prepare")
     if early is not None:
         with _closing(early.take()) as ctx.warm:
