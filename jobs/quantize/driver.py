@@ -255,7 +255,7 @@ class QuantizeJob:
                                    "resumed_at": len(p.finished)}
         if history:
             summary["last_block_rel_err"] = round(history[-1]["block_rel_err"], 6)
-            summary["load_seconds"] = round(began - started, 2)  # workers: model on CPU, first inputs
+            summary["load_seconds"] = round(began - started, 2)  # waited for the workers: model, first inputs
             summary["calib_wall_seconds"] = round(time.perf_counter() - began, 2)
             summary["seconds_per_block"] = round(sum(h["block_seconds"] for h in history) / len(history), 3)
             if "gpu_peak_gib" in history[0]:
