@@ -28,9 +28,12 @@ def process_started_at() -> float:
 
 
 class Stopwatch:
-    def __init__(self, started_at: float) -> None:
+    def __init__(self, started_at: float, phase: str = "startup") -> None:
+        self.restart(started_at, phase)
+
+    def restart(self, at: float, phase: str) -> None:
         self.seconds = dict.fromkeys(PHASES, 0.0)
-        self.phase, self.since = "startup", started_at
+        self.phase, self.since = phase, at
 
     def lap(self, phase: str, at: float | None = None) -> None:
         now = time.time()
@@ -74,5 +77,4 @@ def job_started() -> None:
     if STOPWATCH.phase == "startup":
         STOPWATCH.lap("compose")
     else:
-        STOPWATCH.__init__(time.time())
-        STOPWATCH.phase = "compose"
+        STOPWATCH.restart(time.time(), "compose")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core import storage
-from core.cluster import lap_workers_loaded, remote_actor
+from core.cluster import ActorGroup, lap_workers_loaded, remote_actor
 from core.errors import ConfigError
 from core.models import MODELS
 from core.timing import lap
@@ -47,28 +47,17 @@ def _models(spec: Any) -> list[tuple[str, str, str | None, dict]]:
     return models
 
 
-@dataclass
-class Scorers:
-    """One scoring actor per model, created by warm_up, each loading its model as it starts."""
-    actors: list[Any]
-
-    def close(self) -> None:
-        import ray
-
-        for actor in self.actors:
-            ray.kill(actor)
-
-
 class EvaluateJob:
     sections = ("model", "eval")
 
-    def warm_up(self, spec: Any) -> Scorers:
-        """The models load while the driver builds the inputs (attached to a running cluster: while it also opens the
-        MLflow run); prepare() checks every path first, so a worker's load error is never the one reported."""
+    def warm_up(self, spec: Any) -> ActorGroup:
+        """One scoring actor per model, each loading its model as it starts: while the driver builds the inputs
+        (attached to a running cluster, while it also opens the MLflow run); prepare() checks every path first, so a
+        worker's load error is never the one reported."""
         _check(spec.eval)
         actor = remote_actor(SCORER, ("score",), num_cpus=1)
-        return Scorers([actor.remote(name, path, overrides, spec.eval, spec.model.seed)
-                        for _, name, path, overrides in _models(spec)])
+        return ActorGroup([actor.remote(name, path, overrides, spec.eval, spec.model.seed)
+                           for _, name, path, overrides in _models(spec)])
 
     def prepare(self, spec: Any, ctx: RunContext) -> Prepared:
         e = spec.eval

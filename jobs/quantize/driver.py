@@ -14,7 +14,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from core import storage
-from core.cluster import check_fits, compute_dtype, lap_workers_loaded, remote_actor, wants_gpu
+from core.cluster import ActorGroup, check_fits, compute_dtype, lap_workers_loaded, remote_actor, wants_gpu
 from core.data.calib_mm import CalibRows, model_calibration_rows
 from core.errors import ConfigError
 from core.models import MODELS
@@ -144,19 +144,11 @@ def _modality_weights(workers: list, blocks_mode: bool, rows: CalibRows, num_blo
 
 
 @dataclass
-class Workers:
+class Workers(ActorGroup):
     """Calibration actors created by warm_up, each building the model as it starts (attached to a running cluster:
     while the driver opens the MLflow run and prepares); start() later gives them their batches."""
-    actors: list[Any]
     use_gpu: bool
     dtype: str
-
-    def close(self) -> None:
-        """End every actor (when the job ends, done or failed, and as soon as the blocks are calibrated)."""
-        import ray
-
-        for actor in self.actors:
-            ray.kill(actor)
 
 
 class QuantizeJob:

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from core.cluster import check_fits, compute_dtype, remote_actor, wants_gpu
+from core.cluster import ActorGroup, check_fits, compute_dtype, remote_actor, wants_gpu
 from core.errors import ConfigError
 from core.timing import lap
 from jobs.base import RunContext
@@ -31,18 +31,9 @@ SCORES = {  # search.score -> what the report says a score is
 
 
 @dataclass
-class Workers:
+class Workers(ActorGroup):
     """Scoring actors created by warm_up, loading the model from `created_at` (wall clock) on."""
-    actors: list[Any]
     created_at: float
-
-    def close(self) -> None:
-        """End every actor (the runner calls this when the job ends, done or failed): their GPUs are free at once,
-        also on a cluster that outlives this driver."""
-        import ray
-
-        for actor in self.actors:
-            ray.kill(actor)
 
 
 @dataclass
