@@ -3,9 +3,11 @@ the literal values of secret-looking environment variables."""
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -56,3 +58,40 @@ class RedactingFilter(logging.Filter):
         record.msg = self.redactor.text(record.getMessage())
         record.args = None
         return True
+
+
+class RedactingStream(io.TextIOBase):
+    """A text stream (sys.stdout / sys.stderr) whose every write passes the redactor first: tracebacks, warnings,
+    progress bars and Ray's forwarded worker output are covered, not only log records. Each write is redacted
+    whole (print, tqdm, traceback and logging write a line or more at a time)."""
+
+    def __init__(self, stream: Any, redactor: Redactor) -> None:
+        super().__init__()
+        self.stream = getattr(stream, "stream", stream)  # never wrap a wrapper
+        self.redactor = redactor
+
+    def write(self, text: str) -> int:
+        self.stream.write(self.redactor.text(text))
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    def writable(self) -> bool:
+        return True
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self.stream, "encoding", "utf-8")
+
+
+def redact_std_streams(redactor: Redactor) -> None:
+    """sys.stdout and sys.stderr through `redactor` from now on (called again with a fuller one: replaces it)."""
+    sys.stdout = RedactingStream(sys.stdout, redactor)
+    sys.stderr = RedactingStream(sys.stderr, redactor)

@@ -130,12 +130,34 @@ def _default_artifact_location(uri: str, storage_root: Path) -> str | None:
     return None if uri.startswith(("http://", "https://")) else (storage_root / "mlartifacts").as_uri()
 
 
+# MLflow retries an unreachable server for about 4 minutes by default (7 retries, backoff factor 2), silently.
+# Bounded here (the user's own MLFLOW_HTTP_REQUEST_* settings win): 3 retries, waits of 1, 2, 4 s, 20 s each.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+for _key, _value in HTTP_DEFAULTS.items():  # read by MLflow at each request, in the driver and every worker
+    os.environ.setdefault(_key, _value)
+
+
+def probe_server(uri: str, redactor: Redactor, timeout: float = 5.0) -> None:
+    """Says at once when a tracking server does not answer (MLflow's bounded retries follow, then its error)."""
+    import requests
+
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
+    except requests.RequestException as err:
+        retries = os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
+        log.warning("tracking server %s does not answer (%s); retrying %s times (MLFLOW_HTTP_REQUEST_MAX_RETRIES)",
+                    redactor.text(uri), type(err).__name__, retries)
+
+
 def start_run(cfg: TrackingConfig, storage_root: Path, run_name: str, tags: dict[str, str]) -> RunHandle:
     from mlflow.tracking import MlflowClient
 
     if not cfg.enabled:
         return RunHandle(uri="", run_id="")  # tracking off: every write is a no-op
     uri = cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{storage_root / 'mlflow.db'}"
+    if uri.startswith(("http://", "https://")):
+        probe_server(uri, Redactor(cfg.redact_keys, cfg.redact_values))
     if uri.startswith("sqlite:///") or "://" not in uri:
         storage_root.mkdir(parents=True, exist_ok=True)
     client = MlflowClient(tracking_uri=uri)

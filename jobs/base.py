@@ -25,6 +25,8 @@ class Job(Protocol):
     # the MLflow run opens and prepare() runs, which it overlaps; its errors are raised inside the run); with an
     # embedded cluster, right after connecting, which happens only after prepare() passed.
     # Its result reaches run() as ctx.warm; its close(), if it has one, is called when the job ends, done or failed.
+    # A kind may define `check(spec)` (static): its config values alone checked (no file, model or cluster), called
+    # for `--cfg job` and before the MLflow run opens (orchestrator/checks.py).
 
     def prepare(self, spec: Any, ctx: RunContext) -> Any:
         """Validate inputs and build what the workers need, before Ray starts (attached to a running cluster, a

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import traceback
 
 from omegaconf import OmegaConf
 
 from core.errors import UserError
-from core.redact import RedactingFilter, Redactor
+from core.redact import RedactingFilter, Redactor, redact_std_streams
 
 log = logging.getLogger("orchestrator")
 USAGE = """usage: python -m orchestrator [--cfg job] [key=value ...]
@@ -27,6 +28,7 @@ def _setup_logging(redactor: Redactor) -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is first imported
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # a retry per line; the error says it all
 
 
 def _parse_args(argv: list[str]) -> tuple[list[str], str | None]:
@@ -53,15 +55,19 @@ def main(argv: list[str] | None = None) -> int:
     job_started()  # the interpreter's start and this module's imports were "startup"
     argv = sys.argv[1:] if argv is None else argv
     redactor = Redactor()
+    redact_std_streams(redactor)  # before anything can print: tracebacks, warnings and progress bars included
     _setup_logging(redactor)
     try:
+        from orchestrator.checks import check_spec
         from orchestrator.compose import compose, to_spec
 
         overrides, cfg_mode = _parse_args(argv)
         cfg = compose(overrides)
         spec = to_spec(cfg)
         redactor = Redactor(spec.tracking.redact_keys, spec.tracking.redact_values)
+        redact_std_streams(redactor)
         _setup_logging(redactor)
+        check_spec(spec)
         if cfg_mode:
             print(OmegaConf.to_yaml(redactor.tree(OmegaConf.to_container(cfg))), end="")
             return 0
@@ -70,10 +76,20 @@ def main(argv: list[str] | None = None) -> int:
 
         run_job(spec, cfg, redactor)
         return 0
-    except UserError as err:
-        print(f"error: {redactor.text(str(err))}", file=sys.stderr, flush=True)
-        return err.exit_code
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        print("error: interrupted", file=sys.stderr, flush=True)
         return 130
+    except Exception as err:  # noqa: BLE001  the error boundary: one line for the user's causes, else the traceback
+        return _report(err)
 
+
+def _report(err: Exception) -> int:
+    from orchestrator.failures import as_user_error, describe
+
+    user_error = as_user_error(err)
+    if user_error is not None:
+        print(f"error: {user_error}", file=sys.stderr, flush=True)
+        return user_error.exit_code
+    traceback.print_exception(err)  # through the redacting stderr
+    print(f"error: {describe(err)} (unexpected: the traceback above says where)", file=sys.stderr, flush=True)
+    return 1

@@ -15,12 +15,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from core import storage
 from core.cluster import attaches, connect, ray_job_submission_id
-from core.errors import UserError
 from core.redact import Redactor
 from core.timing import STOPWATCH, lap
 from core.tracking import flatten, start_run
 from jobs.base import RunContext
 from jobs.registry import JOBS
+from orchestrator.failures import as_user_error, describe
 
 log = logging.getLogger("orchestrator")
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -43,21 +43,6 @@ def _tags(spec: Any, job_name: str) -> dict[str, str]:
     if spec.job.parent_run:
         tags["parent_run"] = spec.job.parent_run
     return tags
-
-
-def _unwrap_user_error(err: BaseException) -> UserError | None:
-    """Ray wraps worker exceptions; a UserError raised in a worker is still the user's error. The first one that is
-    not Ray's wrapper (RayTaskError(ConfigError) is an instance too, but its text is the worker's traceback);
-    a context suppressed by `raise ... from None` is not followed (the outer error is the one meant)."""
-    from ray.exceptions import RayError
-
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if isinstance(err, UserError) and not isinstance(err, RayError):
-            return err
-        err = getattr(err, "cause", None) or err.__cause__ or (None if err.__suppress_context__ else err.__context__)
-    return None
 
 
 @dataclass
@@ -164,9 +149,9 @@ def _tracked(job: Any, spec: Any, cfg: DictConfig, redactor: Redactor, early: _E
         ctx = RunContext(run=run, job_dir=storage.scratch_dir(job_uri), job_uri=job_uri)
         summary = _prepare_and_run(job, spec, ctx, early)
     except BaseException as err:
-        user_error = _unwrap_user_error(err)
-        message = str(user_error or err).strip() or type(err).__name__
-        run.set_tags({"error": message.splitlines()[0][:500]})
+        user_error = as_user_error(err)
+        message = str(user_error).splitlines()[0][:500] if user_error is not None else describe(err)
+        run.set_tags({"error": message})
         run.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         if user_error is not None and user_error is not err:
             raise user_error from None

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from core import storage
-from core.data.formats import read_chat_jsonl, read_jsonl
+from core.data.formats import read_chat_jsonl, read_jsonl, read_lines
+from core.data.tokenize import render_chat
 from core.errors import ConfigError, DataError
 from core.registry import Registry
 
@@ -23,10 +24,8 @@ TextReader = Any  # (path, tokenizer, text_field) -> Iterator[str]
 
 
 def read_text(path: Path, tokenizer: Any, text_field: str) -> Iterator[str]:
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                yield line.rstrip("\n")
+    for _, line in read_lines(path):
+        yield line
 
 
 def read_text_jsonl(path: Path, tokenizer: Any, text_field: str) -> Iterator[str]:
@@ -39,7 +38,7 @@ def read_text_jsonl(path: Path, tokenizer: Any, text_field: str) -> Iterator[str
 def read_chat_text(path: Path, tokenizer: Any, text_field: str) -> Iterator[str]:
     for record in read_chat_jsonl(path):
         messages = [{k: v for k, v in m.items() if k != "loss"} for m in record.messages]
-        yield tokenizer.apply_chat_template(messages, tokenize=False)
+        yield render_chat(tokenizer, messages)
 
 
 TEXT_SOURCES: Registry[TextReader] = Registry("text source format", "calib.format")

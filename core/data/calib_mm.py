@@ -70,8 +70,6 @@ def image_caption_rows(c: Any, tokenizer: Any, processor: Any) -> CalibRows:
     if processor is None:
         raise ConfigError("calib.format", f"{c.format} calibration needs a vision-language model (its image "
                           "processor); use calib=text for a text-only model")
-    if c.text_ratio < 0:
-        raise ConfigError("calib.text_ratio", f"must be >= 0 (got {c.text_ratio})")
     local = storage.local_path(c.path, field="calib.path")
     records = list(read_mm_chat_jsonl(local, DatasetSpec(path=c.path, format=c.format, media_root=c.media_root)))
     if len(records) < c.num_samples:
@@ -114,12 +112,22 @@ def model_calibration_rows(c: Any, source: Any, model_cfg: Any) -> CalibRows:
     return calibration_rows(c, source.tokenizer(model_cfg), processor)
 
 
+def check_calib(c: Any) -> None:
+    """The `calib.*` values alone (no file read)."""
+    if c.format not in IMAGE_FORMATS and c.format not in TEXT_SOURCES:
+        known = ", ".join([*TEXT_SOURCES.names(), *IMAGE_FORMATS])
+        raise ConfigError("calib.format", f"unknown calibration format {c.format!r} (known: {known})")
+    for name in ("num_samples", "seq_len"):
+        if getattr(c, name) < 1:
+            raise ConfigError(f"calib.{name}", f"must be >= 1 (got {getattr(c, name)})")
+    if c.text_ratio < 0:
+        raise ConfigError("calib.text_ratio", f"must be >= 0 (got {c.text_ratio})")
+
+
 def calibration_rows(c: Any, tokenizer: Any, processor: Any | None) -> CalibRows:
     """The calibration rows `calib.*` asks for: text windows (formats of core.data.calib.TEXT_SOURCES) or
     image+caption chats (mm_chat_jsonl)."""
+    check_calib(c)
     if c.format in IMAGE_FORMATS:
         return image_caption_rows(c, tokenizer, processor)
-    if c.format not in TEXT_SOURCES:
-        known = ", ".join([*TEXT_SOURCES.names(), *IMAGE_FORMATS])
-        raise ConfigError("calib.format", f"unknown calibration format {c.format!r} (known: {known})")
     return text_rows(token_blocks(c.path, c.format, tokenizer, c.num_samples, c.seq_len, c.seed, c.text_field))

@@ -27,15 +27,29 @@ class Record:
     images: list[str] = field(default_factory=list)  # image parts' urls in order (mm_chat_jsonl: local paths)
 
 
+def read_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """The non-empty lines of a UTF-8 text file with their numbers; unreadable files and undecodable bytes are
+    DataErrors naming the file (and the line)."""
+    try:
+        with open(path, "rb") as fh:
+            for line_no, raw in enumerate(fh, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    raise DataError(str(path), line_no, f"not UTF-8 text (byte 0x{raw[err.start]:02x} at column "
+                                    f"{err.start + 1})") from None
+                if line.strip():
+                    yield line_no, line.rstrip("\r\n")
+    except OSError as err:
+        raise DataError(str(path), None, f"cannot read: {err.strerror or err}") from None
+
+
 def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    with open(path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield line_no, json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(str(path), line_no, f"malformed JSON ({err.msg} at column {err.colno})") from None
+    for line_no, line in read_lines(path):
+        try:
+            yield line_no, json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(str(path), line_no, f"malformed JSON ({err.msg} at column {err.colno})") from None
 
 
 def _check_message(path: Path, line_no: int, index: int, msg: Any) -> dict[str, Any]:

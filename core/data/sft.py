@@ -62,7 +62,7 @@ def read_dataset(index: int, cfg: DataConfig, tokenizer: Any, counts: Counter,
     spec = cfg.datasets[index]
     path = storage.local_path(spec.path, field=f"data.datasets[{index}].path")
     reader = FORMATS.get(spec.format)
-    samples = []
+    samples, before = [], counts.copy()
     for record in tqdm(reader(path, spec), desc=f"tokenize {path.name}", unit=" samples", leave=False):
         sample = tokenize_record(record, tokenizer, processor, f"data.datasets[{index}]")
         if sample.loss_tokens == 0:
@@ -71,7 +71,12 @@ def read_dataset(index: int, cfg: DataConfig, tokenizer: Any, counts: Counter,
         if fitted is not None:
             samples.append(fitted)
     if not samples:
-        raise DataError(str(path), None, "dataset is empty (no usable samples)")
+        dropped = {reason: counts[reason] - before[reason] for reason in DROPPED if counts[reason] > before[reason]}
+        if not dropped:
+            raise DataError(str(path), None, "dataset is empty (no samples)")
+        why = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in dropped.items())
+        raise DataError(str(path), None, f"no usable samples: {why} (data.max_length={cfg.max_length}, "
+                        f"data.truncation={cfg.truncation})")
     return samples
 
 

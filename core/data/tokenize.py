@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import DataError
+from core.errors import ConfigError, DataError
 
 IGNORE = -100
 
@@ -44,7 +44,11 @@ class TokenizedSample:
         return int((self.labels != IGNORE).sum())
 
 
-def _render(tokenizer: Any, messages: list[dict], generation_prompt: bool = False) -> str:
+def render_chat(tokenizer: Any, messages: list[dict], generation_prompt: bool = False) -> str:
+    """Messages through the model's chat template (a tokenizer without one is the model directory's fault)."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError("model.path", "the tokenizer has no chat template (no chat_template in "
+                          "tokenizer_config.json, no chat_template.jinja): chat data needs one")
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
 
@@ -69,12 +73,12 @@ def tokenize_chat(messages: list[dict], tokenizer: Any, source: str) -> Tokenize
         labels.extend(tokens if trainable else [IGNORE] * len(tokens))
 
     for i, message in enumerate(messages):
-        full = _render(tokenizer, messages[: i + 1])
+        full = render_chat(tokenizer, messages[: i + 1])
         if not full.startswith(rendered):
             raise DataError(source, None, "the chat template renders earlier turns differently once a turn is added")
         header = ""
         if flags[i] and message["role"] == "assistant" and i > 0:
-            with_prompt = _render(tokenizer, messages[:i], generation_prompt=True)
+            with_prompt = render_chat(tokenizer, messages[:i], generation_prompt=True)
             if with_prompt.startswith(rendered) and full.startswith(with_prompt):
                 header = with_prompt[len(rendered):]  # "<|im_start|>assistant\n": not trained on
         add(header, False)

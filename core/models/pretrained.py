@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from core import storage
 from core.errors import ConfigError
+from core.models.files import check_model_dir
 
 if TYPE_CHECKING:
     import torch
@@ -27,8 +28,7 @@ class PretrainedDir:
         return storage.local_path(cfg.path, field="model.path")
 
     def validate(self, cfg: ModelConfig) -> None:
-        if not (self._local(cfg) / "config.json").is_file():
-            raise ConfigError("model.path", f"{cfg.path}: no config.json there (not a Hugging Face model dir)")
+        check_model_dir(self._local(cfg), "model.path")
 
     def hf_config(self, cfg: ModelConfig) -> PretrainedConfig:
         from transformers import AutoConfig

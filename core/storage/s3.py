@@ -20,19 +20,31 @@ from typing import Any
 
 from core.storage import MARKER, TMP_PREFIX, cache_root
 
+# Deadlines: botocore waits 60 s per read and retries a silent endpoint for minutes by default. A request here
+# waits at most CONNECT + READ seconds per attempt, over ATTEMPTS attempts (with botocore's standard backoff).
+DEADLINES = {"ORCHESTRATOR_S3_CONNECT_TIMEOUT": 5.0, "ORCHESTRATOR_S3_READ_TIMEOUT": 10.0}
+DEFAULT_ATTEMPTS = 3  # botocore's own AWS_MAX_ATTEMPTS / AWS_RETRY_MODE take precedence when set
+
 
 @functools.cache
-def _client_for(profile: str | None, region: str | None, endpoint: str | None) -> Any:
+def _client_for(profile: str | None, region: str | None, endpoint: str | None, connect_timeout: float,
+                read_timeout: float, retries: tuple[tuple[str, Any], ...]) -> Any:
     import boto3
+    from botocore.config import Config
 
+    config = Config(connect_timeout=connect_timeout, read_timeout=read_timeout, retries=dict(retries) or None)
     # credentials: botocore's own chain (env, AWS_PROFILE's files, instance roles); None: botocore's defaults
-    return boto3.session.Session(profile_name=profile).client("s3", region_name=region, endpoint_url=endpoint)
+    return boto3.session.Session(profile_name=profile).client("s3", region_name=region, endpoint_url=endpoint,
+                                                              config=config)
 
 
 def client() -> Any:
     env = os.environ
+    connect, read = (float(env.get(key, default)) for key, default in DEADLINES.items())
+    retries = () if "AWS_MAX_ATTEMPTS" in env else (("total_max_attempts", DEFAULT_ATTEMPTS), ("mode", "standard"))
     return _client_for(env.get("AWS_PROFILE"), env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"),
-                       env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL"))  # another env, another client
+                       env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL"),  # another env, another client
+                       connect, read, retries)
 
 
 def split(uri: str) -> tuple[str, str]:

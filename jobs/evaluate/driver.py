@@ -50,6 +50,10 @@ def _models(spec: Any) -> list[tuple[str, str, str | None, dict]]:
 class EvaluateJob:
     sections = ("model", "eval")
 
+    @staticmethod
+    def check(spec: Any) -> None:
+        _check(spec.eval)
+
     def warm_up(self, spec: Any) -> ActorGroup:
         """One scoring actor per model, each loading its model as it starts: while the driver builds the inputs
         (attached to a running cluster, while it also opens the MLflow run); prepare() checks every path first, so a

@@ -154,6 +154,13 @@ class Workers(ActorGroup):
 class QuantizeJob:
     sections = ("model", "quant", "calib")
 
+    @staticmethod
+    def check(spec: Any) -> None:
+        from core.data.calib_mm import check_calib
+
+        _check_quant(spec.quant)
+        check_calib(spec.calib)
+
     def warm_up(self, spec: Any) -> Workers:
         """quant.num_workers calibration actors loading the model (blocks mode ends those it has no block for)."""
         from jobs.quantize.worker import CalibWorker

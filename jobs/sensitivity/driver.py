@@ -141,6 +141,13 @@ def _gather(calls: list[tuple[Any, Any]]) -> list[Any]:
 class SensitivityJob:
     sections = ("model", "search", "calib")
 
+    @staticmethod
+    def check(spec: Any) -> None:
+        from core.data.calib_mm import check_calib
+
+        _check(spec.search)
+        check_calib(spec.calib)
+
     def warm_up(self, spec: Any) -> Workers:
         """One scoring actor per worker, each loading the model as it starts (on a cluster the job attaches to, the
         runner calls this first of all, so the workers' start overlaps the MLflow run and prepare())."""

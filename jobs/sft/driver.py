@@ -10,7 +10,7 @@ from typing import Any
 
 from core import storage
 from core.cluster import check_fits, wants_gpu
-from core.data.sft import SFTData, build_sft_data
+from core.data.sft import SFTData, build_sft_data, validate_data_config
 from core.errors import ConfigError
 from core.models import MODELS
 from core.models.freeze import check_freeze
@@ -67,6 +67,11 @@ class Prepared:
 
 class SFTJob:
     sections = ("model", "data", "trainer")
+
+    @staticmethod
+    def check(spec: Any) -> None:
+        _check_trainer(spec.trainer)
+        validate_data_config(spec.data)
 
     def prepare(self, spec: Any, ctx: RunContext) -> Prepared:
         _check_trainer(spec.trainer)

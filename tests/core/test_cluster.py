@@ -66,7 +66,7 @@ def test_a_user_error_in_an_actor_constructor_reaches_the_driver_as_itself(two_c
     import ray
 
     from core.cluster import remote_actor
-    from orchestrator.runner import _unwrap_user_error
+    from orchestrator.failures import as_user_error
 
     class Loader:  # defined here: Ray ships it by value (workers cannot import test modules)
         """An actor whose constructor finds bad input, as a worker whose node cannot read the model path."""
@@ -83,7 +83,7 @@ def test_a_user_error_in_an_actor_constructor_reaches_the_driver_as_itself(two_c
     assert ray.get(actor.remote("/models/x").load.remote()) == "/models/x"
     with pytest.raises(Exception) as err:  # noqa: PT011  Ray's wrapper type; what it carries is checked below
         ray.get(actor.remote("s3://missing/x").load.remote())
-    user = _unwrap_user_error(err.value)
+    user = as_user_error(err.value)
     assert type(user) is ConfigError and user.field == "model.path"
     assert str(user) == "config error: model.path: s3://missing/x: not found"  # its one line, not a traceback
 

@@ -145,7 +145,7 @@ def test_embedded_cluster_starts_only_after_prepare(tmp_path: Path, monkeypatch:
 
 def test_the_user_error_reported_is_the_one_meant() -> None:
     from core.errors import DataError
-    from orchestrator.runner import _unwrap_user_error
+    from orchestrator.failures import as_user_error
 
     def missing_image() -> None:  # core/data/multimodal.py's shape: the storage error replaced by the dataset's
         try:
@@ -155,7 +155,7 @@ def test_the_user_error_reported_is_the_one_meant() -> None:
 
     with pytest.raises(DataError) as err:
         missing_image()
-    assert _unwrap_user_error(err.value) is err.value  # names the file and line, not the inner field
+    assert as_user_error(err.value) is err.value  # names the file and line, not the inner field
     wrapped = RuntimeError("worker failed")  # a wrapper with the user's error as its cause
     wrapped.__cause__ = err.value
-    assert _unwrap_user_error(wrapped) is err.value
+    assert as_user_error(wrapped) is err.value

@@ -1,4 +1,5 @@
-"""Bad quantize input: one line naming the field, exit 2, the MLflow run FAILED, Ray never started."""
+"""Bad quantize input: one line naming the field, exit 2, Ray never started; a bad config value leaves no MLflow run
+(checked before it opens), a mismatch found in the model or data leaves it FAILED."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ CASES = {
     "bad_algorithm_option": (["quant=gptq", "+quant.options.dampp=1"],
                              "config error: quant.options: unknown option(s) dampp"),
 }
+CONFIG_VALUES = {"unknown_algorithm", "unsupported_bits", "unsupported_group", "bad_algorithm_option"}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -42,5 +44,8 @@ def test_bad_input(case: str, storage: Path, cli_in_process) -> None:
     assert len(errors) == 1 and errors[0].startswith(f"error: {expected}"), result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert not ray.is_initialized()  # failed before placement
+    if case in CONFIG_VALUES:
+        assert "MLflow run id" not in result.stdout
+        return
     run = mlflow_run(storage, run_id_of(result.stdout))
     assert run.info.status == "FAILED" and expected in run.data.tags["error"]
