@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core import interrupt
+
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _embedded = False  # set while connect() holds a cluster it started itself
@@ -187,6 +189,7 @@ def connect(cfg: ClusterConfig) -> Iterator[str]:
     if address:
         log.info("attaching to Ray cluster at %s", address)
         ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": _worker_env()})
+        interrupt.install()
         try:
             yield "attached"
         finally:
@@ -204,6 +207,7 @@ def connect(cfg: ClusterConfig) -> Iterator[str]:
         runtime_env={"env_vars": {**_embedded_env(), **_worker_env()}},
         log_to_driver=True,
     )
+    interrupt.install()  # ray.init replaced the SIGTERM handler with its own (an exit with a C++ stack dump)
     global _embedded
     _embedded = True
     try:

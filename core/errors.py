@@ -28,3 +28,15 @@ class DataError(UserError):
 
     def __reduce__(self) -> tuple:
         return type(self), (self.path, self.line, self.message)
+
+
+class NumericError(UserError):
+    """NaN or Inf where a number must be finite (a weight, a block's statistics or output, a loss): the job stops
+    instead of passing it on; the message names the tensor, block or step."""
+
+    def __init__(self, where: str, message: str) -> None:
+        super().__init__(f"numeric error: {where}: {message}")
+        self.where, self.message = where, message
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.where, self.message)

@@ -124,6 +124,28 @@ class RunHandle:
         self.client.set_terminated(self.run_id, status)
 
 
+def follow_previous(handle: RunHandle, previous_id: str | None) -> None:
+    """The earlier run of the same job (its id recorded in the job directory): one still RUNNING was left by a
+    process that died (this run holds the job's lock), so it is ended KILLED with a note; this run is tagged
+    `resumed_from` it when it did not finish (the job resumes from its checkpoints)."""
+    from mlflow.exceptions import MlflowException
+
+    if not handle.run_id or not previous_id or previous_id == handle.run_id:
+        return
+    client = handle.client
+    try:
+        status = client.get_run(previous_id).info.status
+    except MlflowException:
+        return  # another tracking store: nothing to link
+    if status == "RUNNING":
+        client.set_tag(previous_id, "error", f"its process stopped without ending it (SIGKILL, node loss); found "
+                       f"RUNNING by run {handle.run_id}")
+        client.set_terminated(previous_id, "KILLED")
+        log.warning("MLflow run %s of this job was left RUNNING by a process that died: marked KILLED", previous_id)
+    if status != "FINISHED":
+        handle.set_tags({"resumed_from": previous_id})
+
+
 def _default_artifact_location(uri: str, storage_root: Path) -> str | None:
     """A tracking server stores artifacts where it is configured (e.g. --artifacts-destination s3://...);
     a local store keeps them next to it."""

@@ -9,6 +9,7 @@ import traceback
 
 from omegaconf import OmegaConf
 
+from core import interrupt
 from core.errors import UserError
 from core.redact import RedactingFilter, Redactor, redact_std_streams
 
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     redactor = Redactor()
     redact_std_streams(redactor)  # before anything can print: tracebacks, warnings and progress bars included
+    interrupt.install()
     _setup_logging(redactor)
     try:
         from orchestrator.checks import check_spec
@@ -76,9 +78,9 @@ def main(argv: list[str] | None = None) -> int:
 
         run_job(spec, cfg, redactor)
         return 0
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr, flush=True)
-        return 130
+    except KeyboardInterrupt as err:  # core.interrupt.Interrupted: a signal; plain: Ctrl-C before the handlers
+        print(f"error: {err or 'interrupted'}", file=sys.stderr, flush=True)
+        return getattr(err, "exit_code", 130)
     except Exception as err:  # noqa: BLE001  the error boundary: one line for the user's causes, else the traceback
         return _report(err)
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,13 +20,14 @@ from core import storage
 from core.cluster import attaches, connect, ray_job_submission_id
 from core.redact import Redactor
 from core.timing import STOPWATCH, lap
-from core.tracking import flatten, start_run
+from core.tracking import RunHandle, flatten, follow_previous, start_run
 from jobs.base import RunContext
 from jobs.registry import JOBS
 from orchestrator.failures import as_user_error, describe
 
 log = logging.getLogger("orchestrator")
 REPO_ROOT = Path(__file__).resolve().parents[1]
+RUN_RECORD = "run.json"  # <job dir>/run.json: the MLflow run id of the job's latest run
 
 
 def git_commit() -> str:
@@ -132,25 +136,43 @@ def run_job(spec: Any, cfg: DictConfig, redactor: Redactor) -> dict[str, Any]:
     return summary
 
 
+def _holder() -> str:
+    return f"host {socket.gethostname()} pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+
+
 def _tracked(job: Any, spec: Any, cfg: DictConfig, redactor: Redactor, early: _Early | None) -> dict[str, Any]:
-    """The job inside its MLflow run: FINISHED, or FAILED/KILLED with the error's first line as a tag."""
+    """The job inside its MLflow run, holding its job directory's lock (one run of a job at a time)."""
     storage_root = storage.absolute(spec.job.storage)
     job_name = spec.job.name or f"{spec.job.kind}-{spec.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    lap("mlflow")
-    run = start_run(spec.tracking, storage.scratch_dir(storage_root), job_name, _tags(spec, job_name))
-    if run.run_id:
-        print(f"MLflow run id: {run.run_id}  (tracking: {run.uri})", flush=True)
+    job_uri = storage.join(storage_root, job_name)
+    with storage.lock(job_uri, _holder()):
+        lap("mlflow")
+        run_record = storage.join(job_uri, RUN_RECORD)
+        previous = json.loads(storage.read_text(run_record) or "{}").get("run_id")
+        run = start_run(spec.tracking, storage.scratch_dir(storage_root), job_name, _tags(spec, job_name))
+        if run.run_id:
+            print(f"MLflow run id: {run.run_id}  (tracking: {run.uri})", flush=True)
+            follow_previous(run, previous)
+            storage.write_text(run_record, json.dumps({"run_id": run.run_id}))
+        return _in_run(job, spec, cfg, redactor, early, run, job_uri)
+
+
+def _in_run(job: Any, spec: Any, cfg: DictConfig, redactor: Redactor, early: _Early | None, run: RunHandle,
+            job_uri: str) -> dict[str, Any]:
+    """FINISHED, or FAILED/KILLED with the error's first line as a tag."""
     try:
         resolved = OmegaConf.to_container(cfg)
         run.log_params(flatten({k: resolved[k] for k in ("job", *job.sections, "cluster")}))
         run.log_dict(resolved, "spec/resolved.json")
         run.log_text(OmegaConf.to_yaml(redactor.tree(resolved)), "spec/resolved.yaml")
-        job_uri = storage.join(storage_root, job_name)
         ctx = RunContext(run=run, job_dir=storage.scratch_dir(job_uri), job_uri=job_uri)
         summary = _prepare_and_run(job, spec, ctx, early)
     except BaseException as err:
         user_error = as_user_error(err)
-        message = str(user_error).splitlines()[0][:500] if user_error is not None else describe(err)
+        if isinstance(err, KeyboardInterrupt):
+            message = str(err) or "interrupted"  # core.interrupt names the signal
+        else:
+            message = str(user_error).splitlines()[0][:500] if user_error is not None else describe(err)
         run.set_tags({"error": message})
         run.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         if user_error is not None and user_error is not err:

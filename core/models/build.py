@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from core.errors import NumericError
+
 if TYPE_CHECKING:
     import torch
     from transformers import PretrainedConfig, PreTrainedModel
@@ -23,4 +25,17 @@ def build_model(cfg: ModelConfig, dtype: torch.dtype, hf_config: PretrainedConfi
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(cfg.seed)
-        return source.build(cfg, hf_config if hf_config is not None else source.hf_config(cfg), dtype)
+        model = source.build(cfg, hf_config if hf_config is not None else source.hf_config(cfg), dtype)
+    check_finite(model, cfg.path or cfg.name)
+    return model
+
+
+def check_finite(model: torch.nn.Module, source: str) -> None:
+    """No NaN or Inf in any loaded weight (a corrupt checkpoint would otherwise flow on: calibration washes a
+    NaN out into a normal-looking export). One reduction per tensor, on its device; empty (partitioned) skipped."""
+    import torch
+
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.numel() and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            count = int((~torch.isfinite(tensor)).sum())
+            raise NumericError(name, f"{count} NaN/Inf value(s) in the weights loaded from {source}")

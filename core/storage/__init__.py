@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -38,6 +39,7 @@ class Backend(Protocol):
     def remove(self, uri: str) -> None: ...  # marker first, so a half-removed directory never counts
     def read_text(self, uri: str) -> str | None: ...
     def write_text(self, uri: str, text: str) -> None: ...
+    def lock(self, uri: str, holder: str) -> AbstractContextManager[None]: ...  # one holder per job dir (lease.py)
 
 
 BACKENDS: Registry[Backend] = Registry("storage scheme", "storage")
@@ -135,6 +137,11 @@ def remove(uri: str | Path) -> None:
 
 def read_text(uri: str | Path) -> str | None:
     return backend(uri).read_text(absolute(uri))
+
+
+def lock(uri: str | Path, holder: str) -> AbstractContextManager[None]:
+    """Held while a job runs in `uri`; a second holder gets a ConfigError naming the first (core/storage/lease.py)."""
+    return backend(uri).lock(absolute(uri), holder)
 
 
 def write_text(uri: str | Path, text: str) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from core.storage import MARKER, TMP_PREFIX
+from core.storage.lease import file_lock
 
 
 def _staged(final: Path, token: str) -> Path:
@@ -72,6 +74,10 @@ class LocalBackend:
         tmp = path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex[:8]}-{path.name}")
         tmp.write_text(text)
         os.replace(tmp, path)
+
+
+    def lock(self, uri: str, holder: str) -> AbstractContextManager[None]:
+        return file_lock(Path(uri), holder)
 
 
 LOCAL = LocalBackend()

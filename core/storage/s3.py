@@ -15,10 +15,12 @@ import hashlib
 import os
 import shutil
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 from core.storage import MARKER, TMP_PREFIX, cache_root
+from core.storage.lease import lease
 
 # Deadlines: botocore waits 60 s per read and retries a silent endpoint for minutes by default. A request here
 # waits at most CONNECT + READ seconds per attempt, over ATTEMPTS attempts (with botocore's standard backoff).
@@ -205,6 +207,9 @@ class S3Backend:
     def write_text(self, uri: str, text: str) -> None:
         bucket, key = split(uri)
         client().put_object(Bucket=bucket, Key=key, Body=text.encode())
+
+    def lock(self, uri: str, holder: str) -> AbstractContextManager[None]:
+        return lease(f"{uri.rstrip('/')}/LEASE", holder, self.read_text, self.write_text)
 
 
 S3 = S3Backend()

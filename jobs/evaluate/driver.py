@@ -7,12 +7,13 @@ Evaluators (`eval.metric`): jobs/evaluate/registry.py (perplexity, caption)."""
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from core import storage
 from core.cluster import ActorGroup, lap_workers_loaded, remote_actor
-from core.errors import ConfigError
+from core.errors import ConfigError, NumericError
 from core.models import MODELS
 from core.timing import lap
 from jobs.base import RunContext
@@ -96,6 +97,10 @@ class EvaluateJob:
                        strict=True))
         lap_workers_loaded(actors)
         results = {label: evaluator.summarize(r, prepared.inputs, prepared.tokenizer) for label, r in raw.items()}
+        for label, result in results.items():
+            bad = sorted(key for key, value in result.items() if not math.isfinite(value))
+            if bad:  # never reported as a result (an overflow in the model's forward, or NaN activations)
+                raise NumericError(f"{label} {bad[0]}", f"the score is {result[bad[0]]}")
         lap("publish")
         table = _table(prepared, results, evaluator.columns(prepared.inputs))
         print(table, flush=True)

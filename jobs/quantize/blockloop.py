@@ -4,13 +4,15 @@ worker apply the same quantization, check they agree, checkpoint, log; then expo
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from core import storage
+from core import interrupt, storage
+from core.errors import NumericError
 from jobs.base import RunContext
 from jobs.quantize import checkpoint
 from jobs.quantize.algorithms.stats import Stats, reduce_stats
@@ -69,11 +71,16 @@ def finish_block(root: str | Path, index: int, outs: list[dict], token: str, met
 
 
 def _record(index: int, metrics: dict[str, float], ctx: RunContext, progress: Any) -> None:
+    bad = sorted(k for k in ("block_rel_err", "block_mse") if not math.isfinite(metrics[k]))
+    if bad:
+        raise NumericError(f"block {index}", f"{bad[0]} is {metrics[bad[0]]} (a NaN or Inf in the block's weights, "
+                           "inputs or calibration statistics); nothing was exported")
     ctx.run.log_metrics(metrics, step=index)
     progress.update(1)
     progress.set_postfix(rel_err=f"{metrics['block_rel_err']:.2e}")
     log.info("block %d: rel_err=%.3e mse=%.3e %.1fs", index, metrics["block_rel_err"], metrics["block_mse"],
              metrics["block_seconds"])
+    interrupt.check()  # a safe point: every block recorded so far is checkpointed (or is redone on resume)
 
 
 def run_blocks(workers: list, indices: Iterable[int], n_passes: int, root: str, ctx: RunContext,

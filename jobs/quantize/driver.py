@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from core import storage
+from core import interrupt, storage
 from core.cluster import ActorGroup, check_fits, compute_dtype, lap_workers_loaded, remote_actor, wants_gpu
 from core.data.calib_mm import CalibRows, model_calibration_rows
 from core.errors import ConfigError
@@ -230,7 +230,8 @@ class QuantizeJob:
                 ray.get([w.set_modality_weights.remote(weights) for w in workers])
             began = time.perf_counter()
             assignments = balanced_runs(todo, n, ALGORITHMS.get(q.algorithm).fp_block_cost)
-            history = run_alone(workers, assignments, root, ctx, progress)
+            with interrupt.safe_points():  # a signal stops after the block (blockloop._record)
+                history = run_alone(workers, assignments, root, ctx, progress)
         else:
             done = checkpoint.finished_blocks(root)
             shards = _split(rows, q.batch_size, q.num_workers)
@@ -245,10 +246,11 @@ class QuantizeJob:
             if done:
                 log.info("resuming at block %d of %d", done, p.num_blocks)
             todo = list(range(done, p.num_blocks))
-            if len(workers) == 1:  # stats never need to leave the worker
-                history = run_alone(workers, [todo], root, ctx, progress)
-            else:
-                history = run_blocks(workers, todo, ALGORITHMS.get(q.algorithm).n_passes, root, ctx, progress)
+            with interrupt.safe_points():  # a signal stops after the block (blockloop._record)
+                if len(workers) == 1:  # stats never need to leave the worker
+                    history = run_alone(workers, [todo], root, ctx, progress)
+                else:
+                    history = run_blocks(workers, todo, ALGORITHMS.get(q.algorithm).n_passes, root, ctx, progress)
         warm.close()  # the devices are free before the export
         summary: dict[str, Any] = {"job_dir": ctx.job_uri, "blocks": p.num_blocks,
                                    "resumed_at": len(p.finished)}

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from core import storage
+from core import interrupt, storage
 from core.cluster import check_fits, wants_gpu
 from core.data.sft import SFTData, build_sft_data, validate_data_config
 from core.errors import ConfigError
@@ -59,6 +59,18 @@ def _bf16(t: Any, use_gpu: bool) -> bool:
     return use_gpu  # the accelerators this targets (Ampere+) all have bf16; CPU bf16 is slow
 
 
+def _keeping_our_handlers(trainer_cls: type) -> type:
+    """Ray Train's fit() replaces the SIGINT handler with its own (abort the controller, exit 1): core.interrupt's
+    stops the workers after their step instead, for SIGINT as for SIGTERM."""
+
+    class Trainer(trainer_cls):  # type: ignore[misc, valid-type]
+        def _register_sigint_handler(self, controller: Any) -> None:
+            interrupt.install()
+
+    assert hasattr(trainer_cls, "_register_sigint_handler"), "Ray Train's SIGINT hook moved: see core/interrupt.py"
+    return Trainer
+
+
 @dataclass
 class Prepared:
     data: SFTData
@@ -100,9 +112,11 @@ class SFTJob:
         resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if use_gpu else {})}
         check_fits("trainer", t.num_workers, t.cpus_per_worker, t.gpus_per_worker if use_gpu else 0,
                    gpu_field="gpus_per_worker")
+        stop_key = f"{ctx.run.run_id or ctx.job_uri}:{os.getpid()}"
         config = {"spec": spec, "run": ctx.run, "job_dir": str(ctx.job_dir), "job_uri": ctx.job_uri,
-                  "rows": ray.put(prepared.data.rows), "bf16": _bf16(t, use_gpu), "resume_from": prepared.resume_from}
-        trainer = TorchTrainer(
+                  "rows": ray.put(prepared.data.rows), "bf16": _bf16(t, use_gpu), "resume_from": prepared.resume_from,
+                  "stop_key": stop_key}
+        trainer = _keeping_our_handlers(TorchTrainer)(
             train_loop,
             train_loop_config=config,
             torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
@@ -110,7 +124,10 @@ class SFTJob:
             run_config=RunConfig(name="ray-train", storage_path=str(ctx.job_dir / "ray"),
                                  failure_config=FailureConfig(max_failures=t.max_failures)),
         )
-        trainer.fit()
+        # a signal: the workers stop after their step (and checkpoint, if the job checkpoints), then this raises
+        with interrupt.safe_points(on_request=lambda signum: interrupt.publish(stop_key, signum)):
+            trainer.fit()
+            interrupt.check()
         text = storage.read_text(storage.join(ctx.job_uri, "summary.json"))
         if text is None:
             raise RuntimeError(f"{ctx.job_uri}: training ended without rank 0's summary.json")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import time
@@ -16,7 +17,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from core import storage
+from core import interrupt, storage
+from core.errors import NumericError
 from core.models import MODELS, build_model
 from core.models.families import family_of
 from core.models.freeze import apply_freeze
@@ -147,6 +149,14 @@ def train_step(engine: Any, micro_batches: list, env: WorkerEnv, chunk_tokens: i
     return loss_sum / global_targets, int(global_targets), int(global_tokens)
 
 
+def _stop_asked(key: str, env: WorkerEnv) -> bool:
+    """Rank 0 reads the driver's stop request (core.interrupt) and every rank gets its answer: all stop after the
+    same step (a rank leaving alone would hang the others' collectives)."""
+    flag = torch.tensor([float(env.rank == 0 and interrupt.seen(key))], device=env.device)
+    dist.broadcast(flag, src=0)
+    return bool(flag.item())
+
+
 def _log_model(run: RunHandle, model: Any, env: WorkerEnv) -> dict[str, Any]:
     info = describe(model)
     if env.rank == 0:
@@ -211,6 +221,9 @@ def train_loop(config: dict[str, Any]) -> None:
         if env.device.type == "cuda":
             torch.cuda.synchronize()
         step_time = time.perf_counter() - began
+        if not math.isfinite(loss):  # global: every rank raises at the same step
+            raise NumericError(f"step {step}", f"the loss is {loss} (learning rate, data or a weight went non-finite); "
+                               "the last checkpoint before it is kept")
         metrics = {"loss": loss, "lr": lr, "grad_norm": float(engine.get_global_grad_norm() or 0.0),
                    "tokens": tokens, "loss_tokens": targets, "data_time": data_time, "step_time": step_time,
                    **meter.step(tokens, step_time), **memory_stats(env.device)}
@@ -219,8 +232,13 @@ def train_loop(config: dict[str, Any]) -> None:
             print(_step_line(step, t.max_steps, metrics), flush=True)
             run.log_metrics(metrics, step)
         every = t.checkpoint.every_n_steps
-        if (every and step % every == 0) or step == t.max_steps:
+        stop = _stop_asked(config["stop_key"], env)
+        if (every and (step % every == 0 or stop)) or step == t.max_steps:
             checkpoint.save(engine, ckpt_root, step, env.rank, t.checkpoint.keep_last)
+        if stop:
+            if env.rank == 0:
+                print(f"stopped after step {step} (signal)" + (", checkpoint saved" if every else ""), flush=True)
+            return  # the driver raises Interrupted: the run ends KILLED
 
     export, stamps["trained_at"] = None, time.time()
     if t.checkpoint.export:
