@@ -2,14 +2,16 @@
 
 Local storage takes an advisory `flock` on `<job>/.lock` (the kernel drops it when the process dies, SIGKILL
 included). Object stores have no locks: a lease object `<job>/LEASE` names the holder and an expiry that a
-background thread renews; a holder that died frees it when it expires. Two starts within the same second can
-both take a lease (no conditional write): it guards against the common mistake, not against a race."""
+background thread renews; a holder that died frees it when it expires (at once, seen from its own host). Two
+starts within the same second can both take a lease (no conditional write): it guards against the common
+mistake, not against a race."""
 
 from __future__ import annotations
 
 import fcntl
 import json
 import os
+import socket
 import threading
 import time
 import uuid
@@ -43,6 +45,20 @@ def file_lock(job_dir: Path, holder: str) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+def _live(lease: dict) -> bool:
+    """Held: not released, not expired, and not left by a dead process of this host (SIGKILL: no release)."""
+    if not lease.get("token") or lease.get("released") or lease.get("expires", 0) <= time.time():
+        return False
+    if lease.get("host") == socket.gethostname() and isinstance(lease.get("pid"), int):
+        try:
+            os.kill(lease["pid"], 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+    return True
+
+
 @contextmanager
 def lease(uri: str, holder: str, read: Callable[[str], str | None], write: Callable[[str, str], None],
           seconds: float = LEASE_SECONDS) -> Iterator[None]:
@@ -52,13 +68,13 @@ def lease(uri: str, holder: str, read: Callable[[str], str | None], write: Calla
         current = json.loads(read(uri) or "{}")
     except json.JSONDecodeError:
         current = {}
-    if current.get("token") and not current.get("released") and current.get("expires", 0) > time.time():
+    if _live(current):
         left = current["expires"] - time.time()
         raise _busy(uri, f"{current.get('holder', 'unknown')}; its lease ends in {left:.0f} s unless renewed")
 
     def put(released: bool = False) -> None:
         write(uri, json.dumps({"holder": holder, "token": token, "expires": time.time() + seconds,
-                               "released": released}))
+                               "released": released, "host": socket.gethostname(), "pid": os.getpid()}))
 
     put()
     stop = threading.Event()
