@@ -32,13 +32,16 @@ ENVIRONMENT_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "di
 
 
 def _chain(err: BaseException) -> list[BaseException]:
-    """The error, the exceptions Ray wrapped (`.cause`) and the explicit/implicit causes, outermost first."""
+    """The error, the exceptions Ray wrapped (`.cause`; Ray Train's worker failures) and the explicit/implicit
+    causes, outermost first."""
     out, seen = [], set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
         out.append(err)
         suppressed = err.__suppress_context__ and err.__cause__ is None
-        err = getattr(err, "cause", None) or err.__cause__ or (None if suppressed else err.__context__)
+        workers = list((getattr(err, "worker_failures", None) or {}).values())  # Ray Train: rank -> its error
+        err = (getattr(err, "cause", None) or (workers[0] if workers else None) or err.__cause__
+               or (None if suppressed else err.__context__))
     return out
 
 

@@ -6,8 +6,10 @@ rank 0 commits, which writes the storage's COMPLETE marker last: a checkpoint co
 from __future__ import annotations
 
 import json
+import pickle
 import random
 import uuid
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from core import storage
+from core.errors import ConfigError
 
 
 def tag(step: int) -> str:
@@ -71,12 +74,35 @@ def save(engine: Any, root: str, step: int, rank: int, keep_last: int) -> str:
 def load(engine: Any, uri: str, rank: int) -> int:
     """Restore engine state and this rank's RNG; return the step the checkpoint was taken at."""
     path = storage.local_path(uri, field="trainer.checkpoint.resume")  # S3: a cached download
-    _, client_state = engine.load_checkpoint(str(path.parent), tag=path.name)
-    rng_file = path / f"rng_rank{rank}.pt"
-    if rng_file.is_file():
-        # numpy's RNG state holds arrays that weights_only loading refuses; our own file, written above
-        _set_rng_state(torch.load(rng_file, weights_only=False))
-    return int(client_state["step"])
+    try:
+        _, client_state = engine.load_checkpoint(str(path.parent), tag=path.name)
+        rng_file = path / f"rng_rank{rank}.pt"
+        if rng_file.is_file():
+            # numpy's RNG state holds arrays that weights_only loading refuses; our own file, written above
+            _set_rng_state(torch.load(rng_file, weights_only=False))
+        return int(client_state["step"])
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, KeyError, TypeError) as err:
+        # marked COMPLETE but unreadable (a file truncated or changed after the save): the user decides what goes
+        first = str(err).strip().splitlines()[0].split(". ")[0] if str(err).strip() else type(err).__name__
+        raise unreadable(uri, first) from None
+
+
+def unreadable(uri: str, why: str) -> ConfigError:
+    return ConfigError("trainer.checkpoint.resume", f"{uri}: unreadable checkpoint ({why}); remove that directory "
+                       "to resume from the one before, or start over with a new job.name")
+
+
+def check_files(uri: str) -> None:
+    """A local checkpoint's torch files (zip archives) end with their central directory: a truncated one fails
+    here, before any worker starts. Reads each file's tail only. (An S3 checkpoint is checked where it loads.)"""
+    path = Path(uri)
+    if not path.is_dir():
+        return
+    for file in sorted(path.glob("*.pt")):
+        try:
+            zipfile.ZipFile(file).close()
+        except (zipfile.BadZipFile, OSError) as err:
+            raise unreadable(uri, f"{file.name}: {err}") from None
 
 
 def record_resume(job_uri: str, source: str, step: int) -> None:

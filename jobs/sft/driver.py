@@ -38,6 +38,13 @@ def _check_trainer(t: Any) -> None:
 
 
 def _resume_point(t: Any, ctx: RunContext) -> str | None:
+    point = _find_resume_point(t, ctx)
+    if point:
+        checkpoint.check_files(point)
+    return point
+
+
+def _find_resume_point(t: Any, ctx: RunContext) -> str | None:
     ckpt_root = storage.join(ctx.job_uri, "checkpoints")
     mode = t.checkpoint.resume
     if mode == "auto":
