@@ -25,7 +25,8 @@ class LocalBackend:
 
     def fetch(self, uri: str) -> Path | None:
         path = Path(uri)
-        return path if path.exists() else None
+        # a symlink that resolves nowhere (dangling, a loop) is returned: reading it names the OS's reason
+        return path if path.exists() or path.is_symlink() else None
 
     def pending(self, uri: str) -> bool:
         return False  # publishing is one rename: nothing half-written is ever visible under the final name

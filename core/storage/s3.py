@@ -29,24 +29,24 @@ DEFAULT_ATTEMPTS = 3  # botocore's own AWS_MAX_ATTEMPTS / AWS_RETRY_MODE take pr
 
 
 @functools.cache
-def _client_for(profile: str | None, region: str | None, endpoint: str | None, connect_timeout: float,
-                read_timeout: float, retries: tuple[tuple[str, Any], ...]) -> Any:
+def _client_for(aws_env: tuple[tuple[str, str], ...], connect_timeout: float, read_timeout: float) -> Any:
     import boto3
     from botocore.config import Config
 
-    config = Config(connect_timeout=connect_timeout, read_timeout=read_timeout, retries=dict(retries) or None)
+    env = dict(aws_env)
+    retries = None if "AWS_MAX_ATTEMPTS" in env else {"total_max_attempts": DEFAULT_ATTEMPTS, "mode": "standard"}
+    config = Config(connect_timeout=connect_timeout, read_timeout=read_timeout, retries=retries)
     # credentials: botocore's own chain (env, AWS_PROFILE's files, instance roles); None: botocore's defaults
-    return boto3.session.Session(profile_name=profile).client("s3", region_name=region, endpoint_url=endpoint,
-                                                              config=config)
+    return boto3.session.Session(profile_name=env.get("AWS_PROFILE")).client(
+        "s3", region_name=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"),
+        endpoint_url=env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL"), config=config)
 
 
 def client() -> Any:
-    env = os.environ
-    connect, read = (float(env.get(key, default)) for key, default in DEADLINES.items())
-    retries = () if "AWS_MAX_ATTEMPTS" in env else (("total_max_attempts", DEFAULT_ATTEMPTS), ("mode", "standard"))
-    return _client_for(env.get("AWS_PROFILE"), env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"),
-                       env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL"),  # another env, another client
-                       connect, read, retries)
+    """One client per AWS environment (endpoint, region, credentials, profile): another env, another client."""
+    connect, read = (float(os.environ.get(key, default)) for key, default in DEADLINES.items())
+    aws_env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_")))
+    return _client_for(aws_env, connect, read)
 
 
 def split(uri: str) -> tuple[str, str]:
