@@ -254,3 +254,38 @@ def mlflow_s3_server(s3_server: dict, tmp_path_factory: pytest.TempPathFactory):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def session_processes(sid: int) -> list[int]:
+    """Live processes of session `sid` (a CLI started with start_new_session=True: its embedded Ray's gcs_server,
+    raylet, agents and workers all stay in it, even when retitled "ray::...")."""
+    import psutil
+
+    alive = []
+    for proc in psutil.process_iter(["status"]):
+        try:
+            if os.getsid(proc.pid) == sid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                alive.append(proc.pid)
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue
+    return alive
+
+
+def signal_and_expect(proc: subprocess.Popen, log: Path, signum: int, timeout: float = 120) -> str:
+    """Send `signum` to the CLI's driver (what `timeout`, Kubernetes or a terminal's Ctrl-C reach), wait for it:
+    exit 128 + signum, one `error: interrupted by SIG...` line, and no process of its session left 10 s later."""
+    import signal
+    import time
+
+    os.kill(proc.pid, signum)
+    proc.wait(timeout=timeout)
+    output = log.read_text()
+    name = signal.Signals(signum).name
+    assert proc.returncode == 128 + signum, output[-4000:]
+    assert output.strip().splitlines()[-1].endswith(f"error: interrupted by {name}") or \
+        f"error: interrupted by {name}\n" in output, output[-3000:]
+    deadline = time.time() + 10
+    while session_processes(proc.pid) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not session_processes(proc.pid), f"processes of the job left behind after {name}"
+    return output

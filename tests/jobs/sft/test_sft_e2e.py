@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import FAST_SFT, REPO, kill_under, mlflow_run, run_id_of
+from tests.conftest import FAST_SFT, REPO, kill_under, mlflow_run, run_cli, run_id_of, signal_and_expect
 
 pytestmark = pytest.mark.e2e  # (tests/conftest.py: the end-to-end lane)
 
@@ -130,6 +130,36 @@ def test_killed_run_then_killed_worker_resume_with_the_same_losses(reference_run
     assert {m.step for m in logged} == set(range(resumed_at + 1, STEPS + 1)), [m.step for m in logged]
     for m in logged:
         assert abs(m.value - reference["losses"][m.step]) < LOSS_TOLERANCE, (m.step, m.value)
+
+
+def _signalled(storage: Path, name: str, signum: int, after: int) -> int:
+    """Start the job (embedded Ray), send `signum` once its step-`after` checkpoint is published: it stops after
+    the step in progress with a checkpoint of it. The step it stopped at."""
+    proc, log = _start(storage, name)
+    _wait_for(storage / name / "checkpoints" / f"step_{after:06d}" / "COMPLETE", proc, log)
+    output = signal_and_expect(proc, log, signum)
+    run = mlflow_run(storage, run_id_of(output))
+    assert run.info.status == "KILLED" and run.data.tags["error"] == f"interrupted by {signal.Signals(signum).name}"
+    stopped = int(re.findall(r"stopped after step (\d+) \(signal\), checkpoint saved", output)[-1])
+    assert (storage / name / "checkpoints" / f"step_{stopped:06d}" / "COMPLETE").exists()
+    assert not (storage / name / "summary.json").exists()
+    return stopped
+
+
+def test_sigint_then_sigterm_stop_after_the_step_and_the_rerun_has_the_same_losses(
+        reference: dict, storage: Path, ray_head) -> None:
+    """Ctrl-C, then SIGTERM (what Kubernetes and `timeout` send) to the rerun; each stops after its step with a
+    checkpoint (exit 130, 143; run KILLED; no Ray process left); the last rerun finishes with the uninterrupted
+    run's losses."""
+    storage = storage.parent / "signal-runs"
+    first = _signalled(storage, "signalled", signal.SIGINT, after=2)
+    second = _signalled(storage, "signalled", signal.SIGTERM, after=first + 2 - first % 2)  # its next checkpoint
+    assert second > first
+    result = run_cli([*ARGS, *ray_head.args, "job.name=signalled"], storage, env=ray_head.env)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    summary = json.loads((storage / "signalled" / "summary.json").read_text())
+    assert [r["step"] for r in summary["resumes"]] == [first, second], summary["resumes"]
+    _assert_losses_match({e["step"]: e["loss"] for e in summary["losses"]}, reference)
 
 
 def test_loss_falls_and_run_is_tracked(reference: dict, storage: Path) -> None:
