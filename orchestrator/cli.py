@@ -79,15 +79,26 @@ def main(argv: list[str] | None = None) -> int:
         run_job(spec, cfg, redactor)
         return 0
     except KeyboardInterrupt as err:  # core.interrupt.Interrupted: a signal; plain: Ctrl-C before the handlers
+        _end_progress_bars()
         print(f"error: {err or 'interrupted'}", file=sys.stderr, flush=True)
         return getattr(err, "exit_code", 130)
     except Exception as err:  # noqa: BLE001  the error boundary: one line for the user's causes, else the traceback
         return _report(err)
 
 
+def _end_progress_bars() -> None:
+    """Close the bars a failure left open: their last frame goes first, the error line stays the last one."""
+    if "tqdm" in sys.modules:
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.close()
+
+
 def _report(err: Exception) -> int:
     from orchestrator.failures import as_user_error, describe
 
+    _end_progress_bars()
     user_error = as_user_error(err)
     if user_error is not None:
         print(f"error: {user_error}", file=sys.stderr, flush=True)

@@ -80,10 +80,15 @@ def _tracking_error(err: BaseException) -> UserError | None:
 
 
 def _os_error(err: BaseException) -> UserError | None:
-    if not isinstance(err, OSError) or err.errno not in ENVIRONMENT_ERRNOS:
-        return None
-    where = err.filename if err.filename is not None else "a file"
-    return UserError(f"i/o error: {where}: {ENVIRONMENT_ERRNOS[err.errno]}")
+    if isinstance(err, OSError) and err.errno in ENVIRONMENT_ERRNOS:
+        where = err.filename if err.filename is not None else "a file"
+        return UserError(f"i/o error: {where}: {ENVIRONMENT_ERRNOS[err.errno]}")
+    # native writers (safetensors' Rust core) report the OS error in their text only: "... (os error 28)"
+    found = re.search(r"\(os error (\d+)\)", str(err))
+    if found and int(found.group(1)) in ENVIRONMENT_ERRNOS and not isinstance(err, OSError):
+        what = str(err).split(":")[0].strip()
+        return UserError(f"i/o error: {ENVIRONMENT_ERRNOS[int(found.group(1))]} ({type(err).__name__}: {what})")
+    return None
 
 
 def as_user_error(err: BaseException) -> UserError | None:

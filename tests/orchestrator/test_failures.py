@@ -77,3 +77,10 @@ def test_describe_is_one_clean_line_of_the_workers_own_error() -> None:
     wrapped = RayTaskError("evaluate", "\x1b[36mray::evaluate()\x1b[39m\nTraceback", ValueError("bad shape\nmore"))
     assert describe(wrapped) == "ValueError: bad shape"
     assert describe(KeyError()) == "KeyError"
+
+
+def test_native_writers_os_errors_are_recognised_by_their_text() -> None:
+    from safetensors import SafetensorError
+
+    err = SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+    assert str(as_user_error(err)) == "i/o error: no space left on device (SafetensorError: Error while serializing)"
