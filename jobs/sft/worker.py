@@ -149,6 +149,15 @@ def train_step(engine: Any, micro_batches: list, env: WorkerEnv, chunk_tokens: i
     return loss_sum / global_targets, int(global_targets), int(global_tokens)
 
 
+def _check_finite(step: int, loss: float, grad_norm: float) -> None:
+    """Both are global (every rank raises at the same step). A non-finite gradient norm means DeepSpeed skipped the
+    optimizer step: with no fp16 loss scaling to recover, every later step would be skipped too, silently."""
+    for name, value in (("loss", loss), ("gradient norm", grad_norm)):
+        if not math.isfinite(value):
+            raise NumericError(f"step {step}", f"the {name} is {value} (learning rate too high, bad data or a "
+                               "non-finite weight); checkpoints before this step are kept")
+
+
 def _stop_asked(key: str, env: WorkerEnv) -> bool:
     """Rank 0 reads the driver's stop request (core.interrupt) and every rank gets its answer: all stop after the
     same step (a rank leaving alone would hang the others' collectives)."""
@@ -221,10 +230,9 @@ def train_loop(config: dict[str, Any]) -> None:
         if env.device.type == "cuda":
             torch.cuda.synchronize()
         step_time = time.perf_counter() - began
-        if not math.isfinite(loss):  # global: every rank raises at the same step
-            raise NumericError(f"step {step}", f"the loss is {loss} (learning rate, data or a weight went non-finite); "
-                               "the last checkpoint before it is kept")
-        metrics = {"loss": loss, "lr": lr, "grad_norm": float(engine.get_global_grad_norm() or 0.0),
+        grad_norm = float(engine.get_global_grad_norm() or 0.0)
+        _check_finite(step, loss, grad_norm)
+        metrics = {"loss": loss, "lr": lr, "grad_norm": grad_norm,
                    "tokens": tokens, "loss_tokens": targets, "data_time": data_time, "step_time": step_time,
                    **meter.step(tokens, step_time), **memory_stats(env.device)}
         history.append({"step": step, "loss": loss})

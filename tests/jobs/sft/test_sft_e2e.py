@@ -224,3 +224,16 @@ def test_chunked_loss_trains_like_the_models_loss(reference: dict, storage: Path
         "profile/step3_ops.txt", "profile/step3_trace.json"}
     ops = client.download_artifacts(run_id, "profile/step3_ops.txt", str(storage.parent))
     assert "aten::mm" in Path(ops).read_text()  # the step's matmuls were recorded
+
+
+def test_a_diverging_run_stops_at_the_step_naming_it(storage: Path, ray_head) -> None:
+    """lr 1e30: the first update makes the next gradient overflow; DeepSpeed would skip every later step silently
+    (the loss stays finite, the model frozen). The job stops there: one line naming the step, exit 2, FAILED."""
+    result = run_cli([*FAST_SFT, "trainer.max_steps=4", "trainer.optim.lr=1e30", "trainer.optim.warmup_steps=0",
+                      "trainer.max_failures=0", "job.name=diverged", *ray_head.args], storage, env=ray_head.env)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and len(errors) == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    assert errors[0].startswith("error: numeric error: step 2: the gradient norm is inf"), errors[0]
+    run = mlflow_run(storage, run_id_of(result.stdout))
+    assert run.info.status == "FAILED" and run.data.tags["error"].startswith("numeric error: step 2")
+    assert not (storage / "diverged" / "export").exists()
