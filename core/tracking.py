@@ -127,7 +127,7 @@ class RunHandle:
 def follow_previous(handle: RunHandle, previous_id: str | None) -> None:
     """The earlier run of the same job (its id recorded in the job directory): one still RUNNING was left by a
     process that died (this run holds the job's lock), so it is ended KILLED with a note; this run is tagged
-    `resumed_from` it when it did not finish (the job resumes from its checkpoints)."""
+    `resumed_from_run` it when it did not finish (the job resumes from its checkpoints)."""
     from mlflow.exceptions import MlflowException
 
     if not handle.run_id or not previous_id or previous_id == handle.run_id:
@@ -143,7 +143,7 @@ def follow_previous(handle: RunHandle, previous_id: str | None) -> None:
         client.set_terminated(previous_id, "KILLED")
         log.warning("MLflow run %s of this job was left RUNNING by a process that died: marked KILLED", previous_id)
     if status != "FINISHED":
-        handle.set_tags({"resumed_from": previous_id})
+        handle.set_tags({"resumed_from_run": previous_id})
 
 
 def _default_artifact_location(uri: str, storage_root: Path) -> str | None:

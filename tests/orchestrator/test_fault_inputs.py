@@ -177,7 +177,7 @@ def test_a_run_left_running_by_a_killed_process_is_closed_and_linked(tmp_path: P
     assert result.returncode == 0, result.stderr[-2000:]
     old, new = client.get_run(orphan), client.get_run(run_id_of(result.stdout))
     assert old.info.status == "KILLED" and "stopped without ending it" in old.data.tags["error"]
-    assert new.info.status == "FINISHED" and new.data.tags["resumed_from"] == orphan
+    assert new.info.status == "FINISHED" and new.data.tags["resumed_from_run"] == orphan
     assert json.loads((storage / "insp" / "run.json").read_text())["run_id"] == new.info.run_id
 
 
@@ -218,3 +218,28 @@ def test_s3_environment_faults_are_one_line(tmp_path: Path, cli_in_process, monk
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role to ask for either
     result = cli_in_process(["job=inspect", "job.name=s3"], "s3://bucket/runs")
     _one_error_line(result, "storage error: no AWS credentials")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAFAULTTESTKEY0001")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "https://s3.us-east-1.invalid")  # a real-looking name no DNS resolves
+    result = cli_in_process(["job=inspect", "job.name=s3"], "s3://bucket/runs")
+    _one_error_line(result, "storage error: cannot connect to the S3 endpoint")
+    _secret_nowhere(result)
+
+
+def test_a_truncated_checkpoint_marked_complete_is_named_before_ray(tmp_path: Path, cli_in_process) -> None:
+    """A resume point whose optimizer shard was cut short after its save (COMPLETE present): found before any
+    worker starts, naming the file."""
+    import torch
+
+    storage = tmp_path / "runs"
+    step = storage / "cut" / "checkpoints" / "step_000002"
+    step.mkdir(parents=True)
+    shard = step / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    torch.save({"state": torch.zeros(1000)}, shard)
+    shard.write_bytes(shard.read_bytes()[:2000])
+    (step / "COMPLETE").write_text("")
+    result = cli_in_process(["job.name=cut", "data.max_length=256"], storage)
+    expected = (f"config error: trainer.checkpoint.resume: {step}: unreadable checkpoint ({shard.name}: File is not "
+                "a zip file); remove that directory")
+    _one_error_line(result, expected)
+    _failed_run(result, storage, expected)

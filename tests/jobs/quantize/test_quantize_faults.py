@@ -61,3 +61,17 @@ def test_a_disk_that_fills_during_a_block_checkpoint(tmp_path: Path, ray_head) -
     finally:
         subprocess.run(["umount", str(disk)], check=False)
 
+
+
+def test_evaluate_never_reports_a_non_finite_score(fp_dir: Path, tmp_path: Path, ray_head) -> None:
+    """Finite weights that overflow in the forward (a final norm scaled to 1e38): the perplexity would be NaN or
+    inf; the job fails naming the score instead of reporting it."""
+    model = Path(shutil.copytree(fp_dir, tmp_path / "overflow-model"))
+    weights = load_file(model / "model.safetensors")
+    weights["model.norm.weight"] = weights["model.norm.weight"] * 1e38
+    save_file(weights, str(model / "model.safetensors"), metadata={"format": "pt"})
+    storage = tmp_path / "runs"
+    result = run_cli(["job=evaluate", "model=hf", f"model.path={model}", "eval.num_samples=4", "eval.seq_len=32",
+                      "job.name=overflow", *ray_head.args], storage, env=ray_head.env)
+    _failed(result, storage, "numeric error: model perplexity: the score is", "overflow")
+    assert "perplexity: nan" not in result.stdout and "| model |" not in result.stdout

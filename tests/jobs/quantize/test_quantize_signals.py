@@ -43,7 +43,7 @@ def test_signals_stop_after_the_block_and_the_reruns_resume_bit_identically(quan
     result = run_cli([*TINY_QUANT, *GPTQ_2W, *ray_head.args, f"job.name={NAME}"], quant_storage, env=ray_head.env)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert f"resumed_at: {done_after}" in result.stdout
-    assert mlflow_run(quant_storage, run_id_of(result.stdout)).data.tags["resumed_from"]
+    assert mlflow_run(quant_storage, run_id_of(result.stdout)).data.tags["resumed_from_run"]
     files = sorted((quant_storage / "gptq-2w" / "export").iterdir())
     for path in files:
         if path.name != "quant_info.json":

@@ -103,6 +103,7 @@ def test_killed_run_then_killed_worker_resume_with_the_same_losses(reference_run
     _wait_for(job_dir / "checkpoints" / "step_000002" / "COMPLETE", proc, log)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver, its embedded Ray and its workers
     proc.wait()
+    killed_run = run_id_of(log.read_text())
     kill_under(f"/tmp/orch-killed-{os.getpid()}")
     # Ray retitles its worker processes ("ray::RayTrainWorker..."): kill_under cannot see them, and an orphaned
     # pair trained on for a few seconds and wrote the next checkpoint (seen twice). Kill them by their pid files.
@@ -126,6 +127,10 @@ def test_killed_run_then_killed_worker_resume_with_the_same_losses(reference_run
     reference = request.getfixturevalue("reference")
     _assert_losses_match({e["step"]: e["loss"] for e in summary["losses"]}, reference)
     client = MlflowClient(tracking_uri=f"sqlite:///{storage / 'mlflow.db'}")
+    # left RUNNING by the SIGKILL; the rerun (holding the job's lock, so that process is gone) ended it, linked
+    killed = client.get_run(killed_run)
+    assert killed.info.status == "KILLED" and "stopped without ending it" in killed.data.tags["error"]
+    assert client.get_run(run_id_of(output)).data.tags["resumed_from_run"] == killed_run
     logged = client.get_metric_history(run_id_of(output), "loss")
     assert {m.step for m in logged} == set(range(resumed_at + 1, STEPS + 1)), [m.step for m in logged]
     for m in logged:
