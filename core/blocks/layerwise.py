@@ -10,6 +10,9 @@ projector. When the model changes the hidden states between two blocks (Qwen3-VL
 features after the first blocks), the recorder sees the next block's input differ from the last one's output:
 that difference is kept and added back after the block in replay (`BlockCalls.added`).
 
+Fused mixture-of-experts weights are split into one Linear per expert projection first (core/models/moe.py), so
+every expert is quantized, scored and exported as its own matrix, under its on-disk name.
+
 A family (core/models/families/) only names the ModuleList; a model no family knows still runs when its
 blocks can be found (the largest ModuleList of identical modules holding Linears), which is logged once.
 """
@@ -29,6 +32,7 @@ from torch import nn
 from core.data.calib_mm import CalibRows
 from core.errors import ConfigError
 from core.models.families import Family, family_of
+from core.models.moe import unfuse_experts
 
 log = logging.getLogger("core.blocks")
 
@@ -72,6 +76,7 @@ class Layerwise:
     """A model seen as embed -> blocks[0..n) (-> norm/head, never needed to calibrate)."""
 
     def __init__(self, model: nn.Module) -> None:
+        unfuse_experts(model)  # a mixture-of-experts block's experts as one Linear each (core/models/moe.py)
         self.model, self.family = model, family_of(model)
         self.layers = find_blocks(model, self.family)
         self.blocks: nn.ModuleList = model.get_submodule(self.layers)

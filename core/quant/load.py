@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+from core.models.families import family_of
+from core.models.moe import unfuse_experts
 from core.quant.act_quant import install_act_quant
 from kernels.quant import get_op
 
@@ -66,7 +68,13 @@ def load_quantized(path: str | Path, dtype: torch.dtype = torch.float32, attn_im
         del config.quantization_config  # the weights below are already dequantized: a plain model
     config._attn_implementation = attn_implementation
     model = from_config(config, dtype=dtype).eval()  # a causal LM, or the VLM class (its vision tower FP)
+    unfuse_experts(model)  # mixture-of-experts: one Linear per expert projection, as exported
+    family = family_of(model)
     tensors = load_file(Path(path) / "model.safetensors")
+    if family is not None and family.disk_names:
+        tensors = {family.from_disk(k): v for k, v in tensors.items()}
+        qc = {**qc, "config_groups": {g: {**v, "targets": [family.from_disk(t) for t in v["targets"]]}
+                                      for g, v in qc["config_groups"].items()}}
     quantized = [k[: -len(".weight_packed")] for k in tensors if k.endswith(".weight_packed")]
     state = dequantized_state(tensors, qc)
     missing, unexpected = model.load_state_dict(state, strict=False)

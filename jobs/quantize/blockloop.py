@@ -38,12 +38,25 @@ def _calibrate(workers: list, n_passes: int, seconds: dict[str, float]) -> Stats
     return stats
 
 
+def _routed_metrics(per_worker: list[dict[str, list[int]]]) -> dict[str, float]:
+    """Mixture-of-experts blocks: tokens the router sent to each expert (summed over workers). Every expert was
+    calibrated on every token (core/models/moe.py); these say which ones serving will rarely use."""
+    metrics: dict[str, float] = {}
+    for name in per_worker[0] if per_worker else {}:
+        counts = [sum(column) for column in zip(*(w[name] for w in per_worker), strict=True)]
+        metrics[f"{name}.routed_tokens_min"] = min(counts)
+        metrics[f"{name}.routed_tokens_max"] = max(counts)
+        metrics[f"{name}.experts_never_routed"] = sum(c == 0 for c in counts)
+    return metrics
+
+
 def block_metrics(outs: list[dict], result: Any, seconds: float) -> dict[str, float]:
     sse, update, count = (sum(o[k] for o in outs) for k in ("sse", "update", "count"))
     metrics = {"block_mse": sse / max(count, 1), "block_rel_err": sse / max(update, 1e-30), "block_seconds": seconds}
     peaks = [o["gpu_peak_gib"] for o in outs if "gpu_peak_gib" in o]
     if peaks:
         metrics["gpu_peak_gib"] = max(peaks)
+    metrics.update(_routed_metrics([o.get("routed", {}) for o in outs]))
     for key in ("weight_rel_err", "output_rel_err"):
         values = [m[key] for m in result.metrics.values() if key in m]
         if values:

@@ -90,10 +90,13 @@ def write_export(model: Any, tokenizer: Any, blocks_root: str | Path, fmt: Quant
         state.update({f"{prefix}{k}": v for k, v in saved["other"].items()})
         smoothing.update({f"{prefix}{k}": v for k, v in saved["smooth"].items()})
     staged = storage.staging_dir(final)
-    save_file({k: v.contiguous() for k, v in sorted(state.items())}, staged / "model.safetensors",
+    disk = lw.family.to_disk if lw.family is not None else (lambda name: name)  # names as the family's checkpoints
+    save_file({disk(k): v.contiguous() for k, v in sorted(state.items())}, staged / "model.safetensors",
               metadata={"format": "pt"})
     config = json.loads(model.config.to_json_string(use_diff=False))
-    config["quantization_config"] = quantization_config(fmt, ignore, per_module)
+    serving_fp = list(lw.family.serving_fp) if lw.family is not None else []
+    config["quantization_config"] = quantization_config(fmt, [*ignore, *serving_fp],
+                                                        {disk(k): v for k, v in per_module.items()})
     (staged / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     tokenizer.save_pretrained(staged)
     if processor is not None:

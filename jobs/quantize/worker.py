@@ -21,6 +21,7 @@ from core import storage
 from core.blocks.layerwise import Borrow, Layerwise, fits_on, module_tensors, weight_bytes
 from core.data.calib_mm import PAD, CalibRows
 from core.models import build_model
+from core.models.moe import calibrate_all_experts, expert_lists
 from jobs.quantize import checkpoint
 from jobs.quantize.activations import Activations
 from jobs.quantize.algorithms import ALGORITHMS
@@ -128,8 +129,11 @@ class CalibWorker:
             raise RuntimeError(f"worker {self.rank} holds the inputs of block {self.pos}, not {index}")
         self.index = index
         self.block = self._on_device(index)
-        # the FP outputs, for the block's output error after quantization (and blocks mode's next inputs)
+        # the FP outputs, for the block's output error after quantization (and blocks mode's next inputs); one pass
+        # over this worker's tokens: what the router sent each expert on it
+        calibrate_all_experts(self.block)
         self.fp_outputs = self._activations(self.run_block(self.block, x, k) for k, x in enumerate(self.inputs))
+        self.routed = {name: experts.routed.tolist() for name, experts in expert_lists(self.block)}
         self.algo = ALGORITHMS.get(self.spec.quant.algorithm)(dict(self.spec.quant.options))
         prefix = self.lw.block_prefix(index)
         own = {n[len(prefix):]: parse_target(f) for n, f in self.formats.items() if n.startswith(prefix)}
@@ -170,7 +174,7 @@ class CalibWorker:
             checkpoint.save_inputs(staged, self.rank, outputs.host())
             storage.push(staged, final, token)
         del self.fp_outputs
-        out: dict[str, Any] = {"sse": sse, "update": update, "count": count}
+        out: dict[str, Any] = {"sse": sse, "update": update, "count": count, "routed": self.routed}
         if not alone:
             out["digest"] = result_digest(result)
         if self.device.type == "cuda":  # since this worker started: the block, its stats and activations

@@ -13,8 +13,18 @@ from core.models.byte_tokenizer import VOCAB_SIZE, byte_tokenizer
 TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             head_dim=16, max_position_embeddings=1024, bos_token_id=256, eos_token_id=258, pad_token_id=256)
 TEXT_FAMILIES = ["llama", "qwen3", "mistral", "phi3", "gemma3_text"]
+# mixture-of-experts: 4 experts, 2 per token; DeepSeek-V3's first block dense, its second MoE with a shared expert
+MOE = {
+    "qwen3_moe": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64, decoder_sparse_step=1),
+    "mixtral": dict(num_local_experts=4, num_experts_per_tok=2, intermediate_size=64),
+    "deepseek_v3": dict(n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=64, n_shared_experts=1,
+                        first_k_dense_replace=1, q_lora_rank=32, kv_lora_rank=32, qk_rope_head_dim=8,
+                        qk_nope_head_dim=8, v_head_dim=16, n_group=1, topk_group=1, num_key_value_heads=4,
+                        head_dim=8),  # its rotary part (qk_rope_head_dim)
+}
+MOE_FAMILIES = list(MOE)
 VLM_FAMILIES = ["llava"]
-TINY_FAMILIES = TEXT_FAMILIES + VLM_FAMILIES
+TINY_FAMILIES = TEXT_FAMILIES + MOE_FAMILIES + VLM_FAMILIES
 
 
 def _text(root: Path, model_type: str) -> Path:
@@ -22,7 +32,8 @@ def _text(root: Path, model_type: str) -> Path:
 
     from core.models.auto import from_config
 
-    config = AutoConfig.for_model(model_type, vocab_size=VOCAB_SIZE, tie_word_embeddings=False, **TEXT)
+    config = AutoConfig.for_model(model_type, vocab_size=VOCAB_SIZE, tie_word_embeddings=False,
+                                  **(TEXT | MOE.get(model_type, {})))
     torch.manual_seed(0)
     out = root / model_type
     from_config(config).save_pretrained(out)
@@ -44,7 +55,7 @@ def _llava(root: Path) -> Path:
 
 def saved_families(root: Path) -> dict[str, Path]:
     """Every family's directory under `root`."""
-    dirs = {name: _text(root, name) for name in TEXT_FAMILIES}
+    dirs = {name: _text(root, name) for name in TEXT_FAMILIES + MOE_FAMILIES}
     dirs["llava"] = _llava(root)
     return dirs | {name: _vlm_text_side(root, name) for name in NO_CPU_PROCESSOR}
 

@@ -26,13 +26,22 @@ from typing import Any
 import pytest
 import torch
 
+from core.errors import ConfigError
 from core.models import MODELS, build_model
-from tests.jobs.family_models import NO_CPU_PROCESSOR, TINY_FAMILIES, VLM_FAMILIES, image_rows, saved_families
+from tests.jobs.family_models import (
+    MOE_FAMILIES,
+    NO_CPU_PROCESSOR,
+    TINY_FAMILIES,
+    VLM_FAMILIES,
+    image_rows,
+    saved_families,
+)
 
 pytestmark = pytest.mark.e2e  # (tests/conftest.py: the end-to-end lane)
 
 W4, W8A8 = "w4g32", "w8a8"
 ALGORITHMS = [("rtn", W4), ("gptq", W4), ("awq", W4), ("gptq", W8A8), ("smoothquant", W8A8)]
+SCALING = {"awq", "smoothquant"}  # need a family's mappings: none yet for the MoE families (their refusal is tested)
 VLM_ALGORITHMS = [("mbq", W4)]
 CALIB_TEXT = ["calib.num_samples=4", "calib.seq_len=32"]
 CALIB_IMAGES = ["calib=image_caption", "calib.num_samples=2", "calib.text_ratio=0.5", "calib.seq_len=160"]
@@ -153,6 +162,24 @@ def calibrate(name: str, path: Path, algorithm: str, fmt: str, storage: Path) ->
             "reloaded": load_quantized(out)}
 
 
+QUANT_SUFFIXES = (".weight_packed", ".weight_scale", ".weight_shape", ".weight_zero_point")
+
+
+def _assert_names_as_on_disk(fp_dir: Path, export: Path) -> None:
+    """The export's tensors are the FP checkpoint's on-disk names (Mixtral's block_sparse_moe.experts.N.w1, every
+    MoE expert's own Linears), each quantized weight replaced by its quantization tensors."""
+    from safetensors import safe_open
+
+    def keys(path: Path) -> set[str]:
+        with safe_open(str(path / "model.safetensors"), "pt") as f:
+            return set(f.keys())
+
+    exported = keys(export)
+    quantized = {k[: -len(".weight_packed")] for k in exported if k.endswith(".weight_packed")}
+    plain = {k for k in exported if not k.endswith(QUANT_SUFFIXES)}
+    assert quantized and plain | {f"{q}.weight" for q in quantized} == keys(fp_dir)
+
+
 def sensitivity_scores(path: Path, storage: Path) -> dict[str, dict[str, float]]:
     from core.blocks.layerwise import Layerwise
     from core.data.calib_mm import model_calibration_rows
@@ -184,7 +211,13 @@ def test_family(name: str, family_dirs: dict[str, Path], tmp_path: Path, cli_in_
     reference = _logits(fp, ids)
     fp_ppl = perplexity(load_model("hf", str(path), {}), ids.numpy(), 2)["perplexity"]
     for algorithm, fmt in ALGORITHMS + (VLM_ALGORITHMS if name in VLM_FAMILIES + NO_CPU_PROCESSOR else []):
+        if name in MOE_FAMILIES and algorithm in SCALING:  # one error line naming the algorithm, not a traceback
+            with pytest.raises(ConfigError, match=f"config error: quant.algorithm: {algorithm}"):
+                calibrate(name, path, algorithm, fmt, storage)
+            continue
         out = calibrate(name, path, algorithm, fmt, storage)
+        if name not in VLM_FAMILIES + NO_CPU_PROCESSOR:  # VLM exports keep transformers 5's in-memory prefixes
+            _assert_names_as_on_disk(path, out["export"])  # (model.language_model.*): issue #24 writes disk names
         got = _logits(out["reloaded"], ids)
         assert _rel(got, _logits(out["in_memory"], ids)) < 1e-4, (algorithm, fmt)
         assert _rel(got, reference) < (0.15 if fmt == W8A8 else 0.5), (algorithm, fmt, _rel(got, reference))

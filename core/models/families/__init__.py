@@ -19,6 +19,9 @@ FAMILIES.register("llava_next", "core.models.families.vlms:LLAVA_NEXT")
 FAMILIES.register("qwen_vl", "core.models.families.vlms:QWEN_VL")
 FAMILIES.register("internvl", "core.models.families.vlms:INTERNVL")
 FAMILIES.register("mistral3", "core.models.families.vlms:MISTRAL3")
+FAMILIES.register("qwen3_moe", "core.models.families.moe:QWEN3_MOE")
+FAMILIES.register("mixtral", "core.models.families.moe:MIXTRAL")
+FAMILIES.register("deepseek_v3", "core.models.families.moe:DEEPSEEK_V3")
 
 __all__ = ["CAUSAL_LM", "FAMILIES", "Family", "GroupLayout", "Mapping", "all_families", "family_of", "wiring_of"]
 

@@ -12,6 +12,7 @@ A vision-language family names no block classes: its language model's blocks are
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 
@@ -55,3 +56,20 @@ class Family:
     groups: GroupLayout = CAUSAL_LM
     norm_offset: float = 0.0  # the block norms scale by (offset + weight) (Gemma: 1)
     fused_ops: dict[str, str] = field(default_factory=dict)  # module class -> kernels/fused op kind
+    # names in memory -> names on disk where they differ ("{e}" an expert's index): Mixtral's block_sparse_moe
+    disk_names: tuple[tuple[str, str], ...] = ()
+    serving_fp: tuple[str, ...] = ()  # modules serving engines keep FP (MoE routers), as compressed-tensors ignores
+
+    def to_disk(self, name: str) -> str:
+        return _rename(name, self.disk_names, reverse=False)
+
+    def from_disk(self, name: str) -> str:
+        return _rename(name, self.disk_names, reverse=True)
+
+
+def _rename(name: str, pairs: tuple[tuple[str, str], ...], reverse: bool) -> str:
+    for memory, disk in pairs:
+        source, target = (disk, memory) if reverse else (memory, disk)
+        pattern = re.escape(source).replace(re.escape("{e}"), r"(?P<e>\d+)")
+        name = re.sub(pattern, lambda m, t=target: t.replace("{e}", m.groupdict().get("e") or ""), name)
+    return name
