@@ -1,4 +1,5 @@
-"""Module groups of a model: vision, projector, language, embeddings, lm_head.
+"""Module groups of a model: vision, projector, language, embeddings, lm_head; a mixture-of-experts model also
+has experts (routed and shared) and routers (listed only where a model has them).
 
 The module paths of the vision tower, the projector and the language model come from the model's family
 (core/models/families/: `Family.groups`). The embeddings and the lm_head are found for
@@ -25,7 +26,24 @@ from core.models.families import CAUSAL_LM, GroupLayout, family_of
 from core.models.inspect import numel
 
 GROUPS = ("vision", "projector", "language", "embeddings", "lm_head")
+MOE_GROUPS = ("experts", "routers")  # carved out of a mixture-of-experts model's language group (listed when found)
 OTHER = "other"  # parameters no group claims (a family without a layout); empty for registered families
+ROUTER_NAMES = ("gate", "router")
+
+
+def moe_paths(model: Any) -> list[tuple[str, str]]:
+    """(module path, group) of every MoE block's experts (routed and shared) and router: a module with an
+    `experts` child and a `gate`/`router` child that is not a Linear of a dense MLP."""
+    paths = []
+    for name, module in model.named_modules():
+        children = dict(module.named_children())
+        router = next((r for r in ROUTER_NAMES if r in children), None)
+        if "experts" not in children or router is None:
+            continue
+        prefix = f"{name}." if name else ""
+        paths += [(f"{prefix}{child}", "experts") for child in children if "experts" in child]
+        paths.append((f"{prefix}{router}", "routers"))
+    return paths
 
 
 def layout_of(model: Any) -> GroupLayout | None:
@@ -66,7 +84,7 @@ def _under(name: str, path: str) -> bool:
 
 def module_groups(model: Any) -> ModuleGroups:
     layout = layout_of(model)
-    paths = layout.paths() if layout else []
+    paths = sorted([*(layout.paths() if layout else []), *moe_paths(model)], key=lambda pair: -len(pair[0]))
     embeddings = _param_ids(model.get_input_embeddings())
     lm_head = _param_ids(model.get_output_embeddings())
     names: dict[str, list[str]] = {g: [] for g in GROUPS}
@@ -83,6 +101,8 @@ def module_groups(model: Any) -> ModuleGroups:
         else:
             group = next((g for path, g in paths if _under(name, path)), OTHER)
         names.setdefault(group, []).append(name)
+    order = [*GROUPS, *MOE_GROUPS, OTHER]
+    names = {g: names[g] for g in sorted(names, key=order.index)}
     return ModuleGroups(type(model).__name__, layout is not None, names, tied, shared)
 
 

@@ -29,7 +29,7 @@ from typing import Any
 from core.errors import ConfigError
 
 EXCLUDE, REGEX = "!", "re:"
-GROUPS = ("vision", "projector", "language", "embeddings", "lm_head")
+GROUPS = ("vision", "projector", "language", "experts", "routers", "embeddings", "lm_head")  # core/models/groups.py
 SYNTAX = f"a name or glob, re:<regex>, a group ({', '.join(GROUPS)}), !<entry> to exclude"
 
 

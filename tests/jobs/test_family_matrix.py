@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Any
@@ -88,10 +89,12 @@ def inspect_and_freeze(name: str, path: Path, storage: Path, cli: Any) -> None:
     model = ["model=hf", f"model.path={path}", "tracking.enabled=false"]
     result = cli(["job=inspect", *model], storage)
     assert result.returncode == 0 and "language" in result.stdout, result.stdout + result.stderr
-    group = "vision" if name in VLM_FAMILIES else "embeddings"
-    frozen = cli(["job=inspect", *model, f"model.freeze=[{group}]"], storage)
-    assert frozen.returncode == 0, frozen.stdout + frozen.stderr
-    assert "trainable" in frozen.stdout and frozen.stdout != result.stdout
+    groups = ["experts", "routers"] if name in MOE_FAMILIES else ["vision" if name in VLM_FAMILIES else "embeddings"]
+    for group in groups:
+        frozen = cli(["job=inspect", *model, f"model.freeze=[{group}]"], storage)
+        assert frozen.returncode == 0, frozen.stdout + frozen.stderr
+        assert "trainable" in frozen.stdout and frozen.stdout != result.stdout
+        assert re.search(rf"\b{group}\b", result.stdout), result.stdout  # the group is listed
 
 
 def sft_two_steps(name: str, path: Path, storage: Path) -> list[float]:

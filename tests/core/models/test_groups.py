@@ -113,7 +113,9 @@ def test_every_registered_family_resolves() -> None:
         assert family.name == name and family.blocks.endswith("layers"), name
         for model_type in family.model_types:
             assert model_type in CONFIG_MAPPING, (name, model_type)
-        assert bool(family.block_classes) == bool(family.mappings), name
+        # wiring is found by block class: mappings need one; a family may name its blocks without mappings (MoE:
+        # AWQ/SmoothQuant refuse it with one line; VLMs name none: their language blocks are another family's)
+        assert not family.mappings or family.block_classes, name
 
 
 def test_image_text_class_without_layout_is_unknown_not_guessed(meta_unknown_vlm) -> None:
