@@ -30,7 +30,17 @@ def auto_class(hf_config: PretrainedConfig) -> Any:
     return AutoModelForImageTextToText if is_image_text(hf_config) else AutoModelForCausalLM
 
 
+def supported_attention(hf_config: PretrainedConfig, requested: str) -> str:
+    """`requested`, unless it is sdpa and the model's family runs another (gpt-oss: transformers refuses sdpa)."""
+    from core.models.families import family_of_config
+
+    family = family_of_config(hf_config)
+    return family.attention if requested == "sdpa" and family is not None and family.attention else requested
+
+
 def from_config(hf_config: PretrainedConfig, trust_remote_code: bool = False, **kwargs: Any) -> PreTrainedModel:
+    if "attn_implementation" in kwargs:
+        kwargs["attn_implementation"] = supported_attention(hf_config, kwargs["attn_implementation"])
     return auto_class(hf_config).from_config(hf_config, trust_remote_code=trust_remote_code, **kwargs)
 
 

@@ -14,28 +14,31 @@ routing weights). `routed` counts the tokens the router actually sent to each ex
 from __future__ import annotations
 
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import torch
 from torch import nn
 
 
 class Expert(nn.Module):
-    """One expert's gated MLP: down(act(gate(x)) * up(x))."""
+    """One expert's gated MLP: down(glu(gate(x), up(x))); glu is act(gate) * up, or the fused module's own gate
+    function of (gate, up) where it has one (gpt-oss: clamped, sigmoid-weighted, up + 1)."""
 
-    def __init__(self, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor, act_fn: nn.Module) -> None:
+    def __init__(self, gate: tuple, up: tuple, down: tuple, act_fn: nn.Module | None, glu=None) -> None:
         super().__init__()
-        self.gate_proj = _linear(gate)
-        self.up_proj = _linear(up)
-        self.down_proj = _linear(down)
-        self.act_fn = act_fn
+        self.gate_proj, self.up_proj, self.down_proj = _linear(*gate), _linear(*up), _linear(*down)
+        self.act_fn, self.glu = act_fn, glu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(self.glu(gate, up) if self.glu is not None else self.act_fn(gate) * up)
 
 
-def _linear(weight: torch.Tensor) -> nn.Linear:
-    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
-    linear.weight = nn.Parameter(weight, requires_grad=weight.requires_grad)
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Linear:
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+    linear.weight = nn.Parameter(weight, requires_grad=False)
+    if bias is not None:
+        linear.bias = nn.Parameter(bias, requires_grad=False)
     return linear
 
 
@@ -64,25 +67,52 @@ class ExpertList(nn.ModuleList):
         return out
 
 
-def _is_fused(module: nn.Module) -> bool:
+def _layout(module: nn.Module) -> str | None:
+    """"stacked": gate_up_proj [E, 2I, H] (gate rows then up rows), down_proj [E, H, I] (Qwen3-MoE, Mixtral,
+    DeepSeek-V3); "interleaved": gate_up_proj [E, H, 2I] applied as x @ W, gate and up in alternate columns, with
+    biases, down_proj [E, I, H] (gpt-oss); None: not a fused experts module."""
     gate_up, down = getattr(module, "gate_up_proj", None), getattr(module, "down_proj", None)
-    return (isinstance(gate_up, torch.Tensor) and isinstance(down, torch.Tensor) and gate_up.dim() == 3
-            and not hasattr(module, "gate_up_proj_bias")  # gpt-oss's layout (transposed, interleaved, biased)
-            and gate_up.shape[1] == 2 * down.shape[2] and gate_up.shape[2] == down.shape[1])
+    if not (isinstance(gate_up, torch.Tensor) and isinstance(down, torch.Tensor) and gate_up.dim() == down.dim() == 3):
+        return None
+    if hasattr(module, "gate_up_proj_bias") and gate_up.shape[2] == 2 * down.shape[1]:
+        return "interleaved"
+    if gate_up.shape[1] == 2 * down.shape[2] and gate_up.shape[2] == down.shape[1]:
+        return "stacked"
+    return None
 
 
 def unfuse(fused: nn.Module) -> ExpertList:
-    """Per-expert Linears viewing the fused weights: gate = rows [0, I), up = rows [I, 2I) of gate_up_proj[e]."""
-    inter = fused.down_proj.shape[2]
-    gate_up, down = fused.gate_up_proj.detach(), fused.down_proj.detach()  # views: the Linears share the storage
-    return ExpertList([Expert(gate_up[e, :inter], gate_up[e, inter:], down[e],
-                              fused.act_fn) for e in range(gate_up.shape[0])])
+    """Per-expert Linears of a fused experts module: views of its weights where the layout allows (stacked: gate
+    is rows [0, I) of gate_up_proj[e], up rows [I, 2I)), contiguous copies where it is transposed (interleaved)."""
+    gate_up, down = fused.gate_up_proj.detach(), fused.down_proj.detach()
+    if _layout(fused) == "stacked":
+        inter = down.shape[2]
+        return ExpertList([Expert((gate_up[e, :inter],), (gate_up[e, inter:],), (down[e],), fused.act_fn)
+                           for e in range(gate_up.shape[0])])
+    gate_up_bias, down_bias = fused.gate_up_proj_bias.detach(), fused.down_proj_bias.detach()
+    experts = []
+    for e in range(gate_up.shape[0]):
+        gate = (gate_up[e, :, ::2].T.contiguous(), gate_up_bias[e, ::2].contiguous())
+        up = (gate_up[e, :, 1::2].T.contiguous(), gate_up_bias[e, 1::2].contiguous())
+        experts.append(Expert(gate, up, (down[e].T.contiguous(), down_bias[e]), None, glu=_interleaved_glu(fused)))
+    return ExpertList(experts)
+
+
+def _interleaved_glu(fused: nn.Module):
+    """The fused module's own gate function (transformers' code, with its constants only: the fused weights are not
+    kept alive), fed (gate, up) as it would slice them from its interleaved output."""
+    apply_gate, constants = type(fused)._apply_gate, SimpleNamespace(alpha=fused.alpha, limit=fused.limit)
+
+    def glu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        return apply_gate(constants, torch.stack((gate, up), dim=-1).flatten(-2))
+
+    return glu
 
 
 def unfuse_experts(model: nn.Module) -> int:
     """Swap every fused experts module of `model` for an ExpertList; the number swapped (0: not an MoE model, or
     already done)."""
-    found = [(name, module) for name, module in model.named_modules() if _is_fused(module)]
+    found = [(name, module) for name, module in model.named_modules() if _layout(module) is not None]
     for name, module in found:
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, unfuse(module))

@@ -62,13 +62,13 @@ class PretrainedDir:
         return ImageTextProcessor(hf)
 
     def build(self, cfg: ModelConfig, hf_config: PretrainedConfig, dtype: torch.dtype) -> PreTrainedModel:
-        from core.models.auto import auto_class
+        from core.models.auto import auto_class, supported_attention
 
         return auto_class(hf_config).from_pretrained(
             self._local(cfg),
             config=hf_config,
             dtype=dtype,
-            attn_implementation=cfg.attn_implementation,
+            attn_implementation=supported_attention(hf_config, cfg.attn_implementation),
             trust_remote_code=cfg.trust_remote_code,
             use_safetensors=True,
         )

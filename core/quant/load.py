@@ -58,7 +58,7 @@ def dequantized_state(tensors: dict[str, torch.Tensor], qc: dict[str, Any]) -> d
 def load_quantized(path: str | Path, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa") -> Any:
     from transformers import AutoConfig
 
-    from core.models.auto import from_config
+    from core.models.auto import from_config, supported_attention
 
     qc = quant_config_of(path)
     if qc is None or qc.get("format") != "pack-quantized":
@@ -66,7 +66,7 @@ def load_quantized(path: str | Path, dtype: torch.dtype = torch.float32, attn_im
     config = AutoConfig.from_pretrained(path)
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # the weights below are already dequantized: a plain model
-    config._attn_implementation = attn_implementation
+    config._attn_implementation = supported_attention(config, attn_implementation)
     model = from_config(config, dtype=dtype).eval()  # a causal LM, or the VLM class (its vision tower FP)
     unfuse_experts(model)  # mixture-of-experts: one Linear per expert projection, as exported
     family = family_of(model)

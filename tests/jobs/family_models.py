@@ -21,6 +21,7 @@ MOE = {
                         first_k_dense_replace=1, q_lora_rank=32, kv_lora_rank=32, qk_rope_head_dim=8,
                         qk_nope_head_dim=8, v_head_dim=16, n_group=1, topk_group=1, num_key_value_heads=4,
                         head_dim=8),  # its rotary part (qk_rope_head_dim)
+    "gpt_oss": dict(num_local_experts=4, num_experts_per_tok=2, intermediate_size=64, sliding_window=8),
 }
 MOE_FAMILIES = list(MOE)
 VLM_FAMILIES = ["llava"]

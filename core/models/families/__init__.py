@@ -22,8 +22,10 @@ FAMILIES.register("mistral3", "core.models.families.vlms:MISTRAL3")
 FAMILIES.register("qwen3_moe", "core.models.families.moe:QWEN3_MOE")
 FAMILIES.register("mixtral", "core.models.families.moe:MIXTRAL")
 FAMILIES.register("deepseek_v3", "core.models.families.moe:DEEPSEEK_V3")
+FAMILIES.register("gpt_oss", "core.models.families.moe:GPT_OSS")
 
-__all__ = ["CAUSAL_LM", "FAMILIES", "Family", "GroupLayout", "Mapping", "all_families", "family_of", "wiring_of"]
+__all__ = ["CAUSAL_LM", "FAMILIES", "Family", "GroupLayout", "Mapping", "all_families", "family_of",
+           "family_of_config", "wiring_of"]
 
 
 def all_families() -> list[Family]:
@@ -32,7 +34,11 @@ def all_families() -> list[Family]:
 
 def family_of(model: Any) -> Family | None:
     """The family of a whole model, by its config's model_type; None: not registered (the generic path)."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    return family_of_config(getattr(model, "config", None))
+
+
+def family_of_config(config: Any) -> Family | None:
+    model_type = getattr(config, "model_type", None)
     return next((f for f in all_families() if model_type in f.model_types), None)
 
 

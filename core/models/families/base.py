@@ -59,6 +59,7 @@ class Family:
     # names in memory -> names on disk where they differ ("{e}" an expert's index): Mixtral's block_sparse_moe
     disk_names: tuple[tuple[str, str], ...] = ()
     serving_fp: tuple[str, ...] = ()  # modules serving engines keep FP (MoE routers), as compressed-tensors ignores
+    attention: str | None = None  # the attention implementation to use where transformers refuses sdpa (gpt-oss)
 
     def to_disk(self, name: str) -> str:
         return _rename(name, self.disk_names, reverse=False)

@@ -1,4 +1,5 @@
-"""Mixture-of-experts decoders with Llama-style attention: Qwen3-MoE, Mixtral, DeepSeek-V3 (MLA attention).
+"""Mixture-of-experts decoders: Qwen3-MoE, Mixtral, DeepSeek-V3 (MLA attention), gpt-oss (attention sinks,
+sliding-window layers, biased interleaved experts).
 
 Their experts are split into one Linear per projection for calibration and export (core/models/moe.py); the
 routers stay FP, as vLLM serves them (compressed-tensors `ignore`). No AWQ/SmoothQuant mappings yet: the norm
@@ -27,4 +28,10 @@ MIXTRAL = Family(
 DEEPSEEK_V3 = Family(
     "deepseek_v3", ("deepseek_v3",), "model.layers", block_classes=("DeepseekV3DecoderLayer",),
     serving_fp=(ROUTER,),
+)
+
+GPT_OSS = Family(
+    "gpt_oss", ("gpt_oss",), "model.layers", block_classes=("GptOssDecoderLayer",),
+    serving_fused=(ATTN_QKV,), serving_fp=("re:.*mlp\\.router$",),
+    attention="eager",  # transformers refuses sdpa for it (attention sinks); sliding and full layers both run
 )
