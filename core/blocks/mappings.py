@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from core.errors import ConfigError
-from core.models.families import Family, all_families, wiring_of
+from core.models.families import Family, Mapping, all_families, wiring_of
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,7 @@ class ResolvedMapping:
     # the producer's output rows that make the input (a fused Linear's tail)
     rows: slice = field(default_factory=lambda: slice(None))
     norm_offset: float = 0.0  # a norm that scales by (offset + weight)
+    passive: tuple[nn.Module, ...] = ()  # scaled like the linears, never quantized (MoE routers)
 
     @property
     def key(self) -> str:
@@ -49,10 +50,43 @@ def require_wiring(block: nn.Module, algorithm: str) -> Family:
     return family
 
 
+EXPERT = "{e}"
+
+
+def _experts(pattern: str, names: set[str]) -> list[str]:
+    """The expert indices for which `pattern` ("mlp.experts.{e}.up_proj") names a module of the block."""
+    head, _, tail = pattern.partition(EXPERT)
+    found = {n[len(head):len(n) - len(tail)] for n in names if n.startswith(head) and n.endswith(tail)}
+    return sorted((i for i in found if i.isdigit()), key=int)
+
+
+def _spread(group: tuple[str, ...], names: set[str]) -> tuple[str, ...]:
+    """Names with "{e}" replaced by every expert's index (expert by expert), then the plain ones."""
+    patterns = [n for n in group if EXPERT in n]
+    experts = _experts(patterns[0], names) if patterns else []
+    return tuple(p.replace(EXPERT, e) for e in experts for p in patterns) + tuple(n for n in group if EXPERT not in n)
+
+
+def block_mappings(block: nn.Module, family: Family) -> list[Mapping]:
+    """The family's mappings as they apply to this block: "{e}" expanded (a per-expert producer gives one mapping
+    per expert; per-expert consumers all join their mapping), mappings naming modules it lacks left out."""
+    names = {name for name, _ in block.named_modules()}
+    out = []
+    for m in family.mappings:
+        if EXPERT in m.prev:
+            variants = [Mapping(m.prev.replace(EXPERT, e), tuple(n.replace(EXPERT, e) for n in m.linears),
+                                m.prev_rows, tuple(n.replace(EXPERT, e) for n in m.passive))
+                        for e in _experts(m.prev, names)]
+        else:
+            variants = [Mapping(m.prev, _spread(m.linears, names), m.prev_rows, _spread(m.passive, names))]
+        out += [v for v in variants if v.linears and {v.prev, *v.linears, *v.passive} <= names]
+    return out
+
+
 def resolve_mappings(block: nn.Module, family: Family) -> tuple[list[ResolvedMapping], list[str]]:
     """Mappings that can be folded in this block, and why the others cannot (e.g. GQA for v -> o)."""
     resolved, skipped = [], []
-    for m in family.mappings:
+    for m in block_mappings(block, family):
         prev = block.get_submodule(m.prev)
         linears = tuple(block.get_submodule(n) for n in m.linears)
         width = linears[0].in_features
@@ -66,7 +100,8 @@ def resolve_mappings(block: nn.Module, family: Family) -> tuple[list[ResolvedMap
             ok = getattr(prev, "weight", None) is not None and tuple(prev.weight.shape) == (width,)
         if ok:
             resolved.append(ResolvedMapping(m.prev, prev, m.linears, linears, rows,
-                                            0.0 if isinstance(prev, nn.Linear) else family.norm_offset))
+                                            0.0 if isinstance(prev, nn.Linear) else family.norm_offset,
+                                            tuple(block.get_submodule(n) for n in m.passive)))
         else:
             skipped.append(f"{m.prev} -> {', '.join(m.linears)}: output width does not match {width} inputs")
     return resolved, skipped
@@ -82,7 +117,7 @@ def _gqa_qkv(block: nn.Module, prev: str) -> bool:
 def input_groups(block: nn.Module, linear_names: list[str]) -> list[tuple[str, ...]]:
     """Linears grouped by shared input (family wiring), the rest one per group; first name is the key."""
     family = wiring_of(block)
-    groups = [m.linears for m in family.mappings] if family else []
+    groups = [m.linears for m in block_mappings(block, family)] if family else []
     groups = [g for g in groups if set(g) <= set(linear_names)]
     covered = {n for g in groups for n in g}
     return groups + [(n,) for n in linear_names if n not in covered]
@@ -102,5 +137,5 @@ def fold_scales(mapping: ResolvedMapping, scales: torch.Tensor) -> None:
     if getattr(prev, "bias", None) is not None:
         bias = prev.bias[mapping.rows]
         bias.copy_((bias.float() / s).to(bias.dtype))
-    for lin in mapping.linears:
+    for lin in (*mapping.linears, *mapping.passive):
         lin.weight.copy_((lin.weight.float() * s).to(lin.weight.dtype))

@@ -20,11 +20,15 @@ from dataclasses import dataclass, field
 class Mapping:
     """`prev`'s output is the shared input of `linears`: a scale s folds into prev (output / s) and into the
     linears' weight columns (* s). `prev_rows="tail"`: prev is a fused Linear whose last rows produce the
-    input (Phi-3: v inside qkv_proj, up inside gate_up_proj)."""
+    input (Phi-3: v inside qkv_proj, up inside gate_up_proj). `passive`: modules that read the same input and get
+    the same column scaling but are not quantized (a mixture-of-experts router: its choices must not change).
+    "{e}" in a name stands for each expert of the block (core/blocks/mappings.py expands it); a mapping whose
+    modules a block lacks (DeepSeek-V3's dense first blocks) does not apply to that block."""
 
     prev: str
     linears: tuple[str, ...]
     prev_rows: str = "all"
+    passive: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

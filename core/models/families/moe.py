@@ -2,22 +2,28 @@
 sliding-window layers, biased interleaved experts).
 
 Their experts are split into one Linear per projection for calibration and export (core/models/moe.py); the
-routers stay FP, as vLLM serves them (compressed-tensors `ignore`). No AWQ/SmoothQuant mappings yet: the norm
-before the experts feeds every expert, and the scale search over them is not written (those algorithms refuse
-these families with one error line; RTN and GPTQ run)."""
+routers stay FP, as vLLM serves them (compressed-tensors `ignore`). Mappings (AWQ, SmoothQuant): the norm before
+the experts feeds every expert's gate and up (and the shared experts') and the router, which is scaled with them
+but never quantized (its choices stay the same); each expert's up feeds its own down (not gpt-oss's: its gate
+function is not linear in up)."""
 
-from core.models.families.base import Family
+from core.models.families.base import Family, Mapping
 from core.models.families.llama import ATTN_QKV
+
+ATTENTION = (Mapping("input_layernorm", ATTN_QKV), Mapping("self_attn.v_proj", ("self_attn.o_proj",)))
+EXPERTS_IN = ("mlp.experts.{e}.gate_proj", "mlp.experts.{e}.up_proj")
+EXPERT_DOWN = Mapping("mlp.experts.{e}.up_proj", ("mlp.experts.{e}.down_proj",))
+MOE_MAPPINGS = (*ATTENTION, Mapping("post_attention_layernorm", EXPERTS_IN, passive=("mlp.gate",)), EXPERT_DOWN)
 
 ROUTER = "re:.*mlp\\.gate$"
 
 QWEN3_MOE = Family(
-    "qwen3_moe", ("qwen3_moe",), "model.layers", block_classes=("Qwen3MoeDecoderLayer",),
+    "qwen3_moe", ("qwen3_moe",), "model.layers", block_classes=("Qwen3MoeDecoderLayer",), mappings=MOE_MAPPINGS,
     serving_fused=(ATTN_QKV,), serving_fp=(ROUTER,),
 )
 
 MIXTRAL = Family(
-    "mixtral", ("mixtral",), "model.layers", block_classes=("MixtralDecoderLayer",),
+    "mixtral", ("mixtral",), "model.layers", block_classes=("MixtralDecoderLayer",), mappings=MOE_MAPPINGS,
     serving_fused=(ATTN_QKV,), serving_fp=("re:.*block_sparse_moe\\.gate$",),
     disk_names=(("mlp.experts.{e}.gate_proj.", "block_sparse_moe.experts.{e}.w1."),
                 ("mlp.experts.{e}.up_proj.", "block_sparse_moe.experts.{e}.w3."),
@@ -27,11 +33,23 @@ MIXTRAL = Family(
 
 DEEPSEEK_V3 = Family(
     "deepseek_v3", ("deepseek_v3",), "model.layers", block_classes=("DeepseekV3DecoderLayer",),
+    mappings=(  # multi-head latent attention; MoE blocks after the first dense ones
+        Mapping("input_layernorm", ("self_attn.q_a_proj", "self_attn.kv_a_proj_with_mqa")),
+        Mapping("self_attn.q_a_layernorm", ("self_attn.q_b_proj",)),
+        Mapping("self_attn.kv_a_layernorm", ("self_attn.kv_b_proj",)),
+        Mapping("post_attention_layernorm", (*EXPERTS_IN, "mlp.shared_experts.gate_proj", "mlp.shared_experts.up_proj"),
+                passive=("mlp.gate",)),
+        EXPERT_DOWN,
+        Mapping("mlp.shared_experts.up_proj", ("mlp.shared_experts.down_proj",)),
+        Mapping("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")),  # the dense blocks
+        Mapping("mlp.up_proj", ("mlp.down_proj",)),
+    ),
     serving_fp=(ROUTER,),
 )
 
 GPT_OSS = Family(
     "gpt_oss", ("gpt_oss",), "model.layers", block_classes=("GptOssDecoderLayer",),
+    mappings=(*ATTENTION, Mapping("post_attention_layernorm", EXPERTS_IN, passive=("mlp.router",))),
     serving_fused=(ATTN_QKV,), serving_fp=("re:.*mlp\\.router$",),
     attention="eager",  # transformers refuses sdpa for it (attention sinks); sliding and full layers both run
 )

@@ -64,3 +64,41 @@ def test_every_expert_sees_every_token_while_the_output_follows_the_router(fused
     torch.testing.assert_close(all_tokens, routed_only, rtol=0, atol=1e-6)
     routed = dict(expert_lists(model))["model.layers.0.mlp.experts"].routed
     assert int(routed.sum()) == TOKENS * TOP_K  # counted from the router's choices, once per forward
+
+
+@pytest.mark.parametrize("model_type", ["qwen3_moe", "mixtral", "deepseek_v3", "gpt_oss"])
+def test_every_moe_mapping_folds_without_changing_the_block_or_its_routing(model_type: str, tmp_path) -> None:
+    """Random scales folded along every mapping of an MoE block (the norm into every expert's gate/up with the router
+    scaled alongside, each expert's up into its down): the block computes the same function, the router picks the
+    same experts."""
+    from core.blocks.layerwise import Layerwise
+    from core.blocks.mappings import fold_scales, resolve_mappings
+    from core.models.families import family_of
+    from tests.jobs.family_models import _text
+
+    path = _text(tmp_path, model_type)
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
+    lw = Layerwise(model)
+    block = lw.blocks[-1]  # DeepSeek-V3: its MoE block (the first is dense)
+    mappings, _ = resolve_mappings(block, family_of(model))
+    assert any(m.passive for m in mappings)  # the router rides along
+    assert sum(".experts." in m.prev_name for m in mappings) == (0 if model_type == "gpt_oss" else 4)
+    x = torch.randn(1, 12, model.config.hidden_size, generator=torch.Generator().manual_seed(3))
+    routes, calls = [], []
+    router = block.mlp.router if model_type == "gpt_oss" else block.mlp.gate
+    hook = router.register_forward_hook(lambda m, args, out: routes.append(out[-1].clone()))
+    position = torch.arange(12)[None]
+    embeddings = model.model.rotary_emb(x, position)
+    calls = dict(position_embeddings=embeddings, attention_mask=None, position_ids=position)
+    with torch.no_grad():
+        before = block(x, **calls)
+        generator = torch.Generator().manual_seed(4)
+        for m in mappings:
+            fold_scales(m, torch.rand(m.linears[0].in_features, generator=generator) + 0.5)
+        after = block(x, **calls)
+    hook.remove()
+    before, after = (t[0] if isinstance(t, tuple) else t for t in (before, after))
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
+    assert torch.equal(routes[0], routes[1])  # the same experts for every token
