@@ -81,7 +81,14 @@ class RedactingStream(io.TextIOBase):
         return self.stream.fileno()
 
     def isatty(self) -> bool:
-        return self.stream.isatty()
+        try:
+            return self.stream.isatty()
+        except ValueError:  # closed (a test harness's capture, at exit)
+            return False
+
+    @property
+    def closed(self) -> bool:  # type: ignore[override]
+        return bool(getattr(self.stream, "closed", False))
 
     def writable(self) -> bool:
         return True

@@ -96,9 +96,23 @@ def _record(index: int, metrics: dict[str, float], ctx: RunContext, progress: An
     interrupt.check()  # a safe point: every block recorded so far is checkpointed (or is redone on resume)
 
 
+def _solve_split(workers: list, stats: Any) -> Any:
+    """Expert parallel: each worker solves its share of the block's Linears; their results, merged, for all."""
+    import ray
+
+    from jobs.quantize.algorithms.base import BlockResult
+
+    merged = BlockResult()
+    for part in ray.get([w.solve.remote(stats, k, len(workers)) for k, w in enumerate(workers)]):
+        merged.layers.update(part.layers)
+        merged.metrics.update(part.metrics)
+    return ray.put(merged)
+
+
 def run_blocks(workers: list, indices: Iterable[int], n_passes: int, root: str, ctx: RunContext,
-               progress: Any) -> list[dict[str, float]]:
-    """Data parallel over several workers: per block, stats are reduced here and every worker applies."""
+               progress: Any, split_solves: bool = False) -> list[dict[str, float]]:
+    """Data parallel over several workers: per block, stats are reduced here and every worker applies (with
+    `split_solves`, expert parallel: each solves its share of the Linears, then every worker adopts them all)."""
     import ray
 
     history = []
@@ -109,7 +123,8 @@ def run_blocks(workers: list, indices: Iterable[int], n_passes: int, root: str, 
         stats = ray.put(_calibrate(workers, n_passes, seconds))
         token = uuid.uuid4().hex[:12]
         applying = time.perf_counter()
-        outs = ray.get([w.apply.remote(stats, str(root), token) for w in workers])
+        merged = _solve_split(workers, stats) if split_solves else None
+        outs = ray.get([w.apply.remote(stats, str(root), token, merged=merged) for w in workers])
         seconds["apply"] = time.perf_counter() - applying
         if len({o["digest"] for o in outs}) != 1:  # apply must be deterministic given the reduced stats
             raise RuntimeError(f"block {index}: workers quantized differently (digests {[o['digest'] for o in outs]})")

@@ -31,7 +31,8 @@ class QuantConfig:
     num_workers: int = 1  # calibration actors (one per GPU, or CPU actors)
     # data: workers split the calibration batches, stats are reduced per block, each block sees the
     # quantized previous blocks' outputs. blocks: workers take different blocks, each calibrated on FP
-    # inputs (independent blocks: scales with workers; no inter-block error compensation)
+    # inputs (independent blocks: scales with workers; no inter-block error compensation). experts: as data, and
+    # each worker solves a share of the block's Linears (an MoE's experts round-robin; gptq, rtn): same result
     parallel: str = "data"
     dtype: str = "auto"  # model/activation dtype while calibrating: auto (bfloat16 on GPU, float32 on CPU)
     use_gpu: str = "auto"  # auto | true | false

@@ -29,7 +29,7 @@ from kernels.quant import QuantFormat, check_group_size, parse_format, parse_tar
 log = logging.getLogger("jobs.quantize")
 
 
-PARALLEL = ("data", "blocks")
+PARALLEL = ("data", "blocks", "experts")  # experts: data parallel, the Linears' solves split over workers
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 MIXED_ALGORITHMS = ("rtn", "gptq", "awq")  # per-Linear weight-only formats (SmoothQuant is W8A8 throughout)
 
@@ -57,6 +57,9 @@ def _check_quant(q: Any) -> QuantFormat:
     for name, allowed in (("parallel", PARALLEL), ("dtype", DTYPES)):
         if getattr(q, name) not in allowed:
             raise ConfigError(f"quant.{name}", f"must be one of {', '.join(allowed)} (got {getattr(q, name)!r})")
+    if q.parallel == "experts" and not algo_cls.splits_by_linear:
+        raise ConfigError("quant.parallel", f"experts splits the Linears' solves across workers: {q.algorithm} "
+                          "searches scales over whole blocks (use gptq or rtn, or parallel=data)")
     return parse_format(q.format, q.symmetric)
 
 
@@ -186,7 +189,7 @@ class QuantizeJob:
             raise ConfigError("calib", f"quant={spec.quant.algorithm} balances vision and text tokens: give it "
                               "image+caption calibration (calib=image_caption)")
         n_batches = -(-len(rows) // spec.quant.batch_size)
-        if spec.quant.parallel == "data" and spec.quant.num_workers > n_batches:
+        if spec.quant.parallel != "blocks" and spec.quant.num_workers > n_batches:
             raise ConfigError("quant.num_workers", f"{spec.quant.num_workers} workers but only "
                               f"{n_batches} calibration batches")
         manifest = {"spec_hash": checkpoint.spec_hash(spec), "model_hash": checkpoint.model_hash(hf_config),
@@ -250,7 +253,8 @@ class QuantizeJob:
                 if len(workers) == 1:  # stats never need to leave the worker
                     history = run_alone(workers, [todo], root, ctx, progress)
                 else:
-                    history = run_blocks(workers, todo, ALGORITHMS.get(q.algorithm).n_passes, root, ctx, progress)
+                    history = run_blocks(workers, todo, ALGORITHMS.get(q.algorithm).n_passes, root, ctx, progress,
+                                         split_solves=q.parallel == "experts")
         warm.close()  # the devices are free before the export
         summary: dict[str, Any] = {"job_dir": ctx.job_uri, "blocks": p.num_blocks,
                                    "resumed_at": len(p.finished)}

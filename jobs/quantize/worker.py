@@ -146,11 +146,25 @@ class CalibWorker:
                                        masks=self.masks).to("cpu")
 
     @torch.no_grad()
-    def apply(self, stats: Stats, root: str, token: str, alone: bool = False) -> dict[str, Any]:
-        """Quantize (same deterministic result on every worker), propagate the batches, push the inputs
-        a resume needs under `token` (quantized propagation only: FP inputs are recomputed from the
-        embeddings); the caller commits them. `alone`: no other worker to agree with (no digest)."""
-        result = self.algo.apply(self.block, stats)
+    def solve(self, stats: Stats, worker: int, workers: int) -> Any:
+        """Expert parallel: quantize this worker's share of the block's Linears (algorithms base.owned) from the
+        reduced stats; apply(merged=...) then gives every worker all of them."""
+        from jobs.quantize.algorithms.base import BlockResult
+
+        self.algo.share = (worker, workers)
+        result = BlockResult()
+        try:
+            self.algo.quantize(self.block, stats.to(self.device), result)
+        finally:
+            self.algo.share = None
+        return _to_cpu(result)
+
+    def apply(self, stats: Stats, root: str, token: str, alone: bool = False, merged: Any = None) -> dict[str, Any]:
+        """Quantize (same deterministic result on every worker; expert parallel: adopt the `merged` results of
+        every worker's solve), propagate the batches, push the inputs a resume needs under `token` (quantized
+        propagation only: FP inputs are recomputed from the embeddings); the caller commits them. `alone`: no
+        other worker to agree with (no digest)."""
+        result = self.algo.adopt(self.block, merged) if merged is not None else self.algo.apply(self.block, stats)
         sse = update = 0.0
         count = 0
         quantized = self._activations()

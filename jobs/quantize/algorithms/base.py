@@ -25,6 +25,7 @@ whatever else the model passes it for that batch (core/blocks/layerwise.py captu
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -87,6 +88,9 @@ class QuantAlgorithm:
     # mode gives a later worker, which first runs the FP blocks before its own, a shorter run
     # (blockloop.balanced_runs). Measured on the 8B shape: GPTQ about 0.13 (benchmarks/RESULTS.md, run 6).
     fp_block_cost: ClassVar[float] = 0.15
+
+    share: tuple[int, int] | None = None  # expert parallel: (this worker's index, workers): targets() is its share
+    splits_by_linear = False  # each Linear solved from the reduced stats alone (GPTQ, RTN): expert parallel works
 
     def __init__(self, cfg: AlgorithmConfig | Mapping[str, Any] | None = None) -> None:
         self.cfg = build_config(self.Config, cfg, f"quant.{self.name}")
@@ -190,8 +194,25 @@ class QuantAlgorithm:
         return self.formats.get(name, self.fmt)
 
     def targets(self, block: nn.Module) -> dict[str, nn.Linear]:
-        """The block's Linears to quantize (mixed precision leaves some FP)."""
-        return {n: lin for n, lin in find_linears(block).items() if self.fmt_of(n) is not None}
+        """The block's Linears to quantize (mixed precision leaves some FP); with a `share` (expert parallel),
+        only this worker's share of them."""
+        chosen = {n: lin for n, lin in find_linears(block).items() if self.fmt_of(n) is not None}
+        return chosen if self.share is None else {n: chosen[n] for n in owned(list(chosen), *self.share)}
+
+    @torch.no_grad()
+    def adopt(self, block: nn.Module, merged: BlockResult) -> BlockResult:
+        """Expert parallel: write every worker's solved Linears into this worker's block, exactly as commit() wrote
+        its own (the same dequantization), so every worker holds the same quantized block."""
+        dequantize = get_op("dequantize")
+        device = _device(block)
+        for name, layer in merged.layers.items():
+            lin = block.get_submodule(name)
+            deq = dequantize(layer.qweight.to(device), layer.scale.to(device), layer.zero.to(device).float(),
+                             layer.fmt.group_size)
+            lin.weight.copy_(deq.to(lin.weight.dtype))
+        if self.fmt.act_bits:
+            install_act_quant(block, list(merged.layers), self.fmt.act_bits)
+        return merged
 
     def gram(self, stats: Stats, name: str) -> torch.Tensor | None:
         key = f"gram/{self.group_key[name]}"
@@ -223,6 +244,23 @@ class QuantAlgorithm:
 
         with _input_hooks(block, [g[0] for g in self.groups], record):
             self.forward(block, x, k)
+
+
+EXPERT_INDEX = re.compile(r"(?:^|\.)experts\.(\d+)\.")
+
+
+def solve_unit(name: str) -> str | None:
+    """The expert a Linear belongs to ("7" for mlp.experts.7.up_proj), None outside the routed experts: Linears of
+    one unit are solved together, whichever worker solves them, so expert parallel equals one worker bit for bit."""
+    found = EXPERT_INDEX.search(name)
+    return found.group(1) if found else None
+
+
+def owned(names: list[str], worker: int, workers: int) -> list[str]:
+    """Worker `worker`'s share: experts round-robin by index, the other Linears round-robin in name order."""
+    others = sorted(n for n in names if solve_unit(n) is None)
+    return [n for n in names if (int(solve_unit(n)) if solve_unit(n) is not None else others.index(n)) % workers
+            == worker]
 
 
 def _device(block: nn.Module) -> torch.device:

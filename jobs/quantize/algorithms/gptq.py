@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from core.errors import ConfigError
-from jobs.quantize.algorithms.base import AlgorithmConfig, BlockResult, QuantAlgorithm
+from jobs.quantize.algorithms.base import AlgorithmConfig, BlockResult, QuantAlgorithm, solve_unit
 from jobs.quantize.algorithms.clip import ClipSearchConfig, search_clip
 from jobs.quantize.algorithms.gptq_solve import upper_inverse_factor_
 from jobs.quantize.algorithms.stats import Stats
@@ -46,6 +46,7 @@ class GPTQ(QuantAlgorithm):
     name = "gptq"
     Config = GPTQConfig
     needs_gram = True
+    splits_by_linear = True
 
     def quantize(self, block: nn.Module, stats: Stats, result: BlockResult) -> None:
         linears = self.targets(block)
@@ -54,12 +55,13 @@ class GPTQ(QuantAlgorithm):
             if gram is None or tokens is None or tokens.item() == 0:
                 raise ValueError(f"gptq: no calibration inputs were observed for {group[0]!r}")
             # Linears sharing an input share H, and GPTQ treats rows independently: one solve for all
-            # of one format (q/k/v, gate/up) is the same math with a third of the column loops
-            by_format: dict[QuantFormat, list[str]] = {}
+            # of one format (q/k/v, gate/up) is the same math with a third of the column loops; an MoE's
+            # experts (all fed every token) share H too, but each expert is its own solve (solve_unit)
+            by_unit: dict[tuple[QuantFormat, str | None], list[str]] = {}
             for name in group:
                 if name in linears:
-                    by_format.setdefault(self.fmt_of(name), []).append(name)
-            for fmt, names in by_format.items():
+                    by_unit.setdefault((self.fmt_of(name), solve_unit(name)), []).append(name)
+            for (fmt, _), names in by_unit.items():
                 self._solve(block, names, [linears[n].weight for n in names], gram, tokens, fmt, result)
 
     def _solve(self, block: nn.Module, names: list[str], weights: list[torch.Tensor], gram: torch.Tensor,

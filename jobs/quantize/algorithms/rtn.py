@@ -12,6 +12,7 @@ from kernels.quant import get_op
 
 class RTN(QuantAlgorithm):
     name = "rtn"
+    splits_by_linear = True
     fp_block_cost = 0.5  # an estimate, not measured: a calibrated block is an observe and an error forward
 
     def quantize(self, block: nn.Module, stats: Stats, result: BlockResult) -> None:
