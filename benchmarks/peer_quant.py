@@ -21,10 +21,26 @@ def recipe(algo: str):
     if algo == "gptq":
         from llmcompressor.modifiers.quantization import GPTQModifier
 
-        return GPTQModifier(targets="Linear", scheme="W4A16", ignore=["lm_head"])
+        return GPTQModifier(targets="Linear", scheme="W4A16", ignore=IGNORE)
     from llmcompressor.modifiers.awq import AWQModifier
 
-    return AWQModifier(targets=["Linear"], scheme="W4A16", ignore=["lm_head"])
+    return AWQModifier(targets=["Linear"], scheme="W4A16", ignore=IGNORE)
+
+
+IGNORE = ["lm_head", "re:.*mlp\\.gate$"]  # MoE routers FP, as in llm-compressor's own MoE examples
+
+
+def for_calibration(model: torch.nn.Module) -> torch.nn.Module:
+    """An MoE model as llm-compressor's MoE examples prepare it: its calibration modules (experts as Linears, every
+    expert fed every token), where this version has them; a dense model as is."""
+    if not any(name.endswith(".experts") for name, _ in model.named_modules()):
+        return model
+    try:
+        from llmcompressor.modeling import replace_modules_for_calibration
+    except ImportError:
+        print("peer: no replace_modules_for_calibration in this llm-compressor; MoE model as loaded", flush=True)
+        return model
+    return replace_modules_for_calibration(model)
 
 
 def exported_blocks(model: torch.nn.Module, model_dir: str, out: Path, count: int) -> list[torch.nn.Module]:
@@ -59,6 +75,7 @@ def main() -> None:
         torch.cuda.reset_peak_memory_stats()
     else:  # llm-compressor's AWQ pins its activation cache, which needs an accelerator: on CPU, keep it as is
         torch.Tensor.pin_memory = lambda self, *args, **kwargs: self
+    model = for_calibration(model)
     began = time.perf_counter()
     oneshot(model=model, dataset=data, recipe=recipe(args.algo), num_calibration_samples=len(ids),
             max_seq_length=ids.shape[1])

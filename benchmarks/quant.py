@@ -1,6 +1,7 @@
 """`make bench-quant`: layerwise calibration speed of the orchestrator vs llm-compressor's oneshot.
 
-A Llama-3-8B-shaped model (random init, bf16; --layers cuts the depth) saved as a model directory,
+A Llama-3-8B-shaped model (or --shape qwen3-30b-a3b: Qwen3-MoE, 128 experts; random init, bf16; --layers cuts
+the depth) saved as a model directory,
 128 x 512 calibration tokens; ours runs as `python -m orchestrator job=quantize model=hf ...` on 1 and 2
 GPUs (quant.parallel=blocks: blocks are independent, calibrated on FP inputs), the peer as
 benchmarks/peer_quant.py on 1 GPU with the same token ids. Reported per run: calibration wall time
@@ -26,23 +27,32 @@ from benchmarks.common import add_common_args, parse_args, record, run_logged
 LLAMA3_8B = {"hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32,
              "num_key_value_heads": 8, "vocab_size": 128256, "max_position_embeddings": 8192,
              "rope_theta": 500000.0, "tie_word_embeddings": False}
-# Llama-3's vocabulary and head layout at width 512: the side-by-side quality check that runs on a CPU
+QWEN3_30B_A3B = {"model_type": "qwen3_moe", "hidden_size": 2048, "intermediate_size": 6144,
+                 "moe_intermediate_size": 768, "num_experts": 128, "num_experts_per_tok": 8, "norm_topk_prob": True,
+                 "num_attention_heads": 32, "num_key_value_heads": 4, "head_dim": 128, "vocab_size": 151936,
+                 "max_position_embeddings": 40960, "rope_theta": 1000000.0, "tie_word_embeddings": False}
+# Llama-3's vocabulary and head layout at width 512, and a small Qwen3-MoE: side-by-side quality checks on a CPU
 SHAPES = {"llama3-8b": LLAMA3_8B,
           "llama3-small": {**LLAMA3_8B, "hidden_size": 512, "intermediate_size": 1792, "num_attention_heads": 8,
-                           "num_key_value_heads": 2}}
+                           "num_key_value_heads": 2},
+          "qwen3-30b-a3b": QWEN3_30B_A3B,
+          "qwen3-moe-small": {**QWEN3_30B_A3B, "hidden_size": 256, "moe_intermediate_size": 128, "num_experts": 8,
+                              "num_experts_per_tok": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                              "head_dim": 64}}
 
 
 def build_model(out: Path, layers: int, shape: dict | None = None) -> Path:
     """Random-init bf16 weights of `shape` (default LLAMA3_8B), built on the GPU (fast init), saved with the
     byte tokenizer. Seeded: calls on machines of one kind build the same weights, so their scores compare."""
     import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     from core.models.byte_tokenizer import byte_tokenizer
 
     if (out / "config.json").is_file():
         return out
-    config = LlamaConfig(num_hidden_layers=layers, **(shape or LLAMA3_8B))
+    fields = dict(shape or LLAMA3_8B)
+    config = AutoConfig.for_model(fields.pop("model_type", "llama"), num_hidden_layers=layers, **fields)
     torch.manual_seed(0)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)

@@ -28,18 +28,38 @@ def tensors_with_prefix(model_dir: Path, prefix: str) -> dict[str, torch.Tensor]
 
 
 @torch.no_grad()
-def block_errors(model_dir: str, ids: np.ndarray, q_blocks: list[torch.nn.Module], batch: int = 8) -> list[float]:
+def decoder(model_dir: str | Path, count: int) -> torch.nn.Module:
+    """The model of `model_dir`'s config cut to `count` blocks, weights uninitialised (bf16, sdpa, MoE experts one
+    Linear each as the exports name them): its blocks take any family's FP or quantized weights."""
     from transformers import AutoConfig
-    from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
 
+    from core.models.auto import from_config
+    from core.models.moe import unfuse_experts
+
+    config = AutoConfig.from_pretrained(model_dir)
+    config.num_hidden_layers = count
+    with torch.device("meta"):
+        model = from_config(config, attn_implementation="sdpa")
+    unfuse_experts(model)
+    return model.to_empty(device="cpu").to(torch.bfloat16)
+
+
+def _load_block(block: torch.nn.Module, model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> torch.nn.Module:
+    from core.models.families import family_of
+
+    family = family_of(model)
+    rename = family.from_disk if family is not None else (lambda name: name)
+    block.load_state_dict({rename(f".{k}")[1:]: v for k, v in tensors.items()})
+    return block
+
+
+def block_errors(model_dir: str, ids: np.ndarray, q_blocks: list[torch.nn.Module], batch: int = 8) -> list[float]:
     root, dev = Path(model_dir), torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    config = AutoConfig.from_pretrained(root)
-    # a standalone layer has no attention implementation set; eager without a mask would run non-causal
-    # attention, while the quantized blocks (from a loaded model) run sdpa's causal path
-    config._attn_implementation = "sdpa"
+    skeleton = decoder(root, len(q_blocks))
     embed = tensors_with_prefix(root, "model.embed_tokens.")["weight"].to(dev)
-    rotary = LlamaRotaryEmbedding(config).to(dev)
+    rotary = type(skeleton.model.rotary_emb)(skeleton.config).to(dev)  # built for real: to_empty() left it blank
     xs = [embed[torch.as_tensor(ids[i:i + batch], device=dev)] for i in range(0, len(ids), batch)]
+
     def run(block: torch.nn.Module, x: torch.Tensor, _batch: int = 0) -> torch.Tensor:
         pos = torch.arange(x.shape[1], device=dev).unsqueeze(0).expand(x.shape[0], -1)
         y = block(x, position_embeddings=rotary(x, pos), position_ids=pos)
@@ -47,30 +67,23 @@ def block_errors(model_dir: str, ids: np.ndarray, q_blocks: list[torch.nn.Module
 
     errors = []
     for index, q_block in enumerate(q_blocks):
-        fp = LlamaDecoderLayer(config, index).to(dev, torch.bfloat16)
-        fp.load_state_dict({k: v for k, v in tensors_with_prefix(root, f"model.layers.{index}.").items()})
+        fp = _load_block(skeleton.model.layers[index], skeleton, tensors_with_prefix(root, f"model.layers.{index}."))
+        fp = fp.to(dev)
         errors.append(block_output_error(fp, copy.deepcopy(q_block).to(dev), run, xs)["rel_err"])
         xs = [run(fp, x) for x in xs]  # the next block's FP inputs
-        del fp
+        fp.to("cpu")
     return errors
 
 
 def blocks_from_export(export: Path, model_dir: str, count: int) -> list[torch.nn.Module]:
-    """Llama blocks rebuilt from a pack-quantized export, weights dequantized by our loader
+    """Decoder blocks (any family) rebuilt from a pack-quantized export, weights dequantized by our loader
     (core/quant/load.py), in bf16."""
-    from transformers import AutoConfig
-    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
-
     from core.quant.load import dequantized_state, quant_config_of
 
     qc = quant_config_of(export)
     if qc is None or qc.get("format") != "pack-quantized":
         raise ValueError(f"{export}: not a pack-quantized export ({qc and qc.get('format')})")
-    config = AutoConfig.from_pretrained(model_dir)
-    config._attn_implementation = "sdpa"  # as the FP reference in quant_error.py: a standalone layer has none
-    blocks = []
-    for index in range(count):
-        block = LlamaDecoderLayer(config, index)
-        block.load_state_dict(dequantized_state(tensors_with_prefix(export, f"model.layers.{index}."), qc))
-        blocks.append(block.to(torch.bfloat16))
-    return blocks
+    skeleton = decoder(model_dir, count)
+    return [_load_block(copy.deepcopy(skeleton.model.layers[index]), skeleton,
+                        dequantized_state(tensors_with_prefix(export, f"model.layers.{index}."), qc))
+            .to(torch.bfloat16) for index in range(count)]
