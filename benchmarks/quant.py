@@ -96,6 +96,9 @@ def ours(algo: str, gpus: int, parallel: str, model: Path, calib: Path, work: Pa
 
         errors = block_errors(str(model), np.load(work / "ids.npy"),
                               blocks_from_export(work / name / "export", str(model), args.eval_blocks))
+        import torch
+
+        torch.cuda.empty_cache()  # this process's cached blocks would crowd out the runs that follow
     wall = float(summary.get("calib_wall_seconds", "nan"))
     return {"name": name, "algo": algo, "gpus": gpus, "wall": wall, "blocks": int(summary.get("blocks", 0)),
             "peak_gib": float(summary.get("gpu_peak_gib", "nan")), "block_rel_err": errors,
@@ -150,11 +153,11 @@ def main() -> None:
     calib, ids = write_calib(work, args.samples, args.seq_len)
     rows = []
     for algo in filter(None, args.algos.split(",")):
+        if algo in args.peer.split(","):  # first: the GPU all its own (ours measures its export in this process)
+            rows.append(peer(algo, model, ids, work, args))
+            print(table(rows[-1:]), flush=True)
         for gpus in [int(g) for g in args.gpus.split(",")]:
             rows.append(ours(algo, gpus, args.parallel, model, calib, work, args))
-            print(table(rows[-1:]), flush=True)
-        if algo in args.peer.split(","):
-            rows.append(peer(algo, model, ids, work, args))
             print(table(rows[-1:]), flush=True)
     record(args.results, f"Quantize, {args.shape} shape ({args.layers} blocks), {args.samples} x {args.seq_len} "
            f"tokens, w4g128, parallel={args.parallel}", table(rows), args.commit)
