@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         redactor = Redactor(spec.tracking.redact_keys, spec.tracking.redact_values)
         redact_std_streams(redactor)
         _setup_logging(redactor)
-        check_spec(spec)
         if cfg_mode:
+            check_spec(spec)  # the run path checks in run_job
             print(OmegaConf.to_yaml(redactor.tree(OmegaConf.to_container(cfg))), end="")
             return 0
         lap("imports")  # the runner, the job kind's driver and what they import

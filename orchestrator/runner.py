@@ -23,6 +23,7 @@ from core.timing import STOPWATCH, lap
 from core.tracking import RunHandle, flatten, follow_previous, start_run
 from jobs.base import RunContext
 from jobs.registry import JOBS
+from orchestrator.checks import check_spec
 from orchestrator.failures import as_user_error, describe
 
 log = logging.getLogger("orchestrator")
@@ -129,6 +130,7 @@ def _close(warm: Any) -> None:
 
 
 def run_job(spec: Any, cfg: DictConfig, redactor: Redactor) -> dict[str, Any]:
+    check_spec(spec)  # every value, before anything starts or opens (the same check as --cfg job)
     job = JOBS.get(spec.job.kind)()
     with _early_warm_up(job, spec) as early:
         summary = _tracked(job, spec, cfg, redactor, early)

@@ -59,7 +59,6 @@ class EvaluateJob:
         """One scoring actor per model, each loading its model as it starts: while the driver builds the inputs
         (attached to a running cluster, while it also opens the MLflow run); prepare() checks every path first, so a
         worker's load error is never the one reported."""
-        _check(spec.eval)
         actor = remote_actor(SCORER, ("score",), num_cpus=1)
         return ActorGroup([actor.remote(name, path, overrides, spec.eval, spec.model.seed)
                            for _, name, path, overrides in _models(spec)])
@@ -67,7 +66,6 @@ class EvaluateJob:
     def prepare(self, spec: Any, ctx: RunContext) -> Prepared:
         e = spec.eval
         evaluator = EVALUATORS.get(e.metric)
-        _check(e)
         source = MODELS.get(spec.model.name)
         source.validate(spec.model)
         tokenizer = source.tokenizer(spec.model)

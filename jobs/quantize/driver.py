@@ -169,7 +169,6 @@ class QuantizeJob:
         from jobs.quantize.worker import CalibWorker
 
         q = spec.quant
-        _check_quant(q)
         use_gpu = wants_gpu(q.use_gpu)
         dtype = compute_dtype(q.dtype, use_gpu)
         # blocks mode needs one worker per block left (known after prepare; run() checks that many fit)

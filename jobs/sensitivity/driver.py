@@ -152,7 +152,6 @@ class SensitivityJob:
         """One scoring actor per worker, each loading the model as it starts (on a cluster the job attaches to, the
         runner calls this first of all, so the workers' start overlaps the MLflow run and prepare())."""
         s = spec.search
-        _check(s)
         use_gpu = wants_gpu(s.use_gpu)
         check_fits("search", 1, s.cpus_per_worker, 1 if use_gpu else 0)  # workers beyond the capacity wait (_gather)
         actor = remote_actor(WORKER, WORKER_METHODS, num_cpus=s.cpus_per_worker, num_gpus=1 if use_gpu else 0)
@@ -168,7 +167,6 @@ class SensitivityJob:
         from jobs.sensitivity.search import search
 
         s, c = spec.search, spec.calib
-        _check(s)
         source = MODELS.get(spec.model.name)
         source.validate(spec.model)
         groups, shapes, excluded = _handles(spec)

@@ -93,7 +93,6 @@ class SFTJob:
         validate_data_config(spec.data)
 
     def prepare(self, spec: Any, ctx: RunContext) -> Prepared:
-        _check_trainer(spec.trainer)
         source = MODELS.get(spec.model.name)
         source.validate(spec.model)
         check_freeze(source, spec.model)
