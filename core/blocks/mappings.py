@@ -123,6 +123,16 @@ def input_groups(block: nn.Module, linear_names: list[str]) -> list[tuple[str, .
     return groups + [(n,) for n in linear_names if n not in covered]
 
 
+def serving_sets(block: nn.Module, linear_names: list[str]) -> list[tuple[str, ...]]:
+    """The block's Linears a serving engine runs as one GEMM (its family's `serving_fused`), each set needing one
+    format: "{e}" expanded to every expert of the block (one set for all of them); sets naming Linears the block
+    lacks (DeepSeek-V3's dense blocks have no experts) do not apply."""
+    family = wiring_of(block)
+    names = set(linear_names)
+    sets = [_spread(s, names) for s in (family.serving_fused if family else ())]
+    return [s for s in sets if s and set(s) <= names]
+
+
 @torch.no_grad()
 def fold_scales(mapping: ResolvedMapping, scales: torch.Tensor) -> None:
     """prev output /= s, consumer weight columns *= s: same FP function, rescaled input channels."""

@@ -104,7 +104,19 @@ def _check_model(spec: Any, fmt: QuantFormat, formats: dict[str, str]) -> tuple[
             raise ConfigError("quant.ignore", f"{name} is inside a decoder block; ignoring block Linears is not "
                               "supported yet (only modules outside the blocks, e.g. lm_head)")
     lw = Layerwise(model)
+    if formats:
+        _check_serving_sets(lw, {name: formats.get(name, fmt.name) for name in linears})
     return hf_config, len(lw.blocks), lw.fp_modules()
+
+
+def _check_serving_sets(lw: Any, formats: dict[str, str]) -> None:
+    """A recipe (with quant.format for the Linears it does not name) must give each set of Linears that serving
+    engines fuse one format: vLLM refuses q/k/v (or gate/up, or a block's experts) in different schemes."""
+    from core.blocks.mappings import find_linears, serving_sets
+    from core.quant.recipe import check_serving_sets
+
+    check_serving_sets(formats, [tuple(lw.block_prefix(i) + n for n in members) for i, block in enumerate(lw.blocks)
+                                 for members in serving_sets(block, list(find_linears(block)))])
 
 
 def _split(rows: CalibRows, batch_size: int, workers: int) -> list[list[CalibRows]]:

@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 # (the workers import it themselves: "module:Class").
 
 log = logging.getLogger("jobs.sensitivity")
-HANDLE_MODES = ("linear", "shared_input")
+HANDLE_MODES = ("serving", "shared_input")  # both keep each serving-fused set in one handle (_units)
+REMOVED_MODES = {"linear": "each Linear alone could split Linears that serving engines fuse (q/k/v, gate/up, a "
+                           "block's experts), which vLLM refuses: use serving (every other Linear is alone)"}
 WORKER, WORKER_METHODS = "jobs.sensitivity.worker:ScoringWorker", ("score",)  # by path: imported in workers only
 SCORES = {  # search.score -> what the report says a score is
     "gradient": "gradient (Fisher/Taylor): sum over tokens of (dL/dY . (Y_quantized - Y))^2, a Linear at a time",
@@ -50,6 +52,8 @@ def _check(s: Any) -> None:
             raise ConfigError(f"search.{name}", f"must be >= 1 (got {getattr(s, name)})")
     if s.score not in SCORES:
         raise ConfigError("search.score", f"must be one of {', '.join(SCORES)} (got {s.score!r})")
+    if s.handles in REMOVED_MODES:
+        raise ConfigError("search.handles", f"{s.handles!r} was removed: {REMOVED_MODES[s.handles]}")
     if s.handles not in HANDLE_MODES:
         raise ConfigError("search.handles", f"must be one of {', '.join(HANDLE_MODES)} (got {s.handles!r})")
     if len(s.candidates) < 2 or len(set(s.candidates)) != len(s.candidates):
@@ -58,12 +62,50 @@ def _check(s: Any) -> None:
         parse_target(cand)
 
 
+def _merged(groups: list[tuple[str, ...]], names: list[str]) -> list[tuple[str, ...]]:
+    """`names` partitioned: groups that share a Linear joined, every other Linear alone; members and parts in
+    model order (the order of `names`)."""
+    root = {n: n for n in names}
+
+    def find(n: str) -> str:
+        while root[n] != n:
+            n = root[n]
+        return n
+
+    for group in groups:
+        for n in group[1:]:
+            root[find(n)] = find(group[0])
+    parts: dict[str, list[str]] = {}
+    for n in names:
+        parts.setdefault(find(n), []).append(n)
+    return [tuple(members) for members in parts.values()]
+
+
+def _units(block: Any, names: list[str], fused: list[tuple[str, ...]], mode: str) -> list[tuple[str, ...]]:
+    """A block's Linears as handles. Every mode keeps each serving-fused set in one handle (a recipe must never give
+    its Linears different formats): serving adds nothing, shared_input joins the Linears reading one input."""
+    from core.blocks.mappings import input_groups
+
+    return _merged(fused + (input_groups(block, names) if mode == "shared_input" else []), names)
+
+
+def _check_ignore_keeps_sets(sets: list[tuple[str, ...]], ignored: set[str]) -> None:
+    """search.ignore leaves its Linears to quant.format: naming part of a serving-fused set would split it."""
+    from core.quant.recipe import short_names
+
+    for members in sets:
+        named = [m for m in members if m in ignored]
+        if 0 < len(named) < len(members):
+            raise ConfigError("search.ignore", f"names {short_names(named)} but not all of {short_names(members)}: "
+                              "serving engines fuse them, ignore all of them or none")
+
+
 def _handles(spec: Any) -> tuple[dict[str, list[str]], dict[str, tuple[int, int]], dict[str, str]]:
     """Handles over the decoder blocks' Linears, their shapes, and every other Linear with the reason."""
     from torch import nn
 
     from core.blocks.layerwise import Layerwise
-    from core.blocks.mappings import input_groups
+    from core.blocks.mappings import serving_sets
     from core.models import MODELS
     from core.models.auto import meta_model
     from core.models.select import select_linears
@@ -77,8 +119,9 @@ def _handles(spec: Any) -> tuple[dict[str, list[str]], dict[str, tuple[int, int]
     for i, block in enumerate(lw.blocks):
         prefix = lw.block_prefix(i)
         names = [n for n, m in block.named_modules() if isinstance(m, nn.Linear)]
-        sets = input_groups(block, names) if spec.search.handles == "shared_input" else [(n,) for n in names]
-        for members in sets:
+        fused = serving_sets(block, names)
+        _check_ignore_keeps_sets([tuple(prefix + n for n in s) for s in fused], ignored)
+        for members in _units(block, names, fused, spec.search.handles):
             full = [prefix + n for n in members if prefix + n not in ignored]
             if full:
                 groups[handle_name(full)] = full

@@ -28,16 +28,20 @@ VLM_FAMILIES = ["llava"]
 TINY_FAMILIES = TEXT_FAMILIES + MOE_FAMILIES + VLM_FAMILIES
 
 
-def _text(root: Path, model_type: str) -> Path:
+def text_config(model_type: str):
+    """The transformers config of a text or mixture-of-experts family's tiny model."""
     from transformers import AutoConfig
 
+    return AutoConfig.for_model(model_type, vocab_size=VOCAB_SIZE, tie_word_embeddings=False,
+                                **(TEXT | MOE.get(model_type, {})))
+
+
+def _text(root: Path, model_type: str) -> Path:
     from core.models.auto import from_config
 
-    config = AutoConfig.for_model(model_type, vocab_size=VOCAB_SIZE, tie_word_embeddings=False,
-                                  **(TEXT | MOE.get(model_type, {})))
     torch.manual_seed(0)
     out = root / model_type
-    from_config(config).save_pretrained(out)
+    from_config(text_config(model_type)).save_pretrained(out)
     byte_tokenizer().save_pretrained(out)
     return out
 

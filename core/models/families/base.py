@@ -56,7 +56,8 @@ class Family:
     blocks: str  # the decoder-block ModuleList
     block_classes: tuple[str, ...] = ()  # decoder-layer classes whose wiring `mappings` describes
     mappings: tuple[Mapping, ...] = ()  # AWQ / SmoothQuant / MBQ; empty: those algorithms refuse the family
-    serving_fused: tuple[tuple[str, ...], ...] = ()  # Linears (in a block) an engine runs as one GEMM
+    # Linears (in a block) an engine runs as one GEMM, so one format each; "{e}": every expert of the block
+    serving_fused: tuple[tuple[str, ...], ...] = ()
     groups: GroupLayout = CAUSAL_LM
     norm_offset: float = 0.0  # the block norms scale by (offset + weight) (Gemma: 1)
     fused_ops: dict[str, str] = field(default_factory=dict)  # module class -> kernels/fused op kind

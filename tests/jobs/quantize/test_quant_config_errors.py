@@ -78,3 +78,51 @@ def test_unsupported_bits_from_the_long_spelling() -> None:
 
     fmt = to_spec(compose(["job=quantize", "quant.bits=5"])).quant.format
     _raises(lambda: parse_format(fmt), "quant.format", "unsupported weight bits 5 in 'w5g128'")
+
+
+SPLIT_QKV = {  # recipe choices -> the formats q, k, v get (quant.format w4g128 for those it does not name)
+    "one_each": ({"q_proj": "w4g128", "k_proj": "w8", "v_proj": "w4g128"}, "w4g128, w8, w4g128"),
+    "default_for_the_rest": ({"q_proj": "fp16"}, "fp16, w4g128, w4g128"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SPLIT_QKV))
+def test_mixed_recipe_splitting_a_fused_set_is_refused(case: str, tmp_path, cli_in_process) -> None:
+    """vLLM refuses q/k/v in different schemes: quant=mixed says so in one line, exit 2, before Ray or calibration."""
+    import json
+
+    import ray
+
+    from tests.jobs.conftest import TINY_QUANT
+
+    choices, got = SPLIT_QKV[case]
+    (tmp_path / "report.json").write_text(json.dumps(
+        {"choices": {f"model.layers.1.self_attn.{leaf}": fmt for leaf, fmt in choices.items()}}))
+    result = cli_in_process([*TINY_QUANT, "quant=mixed", f"quant.recipe={tmp_path}", "tracking.enabled=false"],
+                            tmp_path / "runs")
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: config error: quant.recipe: model.layers.1.self_attn.q_proj, k_proj, v_proj are fused "
+                      f"by serving engines and must share one format (got {got})"], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and not ray.is_initialized()
+
+
+def test_a_recipe_splitting_a_blocks_experts_is_refused() -> None:
+    """vLLM runs a block's experts as one fused MoE layer, one scheme for every expert's gate, up and down."""
+    import torch
+
+    from core.blocks.layerwise import Layerwise, block_linears_in_features
+    from core.models.auto import from_config
+    from jobs.quantize.driver import _check_serving_sets
+    from tests.jobs.family_models import text_config
+
+    with torch.device("meta"):
+        model = from_config(text_config("qwen3_moe"))
+    formats = dict.fromkeys(block_linears_in_features(model), "w4g32")
+    lw = Layerwise(model)
+    _check_serving_sets(lw, formats)  # one format everywhere
+    _check_serving_sets(lw, formats | dict.fromkeys([n for n in formats if ".self_attn." in n], "bf16")
+                        | {"model.layers.0.self_attn.q_proj": "fp16"})  # both leave the Linear FP: one scheme
+    _raises(lambda: _check_serving_sets(lw, formats | {"model.layers.1.mlp.experts.2.down_proj": "w8"}),
+            "quant.recipe", "model.layers.1.mlp.experts.0.gate_proj, up_proj, down_proj, ... (12 Linears) are fused "
+            "by serving engines and must share one format (got w4g32 x11, w8 x1)")

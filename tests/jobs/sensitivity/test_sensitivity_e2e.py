@@ -35,7 +35,7 @@ def test_report_adds_up_and_is_tracked(sens: dict, quant_storage: Path) -> None:
     manifest = json.loads((sens["report"] / "report.json").read_text())
     headline = manifest["search"]["effective_bits"]
     assert headline <= 9.0 and manifest["search"]["exact"]
-    assert len(manifest["handles"]) == 28  # 7 Linears x 4 blocks; lm_head excluded and listed
+    assert len(manifest["handles"]) == 16  # q/k/v, o, gate/up, down x 4 blocks; lm_head excluded and listed
     assert "lm_head" in manifest["header"]["excluded"]
     for file in ("report.json", "report.csv", "report.md"):
         assert recompute_effective_bits(sens["report"] / file) == pytest.approx(headline, abs=1e-9), file
@@ -58,6 +58,9 @@ def test_report_adds_up_and_is_tracked(sens: dict, quant_storage: Path) -> None:
 def test_mixed_precision_from_the_sensitivity_run(sens: dict, quant_storage: Path, fp_dir: Path, ray_head) -> None:
     chosen = load_recipe(str(sens["report"]))
     assert "fp16" in chosen.values() and len(set(chosen.values())) >= 2, chosen
+    for i in range(4):  # what serving engines fuse got one format (the default search.handles=serving)
+        for fused in (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("mlp.gate_proj", "mlp.up_proj")):
+            assert len({chosen[f"model.layers.{i}.{n}"] for n in fused}) == 1, (i, fused)
     result = run_cli([*TINY_QUANT, "quant=mixed", f"quant.recipe={sens['run_id']}", *ray_head.args, "job.name=mixed"],
                      quant_storage, env=ray_head.env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -13,6 +13,7 @@ import torch
 
 from core.models import MODELS, ModelConfig
 from core.models.auto import meta_model
+from core.quant.recipe import handle_members
 from jobs.sensitivity.report import recompute_effective_bits
 from tests.conftest import mlflow_run, run_cli, run_id_of
 
@@ -33,7 +34,7 @@ def test_vlm_language_model_scored_vision_listed(tmp_path: Path, ray_head) -> No
     language = {n for n in linears if n.startswith("model.language_model.layers.")}
     vision = {n for n in linears if n.startswith(("model.vision_tower.", "model.multi_modal_projector."))}
     assert language and vision and linears == language | vision | {"lm_head"}
-    scored = {h["name"] for h in manifest["handles"]}
+    scored = {m for h in manifest["handles"] for m in handle_members(h["name"])}
     assert scored == language
     excluded = manifest["header"]["excluded"]
     assert set(excluded) == vision | {"lm_head"}
