@@ -76,13 +76,14 @@ def block_errors(model_dir: str, ids: np.ndarray, q_blocks: list[torch.nn.Module
 
 
 def blocks_from_export(export: Path, model_dir: str, count: int) -> list[torch.nn.Module]:
-    """Decoder blocks (any family) rebuilt from a pack-quantized export, weights dequantized by our loader
-    (core/quant/load.py), in bf16."""
+    """Decoder blocks (any family) rebuilt from a compressed-tensors export (ours or a peer's), weights dequantized
+    by the library's decompressor (core/quant/load.py), in bf16. The block tensors are read without their prefix:
+    uniform schemes only (targets by class)."""
     from core.quant.load import dequantized_state, quant_config_of
 
     qc = quant_config_of(export)
-    if qc is None or qc.get("format") != "pack-quantized":
-        raise ValueError(f"{export}: not a pack-quantized export ({qc and qc.get('format')})")
+    if qc is None or qc.format not in ("pack-quantized", "int-quantized"):
+        raise ValueError(f"{export}: not a compressed-tensors integer export ({qc and qc.format})")
     skeleton = decoder(model_dir, count)
     return [_load_block(copy.deepcopy(skeleton.model.layers[index]), skeleton,
                         dequantized_state(tensors_with_prefix(export, f"model.layers.{index}."), qc))

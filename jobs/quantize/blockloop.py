@@ -188,10 +188,11 @@ def run_alone(workers: list, assignments: list[list[int]], root: str, ctx: RunCo
 
 
 def export(spec: Any, fmt: Any, root: str, ctx: RunContext, dtype: str, formats: dict[str, str],
-           fp_ignore: list[str] | None = None, modality_weights: dict[str, Any] | None = None) -> str:
-    """`fp_ignore`: ignore entries for the VLM modules left FP; `modality_weights`: MBQ's (written beside the
-    smoothing scales, the scale cache)."""
+           fp_modules: list[str] | None = None, modality_weights: dict[str, Any] | None = None) -> str:
+    """`fp_modules`: the VLM modules left FP; `modality_weights`: MBQ's (written beside the smoothing scales, the
+    scale cache). The export keeps the input model's dtype."""
     from core.models import MODELS
+    from core.models.export import export_dtype
     from core.models.select import select_linears
     from jobs.quantize.export import write_export
     from jobs.quantize.worker import build_fp_model
@@ -208,9 +209,10 @@ def export(spec: Any, fmt: Any, root: str, ctx: RunContext, dtype: str, formats:
         info["recipe"] = {"source": spec.quant.recipe, "formats": formats}
     if modality_weights:
         info["modality_weights"] = modality_weights
-    # compressed-tensors reads plain entries as exact names: the selected Linears by name, then the FP VLM modules
-    ignore = [*sorted(select_linears(model, list(spec.quant.ignore), "quant.ignore")), *(fp_ignore or [])]
+    ignore = sorted(select_linears(model, list(spec.quant.ignore), "quant.ignore"))
     out = write_export(model, tokenizer, root, fmt, ignore, storage.join(ctx.job_uri, "export"), info, ctx.run,
-                       per_module, processor=processor, modality_weights=modality_weights)
+                       per_module, processor=processor, modality_weights=modality_weights,
+                       fp_modules=fp_modules or [], dtype=export_dtype(source.hf_config(spec.model)),
+                       log_exports=spec.tracking.log_exports)
     log.info("export: %s", out)
     return out

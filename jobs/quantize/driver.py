@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -124,11 +123,6 @@ def _split(rows: CalibRows, batch_size: int, workers: int) -> list[list[CalibRow
     so forwards (and their float rounding) do not depend on it."""
     batches = rows.batches(batch_size)
     return [[batches[k] for k in part] for part in np.array_split(np.arange(len(batches)), workers)]
-
-
-def fp_ignore(fp_modules: list[str]) -> list[str]:
-    """compressed-tensors ignore entries for the VLM modules left FP (their Linears are never quantized)."""
-    return [f"re:{re.escape(m)}(\\..*)?" for m in fp_modules]
 
 
 def _modality_weights(workers: list, blocks_mode: bool, rows: CalibRows, num_blocks: int, root: str,
@@ -278,5 +272,5 @@ class QuantizeJob:
                 summary["gpu_peak_gib"] = round(max(h["gpu_peak_gib"] for h in history), 2)
         if q.export:
             lap("publish")
-            summary["export"] = export(spec, p.fmt, root, ctx, warm.dtype, p.formats, fp_ignore(p.fp_modules), weights)
+            summary["export"] = export(spec, p.fmt, root, ctx, warm.dtype, p.formats, p.fp_modules, weights)
         return summary

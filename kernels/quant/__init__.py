@@ -13,7 +13,7 @@ from functools import cache
 from kernels.quant.formats import UNQUANTIZED, QuantFormat, check_group_size, parse_format, parse_target
 
 OPS = ("compute_qparams", "quantize", "dequantize", "quantize_weight", "fake_quant", "weight_quant_delta",
-       "fake_quant_per_token", "per_token_quant_delta", "rowdot", "pack_int", "unpack_int", "gptq_block")
+       "fake_quant_per_token", "per_token_quant_delta", "rowdot", "gptq_block")
 BACKENDS = ("auto", "torch", "triton")
 _TRITON_MODULE = "kernels.quant.triton_ops"  # same function names and signatures as reference
 

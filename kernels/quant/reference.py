@@ -1,4 +1,5 @@
-"""Reference torch ops (any device, float32 math): qparams, quantize, dequantize, fake quant, packing.
+"""Reference torch ops (any device, float32 math): qparams, quantize, dequantize, fake quant (packing: the
+compressed-tensors library, core/quant/ct.py).
 
 Weights are [out_features, in_features]; groups run along the input dim, so scales/zeros are
 [out_features, n_groups] (n_groups = 1 for per-channel). Zeros are integer-valued floats here; an
@@ -8,7 +9,6 @@ exporter casts them with `.to(torch.int8)`.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from kernels.quant.formats import QuantFormat
 
@@ -124,36 +124,6 @@ def rowdot(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return (p.float() * q.float()).sum(-1)
 
 
-def pack_int(q: torch.Tensor, bits: int, dim: int = -1) -> torch.Tensor:
-    """Pack signed `bits`-bit ints into int32 words along `dim` (compressed-tensors "pack-quantized").
-
-    32 // bits values per word (8 for 4-bit, 10 for 3-bit with the top 2 bits unused), value i of a
-    word in bits [i*bits, (i+1)*bits), lowest first; values are offset by 2^(bits-1) to unsigned;
-    the dim is zero-padded to a whole number of words. Weights pack along dim 1, zeros along dim 0.
-    """
-    _check_bits(bits)
-    per_word = 32 // bits
-    u = (q.to(torch.int64) + (1 << (bits - 1))).movedim(dim, -1)
-    if u.numel() and (u.min() < 0 or u.max() >= 1 << bits):
-        raise ValueError(f"values outside the signed {bits}-bit range")
-    u = F.pad(u, (0, (-u.shape[-1]) % per_word)).unflatten(-1, (-1, per_word))
-    shifts = torch.arange(per_word, device=q.device, dtype=torch.int64) * bits
-    words = (u << shifts).sum(-1)  # fields do not overlap: sum == bitwise or, < 2^32 in int64
-    words = torch.where(words >= 1 << 31, words - (1 << 32), words)  # reinterpret as int32
-    return words.to(torch.int32).movedim(-1, dim)
-
-
-def unpack_int(packed: torch.Tensor, bits: int, length: int, dim: int = -1) -> torch.Tensor:
-    """Inverse of pack_int; `length` is the unpacked size of `dim` (drops the padding). Returns int8."""
-    _check_bits(bits)
-    per_word = 32 // bits
-    words = packed.to(torch.int64).movedim(dim, -1) & 0xFFFFFFFF
-    shifts = torch.arange(per_word, device=packed.device, dtype=torch.int64) * bits
-    u = (words.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)
-    u = u.flatten(-2)[..., :length]
-    return (u - (1 << (bits - 1))).to(torch.int8).movedim(-1, dim)
-
-
 def gptq_block(
     w: torch.Tensor, hinv: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,8 +145,3 @@ def gptq_block(
         w[:, i:] -= err[:, None] * hinv[i, i:][None, :]
         q_out[:, i], err_out[:, i] = q.to(torch.int8), err
     return q_out, err_out
-
-
-def _check_bits(bits: int) -> None:
-    if not 1 <= bits <= 8:
-        raise ValueError(f"packing supports 1..8 bits, got {bits}")

@@ -9,19 +9,19 @@ import torch
 
 from core.models.byte_tokenizer import VOCAB_SIZE, byte_tokenizer
 
-# a small language model: every Linear's in_features divisible by 32 (w4g32), two blocks
-TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+# a small language model: every Linear's in_features a multiple of 128 (w4g32 and w4g128 apply), two blocks
+TEXT = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2,
             head_dim=16, max_position_embeddings=1024, bos_token_id=256, eos_token_id=258, pad_token_id=256)
 TEXT_FAMILIES = ["llama", "qwen3", "mistral", "phi3", "gemma3_text"]
 # mixture-of-experts: 4 experts, 2 per token; DeepSeek-V3's first block dense, its second MoE with a shared expert
 MOE = {
-    "qwen3_moe": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64, decoder_sparse_step=1),
-    "mixtral": dict(num_local_experts=4, num_experts_per_tok=2, intermediate_size=64),
-    "deepseek_v3": dict(n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=64, n_shared_experts=1,
-                        first_k_dense_replace=1, q_lora_rank=32, kv_lora_rank=32, qk_rope_head_dim=8,
-                        qk_nope_head_dim=8, v_head_dim=16, n_group=1, topk_group=1, num_key_value_heads=4,
+    "qwen3_moe": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=128, decoder_sparse_step=1),
+    "mixtral": dict(num_local_experts=4, num_experts_per_tok=2, intermediate_size=128),
+    "deepseek_v3": dict(n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=128, n_shared_experts=1,
+                        first_k_dense_replace=1, q_lora_rank=128, kv_lora_rank=128, qk_rope_head_dim=8,
+                        qk_nope_head_dim=8, v_head_dim=16, n_group=1, topk_group=1, num_key_value_heads=8,
                         head_dim=8),  # its rotary part (qk_rope_head_dim)
-    "gpt_oss": dict(num_local_experts=4, num_experts_per_tok=2, intermediate_size=64, sliding_window=8),
+    "gpt_oss": dict(num_local_experts=4, num_experts_per_tok=2, intermediate_size=128, sliding_window=8),
 }
 MOE_FAMILIES = list(MOE)
 VLM_FAMILIES = ["llava"]
@@ -81,7 +81,7 @@ def vlm_config(name: str):
         return transformers.Qwen3VLConfig(
             text_config={**text, "rope_parameters": rope},
             vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=8,
-                               spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=64,
+                               spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=128,
                                deepstack_visual_indexes=[0, 1], num_position_embeddings=16),
             image_token_id=IMAGE_TOKEN, video_token_id=IMAGE_TOKEN - 1, vision_start_token_id=IMAGE_TOKEN - 2,
             vision_end_token_id=IMAGE_TOKEN - 3)

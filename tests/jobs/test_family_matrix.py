@@ -10,6 +10,8 @@ what runs (its Ray plumbing is the end-to-end tests' business), so the matrix co
 Qwen3-VL, InternVL and Mistral3 have no processor here (family_models.NO_CPU_PROCESSOR): their SFT cell trains on text
 chats and their MBQ cell calibrates on image rows made by hand (family_models.image_rows).
 
+The w4g128 and w8a8 exports are also read by plain transformers + compressed-tensors in a separate process
+(tests/jobs/interop.py: tolerances, and what transformers cannot load).
 Tolerances: a reloaded export's logits equal the calibrated in-memory model's (fake quant) to 1e-4 relative (float32,
 the same dequantized weights); against the FP model they are within 0.5 relative (random 2-layer models at 4 bits:
 0.04-0.25 seen), and w8a8 within 0.15.
@@ -21,6 +23,7 @@ import math
 import os
 import re
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,22 +36,29 @@ from tests.jobs.family_models import (
     NO_CPU_PROCESSOR,
     TINY_FAMILIES,
     VLM_FAMILIES,
-    image_rows,
     saved_families,
 )
+from tests.jobs.interop import PlainTransformers, assert_serves, write_reference
+from tests.jobs.quantize_in_process import CALIB_TEXT, calibrate, spec_of
 
 pytestmark = pytest.mark.e2e  # (tests/conftest.py: the end-to-end lane)
 
 W4, W8A8 = "w4g32", "w8a8"
-ALGORITHMS = [("rtn", W4), ("gptq", W4), ("awq", W4), ("gptq", W8A8), ("smoothquant", W8A8)]
+ALGORITHMS = [("rtn", W4), ("rtn", "w4g128"), ("gptq", W4), ("awq", W4), ("gptq", W8A8), ("smoothquant", W8A8)]
 VLM_ALGORITHMS = [("mbq", W4)]
-CALIB_TEXT = ["calib.num_samples=4", "calib.seq_len=32"]
-CALIB_IMAGES = ["calib=image_caption", "calib.num_samples=2", "calib.text_ratio=0.5", "calib.seq_len=160"]
+SERVED = {("rtn", "w4g128"), ("gptq", W8A8)}  # also read by plain transformers + compressed-tensors (interop.py)
 
 
 @pytest.fixture(scope="module")
 def family_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return saved_families(tmp_path_factory.mktemp("families"))
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlainTransformers]:
+    process = PlainTransformers(tmp_path_factory.mktemp("plain"))
+    yield process
+    process.close()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -66,12 +76,6 @@ def _one_process_group():
     dist.init_process_group("gloo", rank=0, world_size=1)
     yield
     dist.destroy_process_group()
-
-
-def _spec(overrides: list[str], storage: Path) -> Any:
-    from orchestrator.compose import compose, to_spec
-
-    return to_spec(compose([*overrides, "tracking.enabled=false", f"job.storage={storage}"]))
 
 
 def _logits(model: Any, ids: torch.Tensor) -> torch.Tensor:
@@ -102,7 +106,7 @@ def sft_two_steps(name: str, path: Path, storage: Path) -> list[float]:
     from jobs.sft.worker import WorkerEnv, build_engine, build_for_training, train_step
 
     data = ["data=mm_demo"] if name in VLM_FAMILIES else []
-    spec = _spec(["job=sft", "model=hf", f"model.path={path}", *data, "data.max_length=256",
+    spec = spec_of(["job=sft", "model=hf", f"model.path={path}", *data, "data.max_length=256",
                   "data.pack_max_length=256", "trainer.micro_batch_size=1", "trainer.num_workers=1",
                   "trainer.zero.param_persistence_threshold=0", "trainer.max_steps=2"], storage)
     source = MODELS.get("hf")
@@ -118,51 +122,6 @@ def sft_two_steps(name: str, path: Path, storage: Path) -> list[float]:
     return losses
 
 
-def calibrate(name: str, path: Path, algorithm: str, fmt: str, storage: Path) -> dict[str, Any]:
-    """The quantize job's worker over every block, then the job's export, reloaded with the project's loader."""
-    from core.data.calib_mm import model_calibration_rows
-    from core.quant.load import load_quantized
-    from core.tracking import RunHandle
-    from jobs.base import RunContext
-    from jobs.quantize.algorithms.stats import reduce_stats
-    from jobs.quantize.blockloop import export
-    from jobs.quantize.driver import QuantizeJob, fp_ignore
-    from jobs.quantize.export import write_export
-    from jobs.quantize.modality import modality_weights
-    from jobs.quantize.worker import CalibWorker, build_fp_model
-
-    calib = CALIB_IMAGES if algorithm == "mbq" and name not in NO_CPU_PROCESSOR else CALIB_TEXT
-    job = f"{name}-{algorithm}-{fmt}"
-    overrides = ["job=quantize", "model=hf", f"model.path={path}", f"quant={algorithm}", f"quant.format={fmt}",
-                 "quant.batch_size=2", "quant.num_workers=1", *calib, f"job.name={job}"]
-    spec = _spec(overrides, storage)
-    ctx = RunContext(RunHandle("", ""), storage / job, str(storage / job))
-    hand_made = algorithm == "mbq" and name in NO_CPU_PROCESSOR  # no processor here: image rows made by hand
-    # the driver's own validation (MBQ with hand-made rows: validated as AWQ, which refuses nothing MBQ takes)
-    checked = _spec([*overrides[:3], "quant=awq", *overrides[4:]], storage) if hand_made else spec
-    prepared = QuantizeJob().prepare(checked, ctx)
-    rows = image_rows(name) if hand_made else model_calibration_rows(spec.calib, MODELS.get("hf"), spec.model)
-    worker = CalibWorker(spec, 0, False, "float32")
-    root = str(storage / job / "blocks")
-    worker.start(rows.batches(spec.quant.batch_size), {}, root)
-    weights = None
-    if algorithm == "mbq":
-        weights = modality_weights(reduce_stats([worker.modality_grads()]), prepared.num_blocks, rows.counts())
-        worker.set_modality_weights(weights)
-        assert any(b["grad_vision"] > 0 for b in weights["blocks"]) and rows.counts()["vision"] > 0  # images seen
-    metrics = [worker.calibrate(i, root) for i in range(prepared.num_blocks)]
-    worker.flush()
-    ignore = [*spec.quant.ignore, *fp_ignore(prepared.fp_modules)]
-    if name in NO_CPU_PROCESSOR:  # the job's export minus the processor it cannot load here
-        source = MODELS.get("hf")
-        out = write_export(build_fp_model(spec), source.tokenizer(spec.model), root, prepared.fmt, ignore,
-                           str(storage / job / "export"), {}, ctx.run)
-    else:
-        out = export(spec, prepared.fmt, root, ctx, "float32", {}, ignore[len(spec.quant.ignore):], weights)
-    return {"export": Path(out), "in_memory": worker.lw.model, "metrics": metrics, "spec": spec,
-            "reloaded": load_quantized(out)}
-
-
 QUANT_SUFFIXES = (".weight_packed", ".weight_scale", ".weight_shape", ".weight_zero_point")
 
 
@@ -176,7 +135,7 @@ def _assert_names_as_on_disk(fp_dir: Path, export: Path) -> None:
             return set(f.keys())
 
     exported = keys(export)
-    quantized = {k[: -len(".weight_packed")] for k in exported if k.endswith(".weight_packed")}
+    quantized = {k[: -len(".weight_scale")] for k in exported if k.endswith(".weight_scale")}
     plain = {k for k in exported if not k.endswith(QUANT_SUFFIXES)}
     assert quantized and plain | {f"{q}.weight" for q in quantized} == keys(fp_dir)
 
@@ -186,7 +145,7 @@ def sensitivity_scores(path: Path, storage: Path) -> dict[str, dict[str, float]]
     from core.data.calib_mm import model_calibration_rows
     from jobs.sensitivity.worker import ScoringWorker
 
-    spec = _spec(["job=sensitivity", "model=hf", f"model.path={path}", *CALIB_TEXT,
+    spec = spec_of(["job=sensitivity", "model=hf", f"model.path={path}", *CALIB_TEXT,
                   "search.candidates=[w4g32,w8a8]", "search.batch_size=2"], storage)
     worker = ScoringWorker(spec, False, "float32")
     lw = Layerwise(worker.model)
@@ -197,7 +156,8 @@ def sensitivity_scores(path: Path, storage: Path) -> dict[str, dict[str, float]]
 
 
 @pytest.mark.parametrize("name", TINY_FAMILIES + NO_CPU_PROCESSOR)
-def test_family(name: str, family_dirs: dict[str, Path], tmp_path: Path, cli_in_process: Any) -> None:
+def test_family(name: str, family_dirs: dict[str, Path], tmp_path: Path, cli_in_process: Any,
+                plain: PlainTransformers) -> None:
     from core.models import ModelConfig
     from jobs.evaluate.perplexity import load_model, perplexity
 
@@ -213,10 +173,12 @@ def test_family(name: str, family_dirs: dict[str, Path], tmp_path: Path, cli_in_
     fp_ppl = perplexity(load_model("hf", str(path), {}), ids.numpy(), 2)["perplexity"]
     for algorithm, fmt in ALGORITHMS + (VLM_ALGORITHMS if name in VLM_FAMILIES + NO_CPU_PROCESSOR else []):
         out = calibrate(name, path, algorithm, fmt, storage)
-        # VLM exports keep transformers 5's in-memory prefixes (model.language_model.*): issue #24 writes disk names;
         # gpt-oss's BF16 checkpoints keep its experts fused, its export names each expert's Linears
-        if name not in [*VLM_FAMILIES, *NO_CPU_PROCESSOR, "gpt_oss"]:
+        if name != "gpt_oss":
             _assert_names_as_on_disk(path, out["export"])
+        if (algorithm, fmt) in SERVED:
+            ours = write_reference(out["export"], ids, tmp_path / f"{algorithm}-{fmt}.safetensors")
+            assert_serves(plain.check(out["export"], ours), out["export"], name)
         got = _logits(out["reloaded"], ids)
         assert _rel(got, _logits(out["in_memory"], ids)) < 1e-4, (algorithm, fmt)
         assert _rel(got, reference) < (0.15 if fmt == W8A8 else 0.5), (algorithm, fmt, _rel(got, reference))

@@ -46,7 +46,7 @@ RunBlock = Callable[[nn.Module, torch.Tensor, int], Any]
 
 @dataclass
 class LayerQuant:
-    """What an exporter writes for one Linear (pack qweight with kernels.quant.pack_int)."""
+    """What an exporter writes for one Linear (core/quant/ct.py packs it with the compressed-tensors library)."""
 
     qweight: torch.Tensor  # int8 [out, in], signed range [-2^(b-1), 2^(b-1) - 1]
     scale: torch.Tensor  # float32 [out, n_groups]

@@ -11,7 +11,7 @@ from core.blocks.mappings import find_linears, fold_scales, resolve_mappings
 from core.models.families import FAMILIES
 from core.quant.act_quant import ActQuantLinear
 from kernels.quant import get_op, parse_format
-from kernels.quant.reference import dequantize, pack_int, unpack_int
+from kernels.quant.reference import dequantize
 
 LINEARS = {f"self_attn.{p}_proj" for p in "qkvo"} | {f"mlp.{p}_proj" for p in ("gate", "up", "down")}
 
@@ -31,8 +31,6 @@ def test_algorithm_quantizes_block_in_place(tiny, algorithm: str, fmt: str) -> N
         assert int(layer.qweight.min()) >= qf.qmin and int(layer.qweight.max()) <= qf.qmax
         deq = dequantize(layer.qweight, layer.scale, layer.zero.float(), qf.group_size)
         assert torch.equal(lin.weight.data, deq), f"{name}: block weights must be the dequantized integers"
-        assert torch.equal(unpack_int(pack_int(layer.qweight, qf.weight_bits), qf.weight_bits, lin.in_features),
-                           layer.qweight)
         assert all(math.isfinite(v) for v in result.metrics[name].values()), result.metrics[name]
         assert isinstance(lin, ActQuantLinear) == (qf.act_bits is not None)
     err = tiny.error(block)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32  # the library's own
 from safetensors.torch import load_file
 
 from core.quant.load import load_quantized
@@ -53,22 +54,26 @@ def test_quantize_reload_and_track(algorithm: str, quantize_run, quant_storage: 
     config = json.loads((export / "config.json").read_text())
     qc = config["quantization_config"]
     weights = qc["config_groups"]["group_0"]["weights"]
-    assert qc["quant_method"] == "compressed-tensors" and qc["format"] == "pack-quantized"
+    packed = not qc["config_groups"]["group_0"]["input_activations"]  # weight-only
+    assert qc["quant_method"] == "compressed-tensors"
+    assert qc["format"] == ("pack-quantized" if packed else "int-quantized")  # SmoothQuant's w8a8: int8 as is
     assert qc["ignore"] == ["lm_head"]
     tensors = load_file(export / "model.safetensors")
     model = load_quantized(export)
-    unpack, dequantize = get_op("unpack_int"), get_op("dequantize")
+    dequantize = get_op("dequantize")
     for index in range(4):
         saved = checkpoint.load_block(checkpoint.block_dir(job_dir / "blocks", index))
         assert len(saved["layers"]) == 7
         for name, layer in saved["layers"].items():
             prefix = f"model.layers.{index}.{name}"
-            q = unpack(tensors[f"{prefix}.weight_packed"], weights["num_bits"], layer["qweight"].shape[1], dim=1)
-            assert torch.equal(q, layer["qweight"]), f"{prefix}: packed integers differ from the algorithm's"
+            q = (unpack_from_int32(tensors[f"{prefix}.weight_packed"], weights["num_bits"], layer["qweight"].shape)
+                 if packed else tensors[f"{prefix}.weight"])
+            assert torch.equal(q, layer["qweight"]), f"{prefix}: stored integers differ from the algorithm's"
             zero = layer["zero"].float()
             if not weights["symmetric"]:
-                packed_zero = tensors[f"{prefix}.weight_zero_point"]
-                assert torch.equal(unpack(packed_zero, weights["num_bits"], q.shape[0], dim=0), layer["zero"])
+                stored = unpack_from_int32(tensors[f"{prefix}.weight_zero_point"], weights["num_bits"],
+                                           layer["zero"].shape, packed_dim=0)
+                assert torch.equal(stored, layer["zero"])
             expected = dequantize(layer["qweight"], layer["scale"], zero, weights["group_size"])
             assert torch.equal(model.get_submodule(prefix).weight, expected), prefix
         for key, value in saved["other"].items():  # smoothed norms travel to the export unchanged

@@ -14,10 +14,8 @@ from kernels.quant.reference import (
     dequantize,
     fake_quant,
     fake_quant_per_token,
-    pack_int,
     quantize,
     quantize_weight,
-    unpack_int,
     weight_quant_delta,
 )
 
@@ -84,38 +82,6 @@ def test_clip_shrinks_range_and_error_is_bounded(symmetric: bool) -> None:
     # unclipped RTN: at most half a step off (sym: the top level can be up to one step off after clamping)
     bound = scale.unsqueeze(-1) * (1.0 if symmetric else 0.5) * (1 + 1e-5)
     assert bool((err <= bound).all()), f"max error {float((err / scale.unsqueeze(-1)).max()):.3f} steps"
-
-
-@pytest.mark.parametrize("bits", [2, 3, 4, 8])
-def test_pack_unpack_round_trip(bits: int) -> None:
-    gen = torch.Generator().manual_seed(bits)
-    lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-    for cols in (64, 100):  # a whole number of words, and a padded last word
-        q = torch.randint(lo, hi + 1, (5, cols), generator=gen, dtype=torch.int8)
-        q[0, :2] = torch.tensor([lo, hi], dtype=torch.int8)  # both ends of the range
-        packed = pack_int(q, bits)
-        per_word = 32 // bits
-        assert packed.dtype == torch.int32 and packed.shape == (5, -(-cols // per_word))
-        assert torch.equal(unpack_int(packed, bits, cols), q), f"{bits}-bit round trip, {cols} columns"
-        # zero points are packed along the output dim
-        assert torch.equal(unpack_int(pack_int(q, bits, dim=0), bits, 5, dim=0), q)
-
-
-def test_pack_layout_is_compressed_tensors() -> None:
-    # values offset to unsigned, lowest bits first: 4-bit [-8..7] -> nibbles 0..15
-    q = torch.arange(-8, 8, dtype=torch.int8).reshape(1, 16)
-    words = pack_int(q, 4)
-    assert words.tolist() == [[0x76543210, 0xFEDCBA98 - 2**32]]
-    # compressed-tensors docstring example: 8-bit [1, 2] -> 33409
-    assert pack_int(torch.tensor([[1, 2]], dtype=torch.int8), 8).tolist() == [[33409]]
-    # 3-bit: 10 values per word, top 2 bits unused
-    three = pack_int(torch.full((1, 10), 3, dtype=torch.int8), 3)  # unsigned 7 in every field
-    assert three.tolist() == [[2**30 - 1]]
-
-
-def test_pack_rejects_out_of_range() -> None:
-    with pytest.raises(ValueError, match="4-bit"):
-        pack_int(torch.tensor([[8]], dtype=torch.int8), 4)
 
 
 def test_per_token_activation_fake_quant() -> None:
