@@ -114,13 +114,16 @@ def quantized_modules(tensors: Iterable[str]) -> list[str]:
     return sorted({k.rpartition(".")[0] for k in tensors if k.endswith(".weight_scale")})
 
 
-def decompress(tensors: dict[str, torch.Tensor], qconfig: Any,
+def decompress(tensors: dict[str, torch.Tensor], qconfig: Any, dtype: torch.dtype | None = None,
                rename: Callable[[str], str] = lambda name: name) -> dict[str, torch.Tensor]:
-    """Every quantized Linear's tensors replaced by its dequantized `weight` (the library's decompressor);
-    `rename`: a tensor's name -> the name its scheme's targets use (the config names what is on disk)."""
+    """Every quantized Linear's tensors replaced by its dequantized `weight` (the library's decompressor), computed
+    in `dtype` (default: the stored scales'), as transformers does for a model loaded in that dtype; `rename`: a
+    tensor's name -> the name its scheme's targets use (the config names what is on disk)."""
     out = dict(tensors)
     for module in quantized_modules(tensors):
         local = {k: out.pop(f"{module}.{k}") for k in QUANT_TENSORS if f"{module}.{k}" in out}
+        if dtype is not None:
+            local["weight_scale"] = local["weight_scale"].to(dtype)
         if f"{module}.weight" in out:
             local["weight"] = out.pop(f"{module}.weight")  # int-quantized: the int8 weight itself
         qscheme = scheme_of(qconfig, rename(module))

@@ -22,9 +22,11 @@ def quant_config_of(path: str | Path) -> Any | None:
     return ct.read_config(json.loads((Path(path) / "config.json").read_text()))
 
 
-def dequantized_state(tensors: dict[str, torch.Tensor], qconfig: Any) -> dict[str, torch.Tensor]:
-    """Every quantized Linear's tensors (names as in the export) replaced by its dequantized `weight`."""
-    return ct.decompress(tensors, qconfig)
+def dequantized_state(tensors: dict[str, torch.Tensor], qconfig: Any,
+                      dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Every quantized Linear's tensors (names as in the export) replaced by its dequantized `weight`, computed in
+    `dtype` (default: the stored scales')."""
+    return ct.decompress(tensors, qconfig, dtype)
 
 
 def load_quantized(path: str | Path, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa") -> Any:
@@ -45,7 +47,7 @@ def load_quantized(path: str | Path, dtype: torch.dtype = torch.float32, attn_im
     tensors = load_weights(path)
     quantized = ct.quantized_modules(tensors)  # names on disk, as the config's targets
     memory = from_disk(model)
-    state = {memory(k): v.to(dtype) for k, v in dequantized_state(tensors, qc).items()}
+    state = {memory(k): v.to(dtype) for k, v in dequantized_state(tensors, qc, dtype).items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
     if unexpected or set(missing) - tied:

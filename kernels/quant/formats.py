@@ -42,6 +42,9 @@ class QuantFormat:
         if self.act_bits is not None and self.weight_bits not in ACT_WEIGHT_BITS:
             raise ConfigError(FIELD, f"{self.name!r}: activation quantization supports weight bits "
                               f"{_join(ACT_WEIGHT_BITS)} only")
+        if self.act_bits is not None and not self.symmetric:  # vLLM's W8A8 / W4A8 int schemes: symmetric weights
+            raise ConfigError(FIELD, f"{self.name!r} with quant.symmetric=false: int8-activation formats need "
+                              "symmetric weights (no serving kernel takes weight zero points with int8 activations)")
 
     @property
     def name(self) -> str:

@@ -28,19 +28,22 @@ MIXED = {"model.layers.0.self_attn.q_proj+k_proj+v_proj": "w8", "model.layers.0.
          "model.layers.1.mlp.gate_proj+up_proj": "w3g64"}
 
 
-@pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _llama(out: Path, dtype: torch.dtype) -> Path:
     from transformers import AutoConfig
 
     from core.models.auto import from_config
     from core.models.byte_tokenizer import VOCAB_SIZE, byte_tokenizer
 
-    out = tmp_path_factory.mktemp("interop") / "llama"
     torch.manual_seed(0)
-    from_config(AutoConfig.for_model("llama", vocab_size=VOCAB_SIZE, tie_word_embeddings=False, **LLAMA)) \
-        .save_pretrained(out)
+    config = AutoConfig.for_model("llama", vocab_size=VOCAB_SIZE, tie_word_embeddings=False, **LLAMA)
+    from_config(config).to(dtype).save_pretrained(out)
     byte_tokenizer().save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _llama(tmp_path_factory.mktemp("interop") / "llama", torch.float32)
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +115,30 @@ def _plain_keys(export: Path) -> set[str]:
 
     with safe_open(str(export / "model.safetensors"), "pt") as f:
         return set(f.keys())
+
+
+def test_bf16_model_exports_bf16_with_serving_metadata(tmp_path: Path, plain: PlainTransformers) -> None:
+    """Calibrated in float32 on the CPU, a bf16 model's export is bf16 (scales included, as transformers and vLLM
+    allocate them), with use_cache on, generation_config.json, and eos / pad ids the tokenizer's."""
+    from safetensors import safe_open
+
+    from core.models.byte_tokenizer import byte_tokenizer
+
+    export = _export(_llama(tmp_path / "llama-bf16", torch.bfloat16), tmp_path, "w4g128", True)
+    config = json.loads((export / "config.json").read_text())
+    generation = json.loads((export / "generation_config.json").read_text())
+    tokenizer = byte_tokenizer()
+    assert config["dtype"] == "bfloat16" and config["use_cache"] is True
+    assert config["eos_token_id"] == tokenizer.eos_token_id and config["pad_token_id"] == tokenizer.pad_token_id
+    assert tokenizer.eos_token_id in _as_list(generation["eos_token_id"])
+    assert generation["pad_token_id"] == tokenizer.pad_token_id
+    with safe_open(str(export / "model.safetensors"), "pt") as f:
+        dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
+    floats = {k: d for k, d in dtypes.items() if d.startswith(("F", "BF"))}
+    assert floats and set(floats.values()) == {"BF16"}, floats
+    assert dtypes["model.layers.0.self_attn.q_proj.weight_scale"] == "BF16"
+    assert_serves(plain.check(export, write_reference(export, _ids(), tmp_path / "reference.safetensors")), export)
+
+
+def _as_list(value: int | list[int]) -> list[int]:
+    return value if isinstance(value, list) else [value]
