@@ -35,13 +35,14 @@ def _time_left(timeout: float | None) -> float | None:
     return left if timeout is None else min(timeout, left)
 
 
-def run_logged(cmd: list[str], log: Path, timeout: float | None = None) -> str:
+def run_logged(cmd: list[str], log: Path, timeout: float | None = None, env: dict[str, str] | None = None) -> str:
     """stdout + stderr of `cmd` (run from the repo), written to `log` as they come (a benchmark killed from outside
     still leaves every run's log so far) and returned; a failure is printed, not raised: one failed
     configuration leaves the others' rows. Past `timeout` seconds its whole process group is killed (Ray
-    daemons included) and the output ends with a TIMED OUT line; --deadline bounds `timeout` too."""
+    daemons included) and the output ends with a TIMED OUT line; --deadline bounds `timeout` too. `env`: variables
+    set for `cmd` on top of this process's."""
     timeout = _time_left(timeout)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_ALLOW_FILE_STORE": "true"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_ALLOW_FILE_STORE": "true", **(env or {})}
     alone = timeout is not None  # its own process group, to kill it whole
     with open(log, "w") as sink, subprocess.Popen(cmd, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, text=True,
                                                   env=env, start_new_session=alone) as proc:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import re
 import sys
@@ -109,7 +110,10 @@ def peer(algo: str, model: Path, ids: Path, work: Path, args) -> dict:
     name = f"peer-{algo}-g1"
     cmd = [sys.executable, "-m", "benchmarks.peer_quant", "--algo", algo, "--model", str(model), "--ids", str(ids),
            "--eval-blocks", str(args.eval_blocks), "--export", str(work / f"{name}-export")]
-    found = re.search(r"^PEER_RESULT (.*)$", run_logged(cmd, work / f"{name}.log"), flags=re.M)
+    # PEER_PYTHONPATH: the peer's own packages first (llm-compressor pins an older compressed-tensors than ours)
+    env = {"PYTHONPATH": os.environ["PEER_PYTHONPATH"]} if os.environ.get("PEER_PYTHONPATH") else None
+    found = re.search(r"^PEER_RESULT (.*)$", run_logged(cmd, work / f"{name}.log", args.peer_timeout, env),
+                      flags=re.M)
     result = json.loads(found.group(1)) if found else {"wall": float("nan"), "blocks": 0, "peak_gib": float("nan"),
                                                        "block_rel_err": []}
     return {"name": name, "gpus": 1, "load": float("nan"), **result, "algo": algo}
@@ -137,6 +141,7 @@ def main() -> None:
     parser.add_argument("--gpus", default="1,2")
     parser.add_argument("--parallel", default="blocks")
     parser.add_argument("--peer", default="gptq,awq", help="algorithms to time llm-compressor on ('' for none)")
+    parser.add_argument("--peer-timeout", type=float, default=None, help="seconds for each peer run (then killed)")
     parser.add_argument("--samples", type=int, default=128)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=8)

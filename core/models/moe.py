@@ -14,6 +14,7 @@ routing weights). `routed` counts the tokens the router actually sent to each ex
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 import torch
@@ -130,3 +131,18 @@ def calibrate_all_experts(model: nn.Module, on: bool = True) -> None:
     for _, experts in expert_lists(model):
         experts.all_tokens = on
         experts.routed.zero_()
+
+
+@contextmanager
+def routed_only(model: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Inside, each expert runs on the tokens routed to it only (an output error that follows the router, at a
+    fraction of the all-token cost); the all-token setting (and the routed counts) are restored after."""
+    lists = [experts for _, experts in expert_lists(model)] if enabled else []
+    saved = [experts.all_tokens for experts in lists]
+    for experts in lists:
+        experts.all_tokens = False
+    try:
+        yield
+    finally:
+        for experts, on in zip(lists, saved, strict=True):
+            experts.all_tokens = on

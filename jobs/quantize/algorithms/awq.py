@@ -7,8 +7,10 @@ Two observe passes, both reducible by summation, so any number of workers gives 
   pass 1: given the reduced pass-0 stats (`prior`), for every mapping and every alpha on the grid,
           the sum over tokens of |scope(x) - scope_fp(x)|^2 with only that mapping's Linears scaled
           and quantized, where scope is the smallest module holding them (attention for q/k/v, the MLP
-          for gate/up, the Linear itself for o and down), as in llm-awq: its inputs are captured once
-          per mapping and each candidate is quantized once per shard. `apply` picks the argmin.
+          for gate/up, the Linear itself for o and down), as in llm-awq: every scope's inputs are captured
+          in one block forward per batch and each candidate is quantized once per shard; a mixture-of-experts
+          scope runs each expert on its routed tokens (its output error follows the router; pass 0's
+          statistics came from every token). `apply` picks the argmin.
 The clip search (clip.py) needs no third pass: it uses x^T x, scaled by 1/s after smoothing.
 """
 
@@ -30,6 +32,7 @@ from core.blocks.mappings import (
     resolve_mappings,
 )
 from core.errors import ConfigError
+from core.models.moe import routed_only
 from jobs.quantize.algorithms.base import AlgorithmConfig, BlockResult, QuantAlgorithm, RunBlock
 from jobs.quantize.algorithms.clip import ClipSearchConfig, search_clip
 from jobs.quantize.algorithms.stats import Stats
@@ -68,42 +71,58 @@ class AWQ(QuantAlgorithm):
         masks: Sequence[torch.Tensor | None],
     ) -> None:
         fake_quant = get_op("fake_quant")
-        for m in self._mappings(block)[0]:
-            scope = block.get_submodule(scope_name(m.linear_names))
-            captured = [self._capture(block, scope, x, k) for k, x in enumerate(xs)]
-            originals = [lin.weight.detach().clone() for lin in m.linears]
-            formats = [self.fmt_of(name) for name in m.linear_names]
-            losses = torch.zeros(self.cfg.n_grid, dtype=torch.float64, device=originals[0].device)
-            try:
-                for k, s in enumerate(self._candidates(prior, m)):
-                    for lin, w, fmt in zip(m.linears, originals, formats, strict=True):
-                        scaled = w.float() * s  # an FP consumer (mixed precision) keeps its function exactly
-                        lin.weight.copy_(((fake_quant(scaled, fmt) if fmt else scaled) / s).to(w.dtype))
-                    with self.scoring(m, s):
-                        for (args, kwargs, y_ref), mask in zip(captured, masks, strict=True):
-                            losses[k] += _sse(_first(scope(*args, **kwargs)), y_ref, mask)
-            finally:
-                for lin, w in zip(m.linears, originals, strict=True):
-                    lin.weight.copy_(w)
-            stats.add(f"awq_loss/{m.prev_name}", losses)
+        mappings = self._mappings(block)[0]
+        scopes = {m.prev_name: scope_name(m.linear_names) for m in mappings}
+        # an expert's scope sees its routed tokens only, so per-token masks (MBQ) keep every token
+        with routed_only(block, enabled=all(mask is None for mask in masks)):
+            captured = self._capture(block, set(scopes.values()), xs)
+            for m in mappings:
+                calls = captured.pop(scopes[m.prev_name])  # FP calls: the block is restored after each mapping
+                stats.add(f"awq_loss/{m.prev_name}", self._grid_losses(block, m, prior, calls, masks, fake_quant))
 
-    def _capture(self, block: nn.Module, scope: nn.Module, x: torch.Tensor, k: int,
-                 ) -> tuple[tuple, dict, torch.Tensor]:
-        """The scope's call (args, kwargs) and FP output inside a block forward, which stops right there."""
-        box: dict = {}
-
-        def hook(_module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
-            box.update(args=args, kwargs=kwargs, out=_first(out))
-            raise _Captured
-
-        handle = scope.register_forward_hook(hook, with_kwargs=True)
+    def _grid_losses(self, block: nn.Module, m: ResolvedMapping, prior: Stats, calls: list[tuple | None],
+                     masks: Sequence[torch.Tensor | None], fake_quant: Any) -> torch.Tensor:
+        """Per grid point, the scope's squared output error with only `m`'s Linears scaled and quantized."""
+        scope = block.get_submodule(scope_name(m.linear_names))
+        originals = [lin.weight.detach().clone() for lin in m.linears]
+        formats = [self.fmt_of(name) for name in m.linear_names]
+        losses = torch.zeros(self.cfg.n_grid, dtype=torch.float64, device=originals[0].device)
         try:
-            self.forward(block, x, k)
-        except _Captured:
-            pass
+            for k, s in enumerate(self._candidates(prior, m)):
+                for lin, w, fmt in zip(m.linears, originals, formats, strict=True):
+                    scaled = w.float() * s  # an FP consumer (mixed precision) keeps its function exactly
+                    lin.weight.copy_(((fake_quant(scaled, fmt) if fmt else scaled) / s).to(w.dtype))
+                with self.scoring(m, s):
+                    for call, mask in zip(calls, masks, strict=True):
+                        if call is not None:  # None: an expert no token of this batch was routed to
+                            args, kwargs, y_ref = call
+                            losses[k] += _sse(_first(scope(*args, **kwargs)), y_ref, mask)
         finally:
-            handle.remove()
-        return box["args"], box["kwargs"], box["out"]
+            for lin, w in zip(m.linears, originals, strict=True):
+                lin.weight.copy_(w)
+        return losses
+
+    def _capture(self, block: nn.Module, scopes: set[str], xs: Sequence[torch.Tensor]) -> dict[str, list]:
+        """Every scope's call (args, kwargs) and FP output per batch (None where a batch did not call it), from one
+        block forward per batch."""
+        captured: dict[str, list] = {name: [None] * len(xs) for name in scopes}
+        batch = [0]
+
+        def hook_for(name: str):
+            def hook(_module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
+                captured[name][batch[0]] = (args, kwargs, _first(out))
+            return hook
+
+        handles = [block.get_submodule(name).register_forward_hook(hook_for(name), with_kwargs=True)
+                   for name in scopes]
+        try:
+            for k, x in enumerate(xs):
+                batch[0] = k
+                self.forward(block, x, k)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return captured
 
     def quantize(self, block: nn.Module, stats: Stats, result: BlockResult) -> None:
         input_scale = self._fold_best_scales(block, stats, result)
@@ -152,10 +171,6 @@ class AWQ(QuantAlgorithm):
         alphas = torch.arange(self.cfg.n_grid, device=mean.device, dtype=torch.float32) / self.cfg.n_grid
         s = mean[None, :].pow(alphas[:, None]).clamp(min=1e-4)
         return s / (s.amax(1, keepdim=True) * s.amin(1, keepdim=True)).sqrt()
-
-
-class _Captured(Exception):
-    """Raised by the capture hook: the rest of the block's forward is not needed."""
 
 
 def scope_name(linear_names: Sequence[str]) -> str:
