@@ -7,6 +7,7 @@ artifacts to the same run the driver opened. Everything passes through the redac
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import math
@@ -15,13 +16,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from tempfile import TemporaryDirectory
 from typing import Any
 
+from core.errors import ConfigError
 from core.redact import Redactor
 
 log = logging.getLogger(__name__)
 MAX_PARAM_LEN = 6000  # MLflow's limit for a param value
 PARAMS_PER_BATCH = 100
+LOG_EXPORTS = ("auto", "true", "false")
+# auto copies an export into MLflow up to this size (a tiny or ~500M-parameter bf16 model); larger ones would be
+# stored twice (job.storage and the artifact store) and uploaded through the tracking server
+LOG_EXPORTS_AUTO_BYTES = 2**30
+MANIFEST = "manifest.json"
 
 
 @dataclass
@@ -33,6 +41,8 @@ class TrackingConfig:
     tags: dict[str, str] = field(default_factory=dict)
     redact_keys: list[str] = field(default_factory=list)  # extra regexes for secret key names
     redact_values: list[str] = field(default_factory=list)  # extra regexes for secret values
+    # copy exports into MLflow: auto (only up to LOG_EXPORTS_AUTO_BYTES) | true | false; else their URI + checksums
+    log_exports: str = "auto"
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -197,3 +207,47 @@ def start_run(cfg: TrackingConfig, storage_root: Path, run_name: str, tags: dict
     log.info("MLflow run %s (experiment %r, %s)", handle.run_id, cfg.experiment, uri)
     return handle
 
+
+
+def check_log_exports(value: Any) -> str:
+    """tracking.log_exports, normalised (Hydra turns `true` into a bool); a ConfigError names the field."""
+    mode = str(value).lower()
+    if mode not in LOG_EXPORTS:
+        raise ConfigError("tracking.log_exports", f"must be one of {', '.join(LOG_EXPORTS)} (got {value!r})")
+    return mode
+
+
+def export_manifest(directory: str | Path) -> list[dict[str, Any]]:
+    """Every file under `directory`: its relative name, size and sha256, to check a copy of the export against."""
+    root, files = Path(directory), []
+    for path in sorted(p for p in Path(directory).rglob("*") if p.is_file()):
+        digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(2**24), b""):
+                digest.update(block)
+        files.append({"name": path.relative_to(root).as_posix(), "bytes": path.stat().st_size,
+                      "sha256": digest.hexdigest()})
+    return files
+
+
+def log_export(run: RunHandle, staged: str | Path, final_uri: str, mode: Any = "auto",
+               limit: int = LOG_EXPORTS_AUTO_BYTES) -> bool:
+    """Record an export (its local staged copy, published at `final_uri`) in the run: tag `export_uri` always; the
+    files under `export/` when `mode` (tracking.log_exports) is true, or auto and they total at most `limit`
+    bytes; else only `export/manifest.json` (uri, total bytes, each file's name, bytes, sha256), so a large model
+    is not stored twice. Whether the files were copied."""
+    if not run.run_id:
+        return False
+    mode, total = check_log_exports(mode), sum(p.stat().st_size for p in Path(staged).rglob("*") if p.is_file())
+    copy = mode == "true" or (mode == "auto" and total <= limit)
+    run.set_tags({"export_uri": final_uri})
+    if copy:
+        run.log_artifacts(staged, "export")
+        return True
+    manifest = {"uri": run.redactor.text(final_uri), "total_bytes": total, "files": export_manifest(staged)}
+    with TemporaryDirectory() as tmp:  # written as is: the redactor must not touch a checksum
+        (Path(tmp) / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        run.log_artifacts(tmp, "export")
+    log.info("export of %.2f GiB not copied into MLflow (tracking.log_exports=%s): its URI and %s logged",
+             total / 2**30, mode, MANIFEST)
+    return False

@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 from core.errors import ConfigError
+from core.tracking import check_log_exports
 from jobs.registry import JOBS
 
 JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -24,6 +25,7 @@ def check_job_name(name: str | None) -> None:
 def check_spec(spec: Any) -> None:
     """The generic fields, then the job kind's own `check(spec)` (config values only: no file, model or cluster)."""
     check_job_name(spec.job.name)
+    check_log_exports(spec.tracking.log_exports)
     check = getattr(JOBS.get(spec.job.kind), "check", None)
     if check is not None:
         check(spec)

@@ -24,6 +24,11 @@ CHATML_TEMPLATE = (
 )
 
 VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)
+# ids in the order the tokenizer adds them (eos, pad, then the others). `<|im_end|>` ends every chat turn and is
+# the eos: a model config built for this tokenizer takes these ids (SPECIAL_IDS), so the embeddings' padding row
+# is the pad token's and `generate()` stops at the end of an assistant turn
+EOS_ID, PAD_ID = 256, 257
+SPECIAL_IDS = {"eos_token_id": EOS_ID, "pad_token_id": PAD_ID, "bos_token_id": None}
 
 
 def byte_tokenizer() -> PreTrainedTokenizerFast:
@@ -39,5 +44,5 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
         chat_template=CHATML_TEMPLATE,
     )
     tok.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[1:]})
-    assert len(tok) == VOCAB_SIZE, len(tok)
+    assert len(tok) == VOCAB_SIZE and (tok.eos_token_id, tok.pad_token_id) == (EOS_ID, PAD_ID), len(tok)
     return tok

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from core.errors import ConfigError
-from core.models.byte_tokenizer import VOCAB_SIZE, byte_tokenizer
+from core.models.byte_tokenizer import SPECIAL_IDS, VOCAB_SIZE, byte_tokenizer
 
 if TYPE_CHECKING:
     import torch
@@ -57,7 +57,7 @@ def qwen3(**shape: Any) -> Callable[[dict], PretrainedConfig]:
         if unknown:
             raise ValueError(f"unknown Qwen3Config field(s): {', '.join(unknown)}")
         fields = dict(vocab_size=VOCAB_SIZE, max_position_embeddings=8192, rope_theta=1_000_000.0,
-                      tie_word_embeddings=True, pad_token_id=0)
+                      tie_word_embeddings=True, **SPECIAL_IDS)
         return Qwen3Config(**{**fields, **shape, **overrides})
 
     return make

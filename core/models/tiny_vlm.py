@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from core.models.byte_tokenizer import SPECIAL_TOKENS, VOCAB_SIZE
+from core.models.byte_tokenizer import SPECIAL_IDS, SPECIAL_TOKENS, VOCAB_SIZE
 from core.models.tiny import ConfigBuiltModel
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ def vlm_config(config_class_name: str, vision: dict, text_class_name: str, text:
         _check_fields(vision_class, vision_over, "vision_config")
         _check_fields(text_class, text_over, "text_config")
         _check_fields(config_class, overrides, config_class_name)
-        text_fields = {"vocab_size": VOCAB_SIZE, "pad_token_id": 0, **text, **text_over}
+        text_fields = {"vocab_size": VOCAB_SIZE, **SPECIAL_IDS, **text, **text_over}
         return config_class(vision_config=vision_class(**{**vision, **vision_over}),
                             text_config=text_class(**text_fields), **{**top, **overrides})
 

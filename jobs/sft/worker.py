@@ -86,6 +86,20 @@ def build_for_training(spec: Any, ds_config: dict, dtype: torch.dtype) -> tuple[
     return model, hf_config, tokenizer
 
 
+def export_trained(spec: Any, engine: Any, tokenizer: Any, final: str, run: RunHandle, rank: int,
+                   **options: Any) -> str | None:
+    """Every rank (the gather is a collective); rank 0 writes and publishes the export and returns its URI. The
+    metadata comes from the input model's config read again (training changed the built model's: dtype,
+    use_cache); `options` go to write_export (tests: max_shard_size)."""
+    state = gather_state_dict(engine)
+    if rank != 0:
+        return None
+    source = MODELS.get(spec.model.name)
+    return write_export(state, source.hf_config(spec.model), tokenizer, final, run,
+                        saver=source.processor(spec.model),  # a VLM's processor saves both
+                        log_exports=spec.tracking.log_exports, **options)
+
+
 def _fuse_ops(model: Any, setting: str, env: WorkerEnv) -> None:
     """true: compiled fused ops (a broken toolchain fails the step); auto: the same on CUDA workers where
     torch.compile works, else off (on CPU inductor's C++ compile costs more than the fusion saves)."""
@@ -250,10 +264,7 @@ def train_loop(config: dict[str, Any]) -> None:
 
     export, stamps["trained_at"] = None, time.time()
     if t.checkpoint.export:
-        state = gather_state_dict(engine)
-        if env.rank == 0:
-            saver = MODELS.get(spec.model.name).processor(spec.model) or tokenizer  # a VLM's processor saves both
-            export = write_export(state, hf_config, saver, storage.join(config["job_uri"], "export"), run)
+        export = export_trained(spec, engine, tokenizer, storage.join(config["job_uri"], "export"), run, env.rank)
     if env.rank == 0:
         summary = {"final_step": t.max_steps, "resumed_at": start, "resumes": checkpoint.resumes(config["job_uri"]),
                    "losses": history, "export": export, "stamps": stamps}

@@ -139,8 +139,8 @@ def test_broken_model_directories_fail_before_ray(case: str, kind: str, broken: 
     _no_complete_under(storage / f"model-{case}")
 
 
-@pytest.mark.parametrize("override", ["quant.format=w5g100", "trainer.max_steps=-5", "job.name=../escaped",
-                                      "job.name=a/b"])
+@pytest.mark.parametrize("override", ["quant.format=w5g100", "trainer.max_steps=-5", "tracking.log_exports=sometimes",
+                                      "job.name=../escaped", "job.name=a/b"])
 def test_bad_values_are_refused_by_cfg_job_and_before_any_run(override: str, tmp_path: Path, cli_in_process) -> None:
     storage = tmp_path / "runs"
     field = override.split("=")[0]

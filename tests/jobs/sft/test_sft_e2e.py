@@ -189,8 +189,9 @@ def test_loss_falls_and_run_is_tracked(reference: dict, storage: Path) -> None:
     assert len(client.get_metric_history(run.info.run_id, "loss")) == STEPS
     artifacts = {a.path for d in ("spec", "model", "export") for a in client.list_artifacts(run.info.run_id, d)}
     for name in ("spec/resolved.yaml", "model/tree.txt", "model/parameters.json", "export/model.safetensors",
-                 "export/config.json", "export/tokenizer.json"):
-        assert name in artifacts, (name, artifacts)
+                 "export/config.json", "export/generation_config.json", "export/tokenizer.json"):
+        assert name in artifacts, (name, artifacts)  # tracking.log_exports=auto: a small export is copied
+    assert run.data.tags["export_uri"] == str(storage / "reference" / "export")
 
 
 def test_export_reloads_with_the_trained_weights(reference: dict, storage: Path) -> None:
@@ -208,6 +209,14 @@ def test_export_reloads_with_the_trained_weights(reference: dict, storage: Path)
                                         add_generation_prompt=True, return_dict=True)["input_ids"]
     with torch.no_grad():
         assert torch.equal(exported(ids).logits, trained(ids).logits)
+    # served as trained: the dtype the input model declares (qwen3_tiny: none, so float32), the KV cache on (training
+    # turned it off), the tokenizer's eos (its chat template's end of turn) and pad in both configs
+    config = json.loads((job_dir / "export" / "config.json").read_text())
+    generation = json.loads((job_dir / "export" / "generation_config.json").read_text())
+    assert config["dtype"] == "float32" and config["use_cache"] is True and exported.dtype == torch.float32
+    for fields in (config, generation):
+        assert (fields["eos_token_id"], fields["pad_token_id"]) == (tokenizer.eos_token_id, tokenizer.pad_token_id)
+    assert tokenizer.eos_token == "<|im_end|>" and exported.generation_config.eos_token_id == tokenizer.eos_token_id
 
 
 def test_chunked_loss_trains_like_the_models_loss(reference: dict, storage: Path) -> None:
