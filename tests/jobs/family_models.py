@@ -7,11 +7,11 @@ from pathlib import Path
 
 import torch
 
-from core.models.byte_tokenizer import VOCAB_SIZE, byte_tokenizer
+from core.models.byte_tokenizer import EOS_ID, PAD_ID, VOCAB_SIZE, byte_tokenizer
 
 # a small language model: every Linear's in_features a multiple of 128 (w4g32 and w4g128 apply), two blocks
 TEXT = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2,
-            head_dim=16, max_position_embeddings=1024, bos_token_id=256, eos_token_id=258, pad_token_id=256)
+            head_dim=16, max_position_embeddings=1024, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
 TEXT_FAMILIES = ["llama", "qwen3", "mistral", "phi3", "gemma3_text"]
 # mixture-of-experts: 4 experts, 2 per token; DeepSeek-V3's first block dense, its second MoE with a shared expert
 MOE = {

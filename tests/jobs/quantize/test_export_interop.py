@@ -17,6 +17,7 @@ from tests.jobs.quantize_in_process import calibrate
 
 pytestmark = pytest.mark.e2e  # (tests/conftest.py: the end-to-end lane; a second interpreter)
 
+# its eos / pad ids deliberately not the byte tokenizer's: the export takes the tokenizer's (the bf16 test)
 LLAMA = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=8,
              num_key_value_heads=2, head_dim=16, max_position_embeddings=256, bos_token_id=256, eos_token_id=258,
              pad_token_id=256)
