@@ -82,3 +82,23 @@ def fp_dir(quant_storage: Path) -> Path:
     model.save_pretrained(out)
     source.tokenizer(cfg).save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="module")
+def one_gloo_rank():
+    """One gloo process group of one rank (the SFT worker's DeepSpeed engine run in this process)."""
+    import os
+    import socket
+
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        yield
+        return
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()

@@ -20,9 +20,7 @@ the same dequantized weights); against the FP model they are within 0.5 relative
 from __future__ import annotations
 
 import math
-import os
 import re
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -62,20 +60,8 @@ def plain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlainTransformer
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_process_group():
-    """One gloo rank for the SFT cells' DeepSpeed engines."""
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        yield
-        return
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-    dist.init_process_group("gloo", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
+def _one_process_group(one_gloo_rank):
+    """One gloo rank for the DeepSpeed engines (tests/jobs/conftest.py)."""
 
 
 def _logits(model: Any, ids: torch.Tensor) -> torch.Tensor:

@@ -7,8 +7,6 @@ the end of an assistant turn."""
 from __future__ import annotations
 
 import json
-import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +24,8 @@ FAST = ["data.max_length=256", "data.pack_max_length=256", "trainer.num_workers=
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_process_group():
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        yield
-        return
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-    dist.init_process_group("gloo", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
+def _one_process_group(one_gloo_rank):
+    """One gloo rank for the DeepSpeed engines (tests/jobs/conftest.py)."""
 
 
 def _train_and_export(overrides: list[str], storage: Path, exports: dict[str, dict]) -> list[float]:
