@@ -84,9 +84,11 @@ def fp_dir(quant_storage: Path) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def one_gloo_rank():
-    """One gloo process group of one rank (the SFT worker's DeepSpeed engine run in this process)."""
+    """One gloo process group of one rank for the session (the SFT worker's DeepSpeed engine run in this process):
+    DeepSpeed keeps the first group it sees, so a group destroyed and created again breaks a later module's
+    engines ("Group ... is not registered")."""
     import os
     import socket
 
