@@ -29,7 +29,10 @@ def dequantized_state(tensors: dict[str, torch.Tensor], qconfig: Any,
     return ct.decompress(tensors, qconfig, dtype)
 
 
-def load_quantized(path: str | Path, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa") -> Any:
+def load_quantized(path: str | Path, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa",
+                   device: str | torch.device = "cpu") -> Any:
+    """The export as a plain model in `dtype` on `device` (built there: an 8B's random init alone takes about a
+    minute on a CPU); the weights are dequantized on the CPU, then copied in."""
     from transformers import AutoConfig
 
     from core.models.auto import from_config, supported_attention
@@ -42,8 +45,9 @@ def load_quantized(path: str | Path, dtype: torch.dtype = torch.float32, attn_im
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # the weights below are already dequantized: a plain model
     config._attn_implementation = supported_attention(config, attn_implementation)
-    model = from_config(config, dtype=dtype).eval()  # a causal LM, or the VLM class (its vision tower FP)
-    unfuse_experts(model)  # mixture-of-experts: one Linear per expert projection, as exported
+    with torch.device(device):
+        model = from_config(config, dtype=dtype).eval()  # a causal LM, or the VLM class (its vision tower FP)
+        unfuse_experts(model)  # mixture-of-experts: one Linear per expert projection, as exported
     tensors = load_weights(path)
     quantized = ct.quantized_modules(tensors)  # names on disk, as the config's targets
     memory = from_disk(model)

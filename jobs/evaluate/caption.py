@@ -8,12 +8,14 @@ reference caption; everything before it is the prompt. Per model:
   caption with the reference (whitespace-stripped), and for every `eval.keywords` group (e.g. colour,
   shape) the share of captions whose group words equal the reference's; keyword_accuracy needs all
   groups right at once (the colour and the shape).
+Chats are split over the workers in order (each scores its share with the model and the reference on its device,
+one chat at a time); per-chat values are summed by the driver.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -25,6 +27,7 @@ from core.data.multimodal import load_image, model_image_inputs, tokenize_record
 from core.data.tokenize import IGNORE, ImageSpan
 from core.errors import ConfigError, DataError
 from core.models import MODELS
+from jobs.evaluate.sharded import concat, slices
 
 
 @dataclass
@@ -98,20 +101,33 @@ class CaptionEval:
         keywords = {str(g): [str(w).lower() for w in ws] for g, ws in dict(e.keywords).items()}
         return CaptionSet(items, tokenizer.eos_token_id, tokenizer.pad_token_id or 0, keywords)
 
+    def split(self, inputs: CaptionSet, e: Any, parts: int) -> list[CaptionSet]:
+        if parts > len(inputs.items):
+            raise ConfigError("eval.num_workers", f"{parts} workers but only {len(inputs.items)} chats")
+        return [replace(inputs, items=inputs.items[part]) for part in slices(len(inputs.items), parts)]
+
+    def score_models(self, models: dict[str, Any], inputs: CaptionSet, e: Any) -> dict[str, Any]:
+        raw: dict[str, Any] = {label: self.score(model, inputs, e) for label, model in models.items()}
+        return {**raw, "input_tokens": sum(len(item.input_ids) for item in inputs.items)}
+
+    def merge(self, parts: list[dict[str, Any]]) -> dict[str, Any]:
+        return concat(parts)
+
     def score(self, model: Any, inputs: CaptionSet, e: Any) -> dict[str, Any]:
-        """Ray task: summed caption NLL and token count (teacher-forced), and the greedy captions' ids."""
+        """In the worker: each chat's summed caption NLL and token count (teacher-forced), and its greedy caption's
+        ids, on the model's device."""
         import torch
         import torch.nn.functional as F
 
-        nll, count, generated = 0.0, 0, []
+        nll, count, generated, device = [], [], [], model.device
         with torch.no_grad():
             for item in inputs.items:
-                ids = torch.tensor(item.input_ids, dtype=torch.long)[None]
-                images = model_image_inputs(item.images)
+                ids = torch.tensor(item.input_ids, dtype=torch.long, device=device)[None]
+                images = {k: v.to(device) for k, v in model_image_inputs(item.images).items()}
                 logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), **images).logits[0, :-1].float()
-                target = torch.tensor(item.labels, dtype=torch.long)[1:]
-                nll += F.cross_entropy(logits, target, ignore_index=IGNORE, reduction="sum").item()
-                count += int((target != IGNORE).sum())
+                target = torch.tensor(item.labels, dtype=torch.long, device=device)[1:]
+                nll.append(F.cross_entropy(logits, target, ignore_index=IGNORE, reduction="sum").item())
+                count.append(int((target != IGNORE).sum()))
                 prompt = ids[:, : item.prompt_len]
                 out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), **images,
                                      max_new_tokens=e.max_new_tokens, do_sample=False,
@@ -122,7 +138,8 @@ class CaptionEval:
     def summarize(self, raw: dict[str, Any], inputs: CaptionSet, tokenizer: Any) -> dict[str, float]:
         texts = [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in raw["generated"]]
         refs = [item.reference.strip() for item in inputs.items]
-        metrics = {"caption_nll": raw["nll"] / raw["tokens"],
+        tokens = float(np.sum(raw["tokens"]))  # per chat, in order (any number of workers: the same sums)
+        metrics = {"caption_nll": float(np.sum(raw["nll"], dtype=np.float64)) / tokens,
                    "exact_match": float(np.mean([t == r for t, r in zip(texts, refs, strict=True)]))}
         right = np.ones(len(refs), bool)
         for group, vocab in inputs.keywords.items():
@@ -132,7 +149,7 @@ class CaptionEval:
             right &= hits
         if inputs.keywords:
             metrics["keyword_accuracy"] = float(right.mean())
-        metrics.update(samples=float(len(refs)), caption_tokens=float(raw["tokens"]))
+        metrics.update(samples=float(len(refs)), caption_tokens=tokens)
         return metrics
 
     def columns(self, inputs: CaptionSet) -> list[tuple[str, str, str]]:

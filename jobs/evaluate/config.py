@@ -10,9 +10,16 @@ class EvalConfig:
     num_samples: int = 32
     seq_len: int = 256
     seed: int = 0
-    batch_size: int = 4
-    compare_to: str | None = None  # another model dir (FP or quantized), evaluated on the same tokens
-    threads: int = 1  # torch threads in the eval actor
+    batch_size: int = 4  # perplexity: token blocks per forward (per worker)
+    # another model dir (the FP model, or any other), evaluated on the same tokens; perplexity adds the model's
+    # per-token KL from it (mean, p99, max), top-1 agreement and the perplexity delta
+    compare_to: str | None = None
+    # workers: each holds the model (and compare_to's) on one GPU, or on the CPU; the batches are split over them
+    num_workers: int = 1
+    use_gpu: str = "auto"  # auto (GPUs when the cluster has them) | true | false
+    dtype: str = "auto"  # auto: bfloat16 on GPU, float32 on CPU | float32 | bfloat16 | float16
+    cpus_per_worker: float = 1.0
+    threads: int = 1  # torch threads per worker
     # caption (jobs/evaluate/caption.py): num_samples chats of `path`, the last assistant message the reference
     media_root: str | None = None  # relative image paths resolve here (default: the file's directory)
     max_new_tokens: int = 32  # greedy decoding budget per caption

@@ -39,8 +39,9 @@ def init_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_trained_vlm_captions_held_out_images(llava_shapes, init_dir: Path, ray_head) -> None:
     storage = llava_shapes.storage
+    # two workers, each holding both models, share the 96 chats (one would score both models on one core)
     result = run_cli(["job=evaluate", "eval=caption", "model=hf", f"model.path={llava_shapes.export}",
-                      f"eval.compare_to={init_dir}", *ray_head.args], storage, env=ray_head.env)
+                      f"eval.compare_to={init_dir}", "eval.num_workers=2", *ray_head.args], storage, env=ray_head.env)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "| model | path | caption nll | exact match | colour+shape acc | colour acc | shape acc | samples |" \
         in result.stdout
