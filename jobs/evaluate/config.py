@@ -24,3 +24,8 @@ class EvalConfig:
     media_root: str | None = None  # relative image paths resolve here (default: the file's directory)
     max_new_tokens: int = 32  # greedy decoding budget per caption
     keywords: dict[str, list[str]] = field(default_factory=dict)  # group -> words: accuracy per group and all
+    # lm_eval (jobs/evaluate/harness.py): lm-evaluation-harness tasks from its registry or from eval.task_paths
+    tasks: list[str] = field(default_factory=list)
+    task_paths: list[str] = field(default_factory=list)  # local or s3:// directories of task YAMLs and their data
+    num_fewshot: int | None = None  # None: each task's own
+    limit: int | None = None  # at most this many items per task (None: all)

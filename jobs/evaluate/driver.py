@@ -73,6 +73,10 @@ class EvaluateJob:
     @staticmethod
     def check(spec: Any) -> None:
         _check(spec.eval)
+        if spec.eval.metric == "lm_eval":  # its own fields (a light module: no torch at check time)
+            from jobs.evaluate.harness import check
+
+            check(spec.eval)
 
     def warm_up(self, spec: Any) -> Workers:
         """eval.num_workers actors, each loading every model as it starts: while the driver builds the inputs
@@ -134,6 +138,8 @@ class EvaluateJob:
         ctx.run.log_text(text, f"eval/{e.metric}.md")
         for name, figure in (evaluator.figures(raw) if hasattr(evaluator, "figures") else {}).items():
             ctx.run.log_figure(figure, f"eval/{name}")
+        for name, data in (evaluator.artifacts(raw) if hasattr(evaluator, "artifacts") else {}).items():
+            ctx.run.log_dict(data, f"eval/{name}")  # lm_eval: the harness's results JSON of each model
         metrics = {f"{label}.{k}" if label != "model" else k: v for label, r in results.items() for k, v in r.items()}
         metrics.update(compared)
         ctx.run.log_metrics({**metrics, **speed}, step=0)

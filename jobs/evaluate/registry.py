@@ -28,3 +28,4 @@ class Evaluator(Protocol):
 EVALUATORS: Registry[Evaluator] = Registry("evaluator", "eval.metric")
 EVALUATORS.register("perplexity", "jobs.evaluate.perplexity:PERPLEXITY")
 EVALUATORS.register("caption", "jobs.evaluate.caption:CAPTION")
+EVALUATORS.register("lm_eval", "jobs.evaluate.harness:LM_EVAL")
