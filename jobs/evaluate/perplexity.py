@@ -27,10 +27,12 @@ def load_model(name: str, path: str | None, overrides: dict[str, Any], attn: str
     from core.quant.load import load_quantized, quant_config_of
 
     if path and quant_config_of(path) is not None:
-        return load_quantized(path, dtype=dtype, attn_implementation=attn, device=device)
-    cfg = ModelConfig(name=name, path=path, overrides=dict(overrides), attn_implementation=attn, seed=seed)
-    with torch.device(device):  # transformers loads onto the context's device
-        return build_model(cfg, dtype).eval()
+        model = load_quantized(path, dtype=dtype, attn_implementation=attn, device=device)
+    else:
+        cfg = ModelConfig(name=name, path=path, overrides=dict(overrides), attn_implementation=attn, seed=seed)
+        with torch.device(device):  # transformers loads onto the context's device
+            model = build_model(cfg, dtype).eval()
+    return model.to(device)  # a no-op there; anything a model class left elsewhere follows
 
 
 @torch.no_grad()
