@@ -82,6 +82,19 @@ def safe_points(on_request: Callable[[int], None] | None = None) -> Iterator[Non
             _on_request.remove(on_request)
 
 
+@contextmanager
+def at_once() -> Iterator[None]:
+    """Inside a safe_points() region, code that a signal stops at once again, as outside any region (a job run inside
+    a job: its own safe points, if it has any, still apply); a stop asked for before it raises on entry."""
+    global _depth
+    check()
+    saved, _depth = _depth, 0
+    try:
+        yield
+    finally:
+        _depth = saved
+
+
 def publish(key: str, signum: int) -> None:
     """Tell workers that the job `key` is to stop (Ray's internal KV: every node of the cluster reads it)."""
     from ray.experimental.internal_kv import _internal_kv_put

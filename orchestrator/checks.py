@@ -23,9 +23,13 @@ def check_job_name(name: str | None) -> None:
 
 
 def check_spec(spec: Any) -> None:
-    """The generic fields, then the job kind's own `check(spec)` (config values only: no file, model or cluster)."""
+    """The generic fields, then the job kind's own `check(spec)` (config values only: no file, model or cluster), then
+    the spec of every job it runs inside it (job=pipeline's stages), the same way."""
     check_job_name(spec.job.name)
     check_log_exports(spec.tracking.log_exports)
-    check = getattr(JOBS.get(spec.job.kind), "check", None)
+    kind = JOBS.get(spec.job.kind)
+    check = getattr(kind, "check", None)
     if check is not None:
         check(spec)
+    for stage in getattr(kind, "stage_specs", lambda _: [])(spec):
+        check_spec(stage)

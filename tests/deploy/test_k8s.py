@@ -42,7 +42,8 @@ def pod_specs(obj: dict) -> list[dict]:
 def test_overlay_validates(overlay):
     objects = rendered(overlay)
     assert sorted(o["kind"] for o in objects) == sorted(
-        ["Namespace", "ServiceAccount", "ConfigMap", "RayCluster", "RayJob", "CronJob", "CronJob"]
+        ["Namespace", "ServiceAccount", "ServiceAccount", "ConfigMap", "RayCluster", "RayJob", "CronJob",
+         "NetworkPolicy"]
     )
     assert vk.validate_objects(objects) == []
 
@@ -81,12 +82,16 @@ CRON_CONTAINER = "spec.jobTemplate.spec.template.spec.containers.0"
         ("RayCluster", "spec.headGroupSpec", KeyError, "'headGroupSpec' is a required property"),
         ("RayCluster", f"{WORKER}.template.spec.containers.0.imagePullPolicyy", "Always", "unexpected"),
         ("RayCluster", f"{WORKER}.template.spec.containers.0.resources.limits", [1], "is not of type"),
-        ("RayJob", "spec.submissionMode", "Bogus", "is not one of"),
-        ("RayJob", "spec.clusterSelector", KeyError, "is not valid under any of the given schemas"),
+        ("RayCluster", "spec.authOptions.mode", "tokens", "is not one of"),
+        ("RayCluster", "spec.autoscalerOptions.idleTimeoutSeconds", "600", "is not of type 'integer'"),
+        ("RayJob", "spec.submitterConfig.backoffLimit", "0", "is not of type 'integer'"),
+        ("RayJob", "spec.shutdownAfterJobFinishes", "yes", "is not of type 'boolean'"),
+        ("RayJob", "spec.clusterSelectorr", {}, "'clusterSelectorr' was unexpected"),
         ("RayJob", "spec.submitterPodTemplate.spec.containers.0.securityContext.runAsUser", "1000", "type"),
         ("CronJob", "spec.concurrencyPolicyy", "Forbid", "'concurrencyPolicyy' was unexpected"),
         ("CronJob", "spec.successfulJobsHistoryLimit", "3", "is not of type"),
         ("CronJob", f"{CRON_CONTAINER}.env", [{"name": "HF_TOKEN", "value": "hf_x"}], "secretKeyRef"),
+        ("NetworkPolicy", "spec.policyTypes", "Ingress", "is not of type 'array'"),
         ("ConfigMap", "data.AWS_SECRET_ACCESS_KEY", "abc", "looks secret"),
     ],
 )
@@ -109,7 +114,10 @@ def test_pods_are_non_root_read_only_and_bounded(overlay):
         for pod in pod_specs(obj):
             assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] > 0
             assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
-            assert pod["serviceAccountName"] == "orchestrator"
+            head = obj["kind"] == "RayCluster" and pod is obj["spec"]["headGroupSpec"]["template"]["spec"]
+            # only the head (its autoscaler) holds a Kubernetes token
+            assert pod["serviceAccountName"] == ("orchestrator-ray-head" if head else "orchestrator")
+            assert pod["automountServiceAccountToken"] is head
             volumes = {v["name"]: v for v in pod["volumes"]}
             for c in pod["containers"]:
                 sc, where = c["securityContext"], f"{vk.kn(obj)} {c['name']}"
@@ -125,7 +133,7 @@ def test_pods_are_non_root_read_only_and_bounded(overlay):
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_raycluster_gpu_workers_and_secret_refs(overlay):
+def test_raycluster_gpu_workers_scale_from_zero_and_secret_refs(overlay):
     cluster = one(rendered(overlay), "RayCluster")
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert f"ray[default,train]=={cluster['spec']['rayVersion']}" in pyproject["project"]["dependencies"]
@@ -138,8 +146,11 @@ def test_raycluster_gpu_workers_and_secret_refs(overlay):
         refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
         assert set(refs) >= SECRET_ENV
         assert all(e["name"] not in SECRET_ENV for e in container["env"] if "value" in e)
-    replicas = [one(rendered(o), "RayCluster")["spec"]["workerGroupSpecs"][0]["replicas"] for o in OVERLAYS]
-    assert replicas[0] == 1 < replicas[1]  # dev, prod
+    assert cluster["spec"]["enableInTreeAutoscaling"] is True
+    assert group["replicas"] == group["minReplicas"] == 0  # no GPU held between runs
+    assert cluster["spec"]["autoscalerOptions"]["idleTimeoutSeconds"] <= 1800
+    most = [one(rendered(o), "RayCluster")["spec"]["workerGroupSpecs"][0]["maxReplicas"] for o in OVERLAYS]
+    assert most[0] == 1 < most[1]  # dev, prod
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -152,19 +163,57 @@ def test_jobs_target_the_raycluster(overlay):
         "python -m orchestrator job=sft model=hf model.path=s3://bucket/base"
         " trainer.max_steps=1000 tracking.uri=http://mlflow:5000"
     )
-    submit = ["ray", "job", "submit", "--address", f"http://{cluster}-head-svc:8265", "--working-dir", "/app"]
-    jobs = {}
-    for cron in (o for o in objects if o["kind"] == "CronJob"):
-        spec = cron["spec"]
-        assert spec["concurrencyPolicy"] == "Forbid" and spec["timeZone"] == "Etc/UTC"
-        assert spec["successfulJobsHistoryLimit"] >= 1 and spec["failedJobsHistoryLimit"] >= 1
-        command = spec["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["command"]
-        assert command[: len(submit) + 4] == [*submit, "--", "python", "-m", "orchestrator"]
-        jobs[command[len(submit) + 4]] = command[len(submit) + 5 :]
-    assert set(jobs) == {"job=quantize", "job=sensitivity"}
-    assert {"model=hf", "model.path=$(LATEST_SFT_EXPORT)", "quant=awq"} <= set(jobs["job=quantize"])
+    (cron,) = [o for o in objects if o["kind"] == "CronJob"]
+    spec = cron["spec"]
+    assert spec["concurrencyPolicy"] == "Forbid" and spec["timeZone"] == "Etc/UTC"
+    assert spec["successfulJobsHistoryLimit"] >= 1 and spec["failedJobsHistoryLimit"] >= 1
+    job = spec["jobTemplate"]["spec"]
+    pod = job["template"]["spec"]
+    command = pod["containers"][0]["command"]
+    submitter, entrypoint = command[: command.index("--")], command[command.index("--") + 1 :]
+    flags = dict(zip(submitter[3::2], submitter[4::2], strict=True))
+    assert submitter[:3] == ["python", "-m", "orchestrator.submit"]
+    assert flags["--address"] == f"http://{cluster}-head-svc:8265" and flags["--prefix"] == "nightly-pipeline"
+    # the submitter stops its Ray job itself, before Kubernetes' deadline and within the pod's grace period
+    assert float(flags["--deadline"]) < job["activeDeadlineSeconds"]
+    assert float(flags["--stop-wait"]) < pod["terminationGracePeriodSeconds"]
+    # the input is found through MLflow on the cluster, not configured
+    assert entrypoint[:5] == ["python", "-m", "orchestrator.latest", "--", "job=pipeline"]
+    assert {"quant=mixed", "pipeline.stages=[sensitivity,quantize,evaluate]"} <= set(entrypoint)
+    assert "job.storage=$(PIPELINE_STORAGE)" in entrypoint
     config = one(objects, "ConfigMap", "orchestrator-config")["data"]
-    assert config["LATEST_SFT_EXPORT"].startswith("s3://")
+    assert config["PIPELINE_STORAGE"].startswith("s3://") and "LATEST_SFT_EXPORT" not in str(objects)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_job_api_takes_only_submitters_with_the_token(overlay):
+    objects = rendered(overlay)
+    cluster = one(objects, "RayCluster")
+    secret = cluster["spec"]["authOptions"]
+    assert secret["mode"] == "token" and secret["secretName"]
+    policy = one(objects, "NetworkPolicy")["spec"]
+    assert policy["podSelector"] == {"matchLabels": {"ray.io/cluster": cluster["metadata"]["name"]}}
+    assert policy["policyTypes"] == ["Ingress"]
+    own, api = policy["ingress"]
+    assert own == {"from": [{"podSelector": {"matchLabels": {"ray.io/cluster": cluster["metadata"]["name"]}}}]}
+    assert api["ports"] == [{"protocol": "TCP", "port": 8265}]
+    label = api["from"][0]["podSelector"]["matchLabels"]
+    submitters = [one(objects, "CronJob")["spec"]["jobTemplate"]["spec"]["template"],
+                  one(objects, "RayJob")["spec"]["submitterPodTemplate"]]
+    for template in submitters:  # every pod that calls the job API: let through, with the cluster's token
+        assert label.items() <= template["metadata"]["labels"].items()
+        env = {e["name"]: e for e in template["spec"]["containers"][0]["env"]}
+        assert env["RAY_AUTH_MODE"]["value"] == "token"
+        assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": secret["secretName"], "key": "auth_token"}
+
+
+def test_crds_are_the_pinned_releases():
+    import kuberay_crds
+
+    kinds = kuberay_crds.check_source()  # sha256 of each vendored file = the release's
+    assert set(kinds) == {"RayCluster", "RayJob"} and kuberay_crds.KUBERAY_VERSION == "v1.7.0"
+    spec = vk.CRD_VALIDATORS["RayCluster"].schema["properties"]["spec"]["properties"]
+    assert {"authOptions", "autoscalerOptions", "enableInTreeAutoscaling"} <= set(spec)  # the release's fields
 
 
 def test_overlays_differ_where_they_should():
@@ -174,7 +223,7 @@ def test_overlays_differ_where_they_should():
         assert all(o["metadata"]["namespace"] == ns for o in objects if o["kind"] != "Namespace")
     images = {c["image"] for o in prod for pod in pod_specs(o) for c in pod["containers"]}
     assert len(images) == 1 and re.search(r":\d+\.\d+\.\d+$", images.pop())
-    for name in ("nightly-quantize", "nightly-sensitivity"):
-        assert one(dev, "CronJob", name)["spec"].get("suspend") is True
-        assert not one(prod, "CronJob", name)["spec"].get("suspend")
-        assert one(dev, "CronJob", name)["spec"]["schedule"] != one(prod, "CronJob", name)["spec"]["schedule"]
+    name = "nightly-pipeline"
+    assert one(dev, "CronJob", name)["spec"].get("suspend") is True
+    assert not one(prod, "CronJob", name)["spec"].get("suspend")
+    assert one(dev, "CronJob", name)["spec"]["schedule"] != one(prod, "CronJob", name)["spec"]["schedule"]
