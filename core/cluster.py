@@ -185,19 +185,25 @@ def connect(cfg: ClusterConfig) -> Iterator[str]:
     if ray.is_initialized():
         yield "attached"
         return
+    from core import console
+
+    console.adopt_ray_loggers()  # Ray's start-up lines into the job log, off the console
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     if address:
         log.info("attaching to Ray cluster at %s", address)
         ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": _worker_env()})
+        console.route_worker_output()
         interrupt.install()
         try:
             yield "attached"
         finally:
             ray.shutdown()
         return
-    for key, value in _loopback_env().items():
+    # the driver's environment too: the raylet inherits it, and so do the workers of the drivers that attach to this
+    # cluster (a sweep's jobs: orchestrator/sweep.py), whose runtime_env carries only _worker_env()
+    for key, value in _embedded_env().items():
         os.environ.setdefault(key, value)
-    ray.init(
+    context = ray.init(
         num_cpus=cfg.num_cpus,
         num_gpus=cfg.num_gpus,
         include_dashboard=cfg.include_dashboard,
@@ -207,7 +213,11 @@ def connect(cfg: ClusterConfig) -> Iterator[str]:
         runtime_env={"env_vars": {**_embedded_env(), **_worker_env()}},
         log_to_driver=True,
     )
+    console.route_worker_output()
     interrupt.install()  # ray.init replaced the SIGTERM handler with its own (an exit with a C++ stack dump)
+    resources = ray.cluster_resources()
+    log.info("started an embedded Ray cluster: %g CPU, %g GPU%s", resources.get("CPU", 0), resources.get("GPU", 0),
+             f"; dashboard http://{context.dashboard_url}" if context.dashboard_url else "")
     global _embedded
     _embedded = True
     try:

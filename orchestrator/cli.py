@@ -1,4 +1,10 @@
-"""`python -m orchestrator job=<kind> <hydra overrides>`: compose, track, place, run, publish."""
+"""`python -m orchestrator [flags] job=<kind> <hydra overrides>`: compose, track, place, run, publish; Hydra's
+own flags (orchestrator/flags.py) pick another command (--help, --cfg, --info, --shell-completion) or a sweep (-m).
+
+Why the compose API with Hydra's flags and not @hydra.main (README "Running jobs"): this boundary keeps one
+`error:` line and exit 2 for every input mistake (Hydra's run_and_report prints its own and exits 1), a sweep runs
+its jobs concurrently on one Ray cluster under one parent MLflow run (Hydra's basic launcher runs them one after
+another in this process), and nothing changes the working directory or writes Hydra's outputs/ tree."""
 
 from __future__ import annotations
 
@@ -7,47 +13,10 @@ import os
 import sys
 import traceback
 
-from omegaconf import OmegaConf
-
-from core import interrupt
-from core.errors import UserError
-from core.redact import RedactingFilter, Redactor, redact_std_streams
+from core import console, interrupt
+from core.redact import Redactor, redact_std_streams
 
 log = logging.getLogger("orchestrator")
-USAGE = """usage: python -m orchestrator [--cfg job] [key=value ...]
-  Hydra overrides, e.g.  job=sft model=qwen3_tiny trainer.num_workers=2 trainer.max_steps=20
-  --cfg job   print the composed, validated spec (secrets redacted) and run nothing
-Config groups live in conf/ (job, model, data, trainer, tracking, cluster)."""
-
-
-def _setup_logging(redactor: Redactor) -> None:
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-    handler.addFilter(RedactingFilter(redactor))
-    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
-    # MLflow's store creation (its own stderr handler) and alembic's migrations: not the user's business
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is first imported
-    for name in ("mlflow", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # a retry per line; the error says it all
-
-
-def _parse_args(argv: list[str]) -> tuple[list[str], str | None]:
-    overrides, cfg_mode = [], None
-    args = iter(argv)
-    for arg in args:
-        if arg in ("-h", "--help"):
-            print(USAGE)
-            sys.exit(0)
-        if arg in ("--cfg", "-c"):
-            cfg_mode = next(args, "job")
-        elif arg.startswith("--cfg="):
-            cfg_mode = arg.split("=", 1)[1]
-        elif arg.startswith("-"):
-            raise UserError(f"unknown option {arg!r} (try --help)")
-        else:
-            overrides.append(arg)
-    return overrides, cfg_mode
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,26 +27,36 @@ def main(argv: list[str] | None = None) -> int:
     redactor = Redactor()
     redact_std_streams(redactor)  # before anything can print: tracebacks, warnings and progress bars included
     interrupt.install()
-    _setup_logging(redactor)
+    console.setup(redactor)
     try:
-        from orchestrator.checks import check_spec
-        from orchestrator.compose import compose, to_spec
+        from orchestrator.commands import dispatch
+        from orchestrator.compose import App, compose, to_spec
+        from orchestrator.flags import parse, parser
 
-        overrides, cfg_mode = _parse_args(argv)
-        cfg = compose(overrides)
+        args = parse(argv)
+        app = App.from_args(args)
+        code = dispatch(args, app, parser(), redactor)  # --help, --cfg, --info, --shell-completion
+        if code is not None:
+            return code
+        if args.multirun:
+            from orchestrator.sweep import run_sweep
+
+            return run_sweep(app, args.overrides, redactor)
+        cfg = compose(args.overrides, app)
         spec = to_spec(cfg)
         redactor = Redactor(spec.tracking.redact_keys, spec.tracking.redact_values)
         redact_std_streams(redactor)
-        _setup_logging(redactor)
-        if cfg_mode:
-            check_spec(spec)  # the run path checks in run_job
-            print(OmegaConf.to_yaml(redactor.tree(OmegaConf.to_container(cfg))), end="")
-            return 0
+        console.setup(redactor, spec.log)
         lap("imports")  # the runner, the job kind's driver and what they import
         from orchestrator.runner import run_job
 
         run_job(spec, cfg, redactor)
         return 0
+    except SystemExit as done:  # --version: argparse printed it
+        return int(done.code or 0)
+    except BrokenPipeError:  # `... --help | head`: the reader left; stay quiet, as a shell tool does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not raise again
+        return 141
     except KeyboardInterrupt as err:  # core.interrupt.Interrupted: a signal; plain: Ctrl-C before the handlers
         _end_progress_bars()
         print(f"error: {err or 'interrupted'}", file=sys.stderr, flush=True)

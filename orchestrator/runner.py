@@ -16,7 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from core import storage
+from core import console, storage
 from core.cluster import attaches, connect, ray_job_submission_id
 from core.redact import Redactor
 from core.timing import STOPWATCH, lap
@@ -148,11 +148,13 @@ def _tracked(job: Any, spec: Any, cfg: DictConfig, redactor: Redactor, early: _E
     storage_root = storage.absolute(spec.job.storage)
     job_name = spec.job.name or f"{spec.job.kind}-{spec.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     job_uri = storage.join(storage_root, job_name)
-    with storage.lock(job_uri, _holder()):
+    job_log = storage.scratch_dir(job_uri) / "logs" / "job.log"  # everything, Ray's start-up lines included
+    with storage.lock(job_uri, _holder()), console.job_log(job_log) as log_file:
         lap("mlflow")
         run_record = storage.join(job_uri, RUN_RECORD)
         previous = json.loads(storage.read_text(run_record) or "{}").get("run_id")
         run = start_run(spec.tracking, storage.scratch_dir(storage_root), job_name, _tags(spec, job_name))
+        log_file.upload_to(run)  # logs/job.log in the run when the job ends, done or failed
         if run.run_id:
             print(f"MLflow run id: {run.run_id}  (tracking: {run.uri})", flush=True)
             follow_previous(run, previous)
@@ -183,7 +185,5 @@ def _in_run(job: Any, spec: Any, cfg: DictConfig, redactor: Redactor, early: _Ea
         raise
     run.log_metrics({f"time_{phase}_seconds": sec for phase, sec in STOPWATCH.so_far().items() if sec}, step=0)
     run.end("FINISHED")
-    for key, value in summary.items():
-        print(f"{key}: {value}")
-    print(f"MLflow run id: {run.run_id}  status: FINISHED" if run.run_id else "status: FINISHED", flush=True)
+    console.result(summary, run.run_id)  # key: value lines and the status (log.format=json: one result event)
     return summary

@@ -6,12 +6,13 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from core.cluster import ClusterConfig
+from core.console import LogConfig
 from core.data.config import DataConfig
 from core.models.config import ModelConfig
 from core.tracking import TrackingConfig
 from jobs.evaluate.config import EvalConfig
-from jobs.quantize.config import CalibConfig, QuantConfig
 from jobs.pipeline.config import PipelineConfig
+from jobs.quantize.config import CalibConfig, QuantConfig
 from jobs.sensitivity.config import SearchConfig
 from jobs.sft.config import TrainerConfig
 
@@ -34,9 +35,10 @@ class RunSpec:
     calib: CalibConfig = field(default_factory=CalibConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    log: LogConfig = field(default_factory=LogConfig)  # what the console shows (core/console/config.py)
 
 
 ConfigStore.instance().store(name="run_schema", node=RunSpec)

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from core import console
 from core.cluster import ActorGroup, check_fits, compute_dtype, remote_actor, wants_gpu
 from core.errors import ConfigError
 from core.timing import lap
@@ -234,7 +235,10 @@ class SensitivityJob:
         batches = p.rows.batches(s.batch_size)
         shards = [[batches[k] for k in part] for part in np.array_split(np.arange(len(batches)), s.num_workers)]
         names = sorted(p.shapes)
-        parts = _gather([(w, w.score.remote(shard, names)) for w, shard in zip(workers.actors, shards, strict=True)])
+        calls = [(w, w.score.remote(shard, names, report=i == 0))  # the first worker's lines drive the bar
+                 for i, (w, shard) in enumerate(zip(workers.actors, shards, strict=True))]
+        with console.progress(r"scored (?P<done>\d+)/(?P<total>\d+) batches", "score", "batch", postfix=()):
+            parts = _gather(calls)
         timing = _timing(parts, workers.created_at, time.time() - workers.created_at)
         lap("load", at=max(p["entered_at"] for p in parts))
         lap("work", at=max(p["entered_at"] + p["load_seconds"] for p in parts))

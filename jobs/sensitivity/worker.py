@@ -7,6 +7,7 @@ so the worker's start (process, imports, CUDA) and the model load overlap the dr
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -18,6 +19,13 @@ from core.models import MODELS, build_model
 from core.models.auto import meta_model
 from jobs.sensitivity.loss_delta import loss_delta_scores
 from jobs.sensitivity.scoring import LinearScorer, model_linears, score_batches
+
+
+def reported(items: Iterator[Any], total: int) -> Iterator[Any]:
+    """`items`, printing `scored i/total batches` once the consumer is done with item i (it asks for the next)."""
+    for done, item in enumerate(items, 1):
+        yield item
+        print(f"scored {done}/{total} batches", flush=True)
 
 
 class ScoringWorker:
@@ -40,14 +48,16 @@ class ScoringWorker:
         loaded = time.perf_counter()
         self.load_seconds, self.weights_seconds = loaded - began, loaded - weights_began
 
-    def score(self, batches: list[CalibRows], names: list[str]) -> dict[str, Any]:
+    def score(self, batches: list[CalibRows], names: list[str], report: bool = False) -> dict[str, Any]:
         """Scores of `names` over `batches`, with the start, load and scoring seconds and (on a GPU) the peak memory
-        allocated by this worker (torch.cuda.max_memory_allocated since it started)."""
+        allocated by this worker (torch.cuda.max_memory_allocated since it started). `report`: a line per batch
+        scored (PROGRESS_LINE; the driver's progress bar follows one worker's)."""
         began = time.perf_counter()
         lw = Layerwise(self.model)
         linears = model_linears(self.model, [lw.block_prefix(i) for i in range(len(lw.blocks))])
         chosen, candidates = {n: linears[n] for n in names}, list(self.search.candidates)
         inputs = (_inputs(lw, b, self.device) for b in batches)
+        inputs = reported(inputs, len(batches)) if report else inputs
         with lw.weights_on(self.device, self.stream) as place:
             if self.search.score == "loss_delta":
                 scores = loss_delta_scores(self.model, chosen, candidates, inputs, place=place)

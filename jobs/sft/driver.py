@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from core import interrupt, storage
+from core import console, interrupt, storage
 from core.cluster import check_fits, wants_gpu
 from core.data.sft import SFTData, build_sft_data, validate_data_config
 from core.errors import ConfigError
@@ -21,6 +21,7 @@ from jobs.sft.schedule import lr_multiplier
 
 log = logging.getLogger("jobs.sft")
 TRI_STATE = ("auto", "true", "false")
+STEP_LINE = r"step (?P<done>\d+)/(?P<total>\d+) "  # worker.py's _step_line
 
 
 def _check_trainer(t: Any) -> None:
@@ -130,8 +131,11 @@ class SFTJob:
             run_config=RunConfig(name="ray-train", storage_path=str(ctx.job_dir / "ray"),
                                  failure_config=FailureConfig(max_failures=t.max_failures)),
         )
+        log.info("training: %d worker(s) starting (Ray Train, DeepSpeed ZeRO-%d); their start-up lines go to "
+                 "%s/logs/job.log", t.num_workers, t.zero.stage, ctx.job_dir)
         # a signal: the workers stop after their step (and checkpoint, if the job checkpoints), then this raises
-        with interrupt.safe_points(on_request=lambda signum: interrupt.publish(stop_key, signum)):
+        with interrupt.safe_points(on_request=lambda signum: interrupt.publish(stop_key, signum)), \
+                console.progress(STEP_LINE, "sft", "step"):  # rank 0's step lines (worker.py) drive the bar
             trainer.fit()
             interrupt.check()
         text = storage.read_text(storage.join(ctx.job_uri, "summary.json"))

@@ -20,6 +20,7 @@ from tests.conftest import run_cli
                             "llava_tiny, qwen3_1p7b, qwen3_tiny)"),
         ("job.kind=nope", "config error: job.kind: unknown job kind 'nope'"),
         ("data.datasets.0.sample_ratio=lots", "config error: data.datasets[0].sample_ratio: Value 'lots'"),
+        ("--bogus", "unrecognized arguments: --bogus (try --help)"),  # a flag: the same boundary (test_flags.py)
     ],
 )
 def test_bad_config_is_one_line_and_exit_2(override: str, message: str, tmp_path) -> None:

@@ -4,6 +4,7 @@ choices from the run's MLflow id. Worker-count independence of the scores: test_
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -28,10 +29,11 @@ SENS = ["job=sensitivity", *MODEL, "calib.num_samples=8", "calib.seq_len=64", "s
 def sens(quant_storage: Path, ray_head) -> dict:
     result = run_cli([*SENS, *ray_head.args, "job.name=sens"], quant_storage, env=ray_head.env)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    return {"run_id": run_id_of(result.stdout), "report": quant_storage / "sens" / "report"}
+    return {"run_id": run_id_of(result.stdout), "report": quant_storage / "sens" / "report", "stderr": result.stderr}
 
 
 def test_report_adds_up_and_is_tracked(sens: dict, quant_storage: Path) -> None:
+    assert re.search(r"score: 100%\S* (\d+)/\1 \[", sens["stderr"])  # the bar over the first worker's batches
     manifest = json.loads((sens["report"] / "report.json").read_text())
     headline = manifest["search"]["effective_bits"]
     assert headline <= 9.0 and manifest["search"]["exact"]

@@ -142,8 +142,8 @@ def _signalled(storage: Path, name: str, signum: int, after: int) -> int:
     progress (a step or two later: the driver's handler runs between its waits on Ray) with a checkpoint of it.
     The step it stopped at."""
     proc, log = _start(storage, name, "trainer.log_every=1")
-    deadline = time.time() + 300
-    while not re.search(rf"step {after}/{STEPS} ", log.read_text()):
+    deadline, job_log = time.time() + 300, storage / name / "logs" / "job.log"  # step lines: a bar on the console
+    while not (job_log.exists() and re.search(rf"step {after}/{STEPS} ", job_log.read_text())):
         assert proc.poll() is None, f"run ended before step {after}:\n{log.read_text()[-4000:]}"
         assert time.time() < deadline, f"timed out waiting for step {after}"
         time.sleep(0.1)
@@ -175,7 +175,6 @@ def test_sigint_then_sigterm_stop_after_the_step_and_the_rerun_has_the_same_loss
 def test_loss_falls_and_run_is_tracked(reference: dict, storage: Path) -> None:
     losses = reference["losses"]
     assert losses[STEPS] < losses[1] - 1.0, losses
-    assert f"step {STEPS}/{STEPS} loss=" in reference["stdout"] and "tgs=" in reference["stdout"]
     run = mlflow_run(storage, reference["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["trainer.max_steps"] == str(STEPS)
@@ -192,6 +191,32 @@ def test_loss_falls_and_run_is_tracked(reference: dict, storage: Path) -> None:
                  "export/config.json", "export/generation_config.json", "export/tokenizer.json"):
         assert name in artifacts, (name, artifacts)  # tracking.log_exports=auto: a small export is copied
     assert run.data.tags["export_uri"] == str(storage / "reference" / "export")
+
+
+def test_console_has_a_progress_bar_and_no_start_up_noise_and_the_job_log_has_every_step(reference: dict,
+                                                                                          storage: Path) -> None:
+    """The reference run (embedded Ray with its dashboard, as `make run`), stdout and stderr as a terminal shows them:
+    no line of Ray's or DeepSpeed's start-up (kept in the job's log file instead), a progress bar with an ETA over
+    the steps instead of their lines; the job log has every step line, Ray's and DeepSpeed's lines, and so does the
+    copy in MLflow; the metrics of every step are in MLflow (test_loss_falls_and_run_is_tracked)."""
+    output = reference["stdout"]
+    for noise in ("Started a local Ray instance", "Token authentication", "Requesting resources",
+                  "Started training worker group", "PreemptionWatcher", "Setting up process group",
+                  "[real_accelerator.py", "built successfully", "(TrainController"):
+        assert noise not in output, (noise, output[-3000:])
+    bar = rf"sft: 100%\S* {STEPS}/{STEPS} \[[\d:]+<[\d:]+,\s+[\d.]+(s/step|step/s), loss="  # elapsed<ETA, rate
+    assert re.search(bar, output), output[-3000:]
+    assert not re.search(r"^step \d+/", output, re.MULTILINE)  # the bar stands for them
+    job_log = (storage / "reference" / "logs" / "job.log").read_text()
+    steps = re.findall(rf"\(RayTrainWorker pid=\d+\) step (\d+)/{STEPS} loss=\S+ lr=\S+ .*tgs=", job_log)
+    assert [int(s) for s in steps] == list(range(1, STEPS + 1)), job_log[-3000:]
+    for kept in ("Started a local Ray instance", "Started training worker group", "Setting up process group"):
+        assert kept in job_log, kept
+    from mlflow.tracking import MlflowClient
+
+    copy = MlflowClient(tracking_uri=f"sqlite:///{storage / 'mlflow.db'}").download_artifacts(
+        reference["run_id"], "logs/job.log", str(storage.parent / "logs-copy"))
+    assert f"step {STEPS}/{STEPS} loss=" in Path(copy).read_text()
 
 
 def test_export_reloads_with_the_trained_weights(reference: dict, storage: Path) -> None:
