@@ -28,7 +28,8 @@ def test_help_lists_the_flags_the_groups_and_the_job_files(cli_in_process, stora
     assert result.returncode == 0, result.stderr
     for text in ("usage: python -m orchestrator", "--multirun,-m", "--config-dir,-cd", "--shell-completion,-sc",
                  "--cfg,-c", "--info,-i", "--quiet,-q", "job: evaluate, inspect", "model: hf, llava15_7b",
-                 "experiment: demo_pipeline, demo_quantize_gptq", "== Config ==", "max_steps: 20", "+experiment=demo_sft"):
+                 "experiment: demo_pipeline, demo_quantize_gptq", "== Config ==", "max_steps: 20",
+                 "+experiment=demo_sft"):
         assert text in result.stdout, (text, result.stdout[:3000])
     quantize = cli_in_process(["-h", "job=quantize", "quant=gptq"], storage)  # the config shown is the composed one
     assert "algorithm: gptq" in quantize.stdout
