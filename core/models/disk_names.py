@@ -46,3 +46,9 @@ def from_disk(model: Any) -> Callable[[str], str]:
     forward = _renamings(model)
     rename_experts = family.from_disk if family is not None else (lambda name: name)
     return lambda name: _apply(rename_experts(name), forward)
+
+
+def module_name(rename: Callable[[str], str], name: str) -> str:
+    """A module's name through a tensor-name `rename` (to_disk / from_disk): renames match tensor keys, its
+    weight's."""
+    return rename(f"{name}.weight").removesuffix(".weight")

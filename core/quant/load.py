@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from core.models.disk_names import from_disk
+from core.models.disk_names import from_disk, module_name
 from core.models.moe import unfuse_experts
 from core.quant import ct
 from core.quant.act_quant import install_act_quant
@@ -61,5 +61,5 @@ def load_quantized(path: str | Path, dtype: torch.dtype = torch.float32, attn_im
     for name in quantized:  # W8A8 / W4A8: the deployed kernels quantize each token's input to int8
         bits = ct.act_bits_of(ct.scheme_of(qc, name))
         if bits:
-            install_act_quant(model, [memory(f"{name}.weight").removesuffix(".weight")], bits)
+            install_act_quant(model, [module_name(memory, name)], bits)
     return model

@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 
 from core import storage
 from core.blocks.layerwise import Layerwise
-from core.models.disk_names import to_disk
+from core.models.disk_names import module_name, to_disk
 from core.models.export import export_config, save_weights, write_generation_config
 from core.models.families import family_of
 from core.quant import ct
@@ -62,7 +62,7 @@ def write_export(model: Any, tokenizer: Any, blocks_root: str | Path, fmt: Quant
         for name, layer in saved["layers"].items():
             full = f"{prefix}{name}"
             del state[f"{full}.weight"]
-            qscheme = ct.scheme_of(qconfig, _module(disk, full))
+            qscheme = ct.scheme_of(qconfig, module_name(disk, full))
             if qscheme is None:
                 raise ValueError(f"{full} was quantized but the export's config leaves it FP")
             packed = ct.compress(layer["qweight"], layer["scale"], layer["zero"], qscheme, dtype)
@@ -93,15 +93,10 @@ def _cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return tensor.to(dtype) if tensor.is_floating_point() else tensor
 
 
-def _module(disk: Any, name: str) -> str:
-    """A module's name on disk (renames match tensor keys: its weight's)."""
-    return disk(f"{name}.weight").removesuffix(".weight")
-
-
 def _either(disk: Any, name: str, tail: str = "") -> str:
     """A config entry for the module `name` by its names on disk and in memory (a VLM's differ: serving engines
     match the first, transformers the second); `tail`: a regex for what may follow (its submodules)."""
-    names = dict.fromkeys([_module(disk, name), name])
+    names = dict.fromkeys([module_name(disk, name), name])
     if len(names) == 1 and not tail:
         return name
     return f"re:({'|'.join(re.escape(n) for n in names)}){tail}$"
