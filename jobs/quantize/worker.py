@@ -25,6 +25,7 @@ from core.models.moe import calibrate_all_experts, expert_lists
 from jobs.quantize import checkpoint
 from jobs.quantize.activations import Activations
 from jobs.quantize.algorithms import ALGORITHMS
+from jobs.quantize.algorithms.base import GRAM
 from jobs.quantize.algorithms.stats import Stats
 from jobs.quantize.modality import block_weights, gradient_pass
 from kernels.quant import parse_format, parse_target
@@ -159,6 +160,7 @@ class CalibWorker:
             self.algo.share = None
         return _to_cpu(result)
 
+    @torch.no_grad()
     def apply(self, stats: Stats, root: str, token: str, alone: bool = False, merged: Any = None) -> dict[str, Any]:
         """Quantize (same deterministic result on every worker; expert parallel: adopt the `merged` results of
         every worker's solve), propagate the batches, push the inputs a resume needs under `token` (quantized
@@ -213,6 +215,8 @@ class CalibWorker:
         for p in range(self.algo.n_passes):
             stats = stats.merged(self.algo.observe_shard(self.block, self.inputs, pass_idx=p, prior=stats,
                                                          masks=self.masks))
+            if p + 1 < self.algo.n_passes:  # the Gram matrices wait on the host while later passes capture
+                stats = stats.to("cpu", only=GRAM)
         token = uuid.uuid4().hex[:12]
         out = self.apply(stats, root, token, alone=True)
         self.flush()

@@ -42,6 +42,7 @@ from jobs.quantize.algorithms.stats import Stats, reduce_stats
 from kernels.quant import QuantFormat, check_group_size, get_op
 
 RunBlock = Callable[[nn.Module, torch.Tensor, int], Any]
+GRAM = "gram/"  # stats keys of the Gram matrices x^T x, per input group
 
 
 @dataclass
@@ -144,7 +145,9 @@ class QuantAlgorithm:
                 for k, (x, mask) in enumerate(zip(xs, masks, strict=True)):
                     self._observe_inputs(block, x, k, stats, mask)
             else:
-                self.observe_pass_shard(block, xs, stats, pass_idx, (prior or Stats()).to(_device(block)), masks)
+                # later passes read pass 0's per-channel statistics, not its Gram matrices (those wait for apply)
+                prior = (prior or Stats()).to(_device(block), skip=GRAM)
+                self.observe_pass_shard(block, xs, stats, pass_idx, prior, masks)
         return stats
 
     @torch.no_grad()
@@ -170,7 +173,7 @@ class QuantAlgorithm:
         """Per shared-input group, x: [tokens, in_features] in the model's dtype. Extend with super() calls."""
         stats.add(f"tokens/{key}", torch.tensor(float(x.shape[0]), dtype=torch.float64, device=x.device))
         if self.needs_gram or self.cfg.metrics:
-            stats.add(f"gram/{key}", gram_matrix(x, self.cfg.stats_dtype))
+            stats.add(f"{GRAM}{key}", gram_matrix(x, self.cfg.stats_dtype))
 
     def quantize(self, block: nn.Module, stats: Stats, result: BlockResult) -> None:
         """The algorithm proper: fill `result` (see commit); stats are on the block's device."""
@@ -215,7 +218,7 @@ class QuantAlgorithm:
         return merged
 
     def gram(self, stats: Stats, name: str) -> torch.Tensor | None:
-        key = f"gram/{self.group_key[name]}"
+        key = f"{GRAM}{self.group_key[name]}"
         return stats[key] if key in stats else None
 
     def forward(self, block: nn.Module, x: torch.Tensor, k: int) -> torch.Tensor:
@@ -235,7 +238,8 @@ class QuantAlgorithm:
         deq = get_op("dequantize")(q, scale, zero, fmt.group_size)
         result.metrics[name] = layer_metrics(lin.weight, deq, gram)
         lin.weight.copy_(deq.to(lin.weight.dtype))
-        result.layers[name] = LayerQuant(q, scale.float(), zero.to(torch.int8), fmt)
+        # to the host at once: a block's integers (an MoE's: every expert's) would crowd the device until exported
+        result.layers[name] = LayerQuant(q.cpu(), scale.float().cpu(), zero.to(torch.int8).cpu(), fmt)
 
     def _observe_inputs(self, block: nn.Module, x: torch.Tensor, k: int, stats: Stats,
                         mask: torch.Tensor | None) -> None:

@@ -52,8 +52,13 @@ class Stats:
             raise ValueError(f"stats keys observed twice: {', '.join(overlap)}")
         return Stats({**self.values, **other.values}, {**self.ops, **other.ops})
 
-    def to(self, device: torch.device | str) -> Stats:
-        return Stats({k: v.to(device) for k, v in self.values.items()}, dict(self.ops))
+    def to(self, device: torch.device | str, *, only: str = "", skip: str | None = None) -> Stats:
+        """The keys starting with `only` (all by default) moved to `device`, except those starting with `skip`
+        (left where they are)."""
+        def moves(key: str) -> bool:
+            return key.startswith(only) and not (skip is not None and key.startswith(skip))
+
+        return Stats({k: v.to(device) if moves(k) else v for k, v in self.values.items()}, dict(self.ops))
 
 
 def reduce_stats(parts: Sequence[Stats]) -> Stats:
