@@ -37,10 +37,10 @@ def ours(gpus: int, mbs: int, ckpt: bool, attn: str, steps: int, data: Path, wor
     return _row(name, gpus, mbs, ckpt, attn, steps_seen, "max_alloc")
 
 
-def peer(gpus: int, mbs: int, ckpt: bool, steps: int, work: Path) -> dict:
-    name = f"peer-g{gpus}-mb{mbs}-ac{int(ckpt)}"
+def peer(gpus: int, mbs: int, ckpt: bool, steps: int, work: Path, liger: bool = False) -> dict:
+    name = f"peer{'_liger' if liger else ''}-g{gpus}-mb{mbs}-ac{int(ckpt)}"
     cmd = [sys.executable, "-m", "benchmarks.peer_sft", "--gpus", str(gpus), "--micro-batch", str(mbs),
-           "--checkpointing", str(int(ckpt)), "--steps", str(steps)]
+           "--checkpointing", str(int(ckpt)), "--steps", str(steps), *(["--liger"] if liger else [])]
     steps_seen = parse_steps(run_logged(cmd, work / f"{name}.log"))
     return _row(name, gpus, mbs, ckpt, "sdpa", steps_seen, "max_alloc")
 
@@ -76,7 +76,8 @@ def main() -> None:
     parser.add_argument("--gpus", default="1,2")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--ours", default="6:0:flex_attention,4:0:flex_attention", help="mbs:ckpt:attn,...")
-    parser.add_argument("--peer", default="4:1,2:0", help="mbs:ckpt,...")
+    parser.add_argument("--peer", default="4:1,2:0,4:1:liger,2:0:liger",
+                        help="mbs:ckpt[:liger],... (liger: with Liger-Kernel, as LLaMA-Factory applies it)")
     parser.add_argument("--peer-gpus", default="1",
                         help="GPU counts the peer runs on (its best 1-GPU row is the ratios' base)")
     add_common_args(parser, "/tmp/bench-sft")
@@ -88,13 +89,13 @@ def main() -> None:
     peer_gpus = {int(g) for g in filter(None, args.peer_gpus.split(","))}
     for gpus in [int(g) for g in args.gpus.split(",")]:
         for spec in filter(None, args.peer.split(",") if gpus in peer_gpus else []):
-            mbs, ckpt = spec.split(":")
-            rows.append(peer(gpus, int(mbs), ckpt == "1", args.steps, work))
+            mbs, ckpt, *kernels = spec.split(":")
+            rows.append(peer(gpus, int(mbs), ckpt == "1", args.steps, work, liger=kernels == ["liger"]))
         for spec in filter(None, args.ours.split(",")):
             mbs, ckpt, attn = spec.split(":")
             rows.append(ours(gpus, int(mbs), ckpt == "1", attn, args.steps, data, work, args.extra.split()))
             print(table(rows[-1:], float("nan")), flush=True)
-    peer_best = max((r["tgs"] for r in rows if r["side"] == "peer" and r["gpus"] == 1), default=float("nan"))
+    peer_best = max((r["tgs"] for r in rows if r["side"].startswith("peer") and r["gpus"] == 1), default=float("nan"))
     settings = " ".join(FAST + args.extra.split())
     record(args.results, f"SFT, Qwen3-1.7B shape, seq {SEQ}, ZeRO-3 bf16, ours with {settings}", table(rows, peer_best),
            args.commit)
