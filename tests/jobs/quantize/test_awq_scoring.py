@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from transformers import Qwen3MoeConfig
-from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeDecoderLayer, Qwen3MoeRotaryEmbedding
+from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeForCausalLM
 
 from core.models.moe import calibrate_all_experts, unfuse_experts
 from jobs.quantize.algorithms import ALGORITHMS
@@ -54,10 +54,11 @@ def moe_block():
                             num_attention_heads=2, num_key_value_heads=2, head_dim=32, num_hidden_layers=1,
                             norm_topk_prob=True)
     config._attn_implementation = "sdpa"
-    block = Qwen3MoeDecoderLayer(config, layer_idx=0).eval()
+    model = Qwen3MoeForCausalLM(config).eval()  # its post_init initializes the fused experts (a bare layer's are empty)
+    block = model.model.layers[0]
     assert unfuse_experts(block) == 1
     calibrate_all_experts(block)  # pass 0's statistics from every token, as the worker runs it
-    rotary = Qwen3MoeRotaryEmbedding(config)
+    rotary = model.model.rotary_emb
 
     def run_block(b, x, k=0):
         pos = torch.arange(x.shape[1]).unsqueeze(0).expand(x.shape[0], -1)
