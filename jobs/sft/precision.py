@@ -53,20 +53,26 @@ def apply_precision(model: nn.Module, t: Any, device: Any) -> int:
         return 0
     import torch
 
-    from core.blocks.layerwise import find_blocks
-    from core.models.families import family_of
-
     if device.type != "cuda" or torch.cuda.get_device_capability(device) < FP8_MIN_CAPABILITY:
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else "a CPU"
         raise ConfigError("trainer.precision", f"fp8 needs a GPU of compute capability 8.9 or more, this worker "
                                                f"has {name}")
+    return len(to_float8(model, t.fp8_scaling))
+
+
+def to_float8(model: nn.Module, scaling: str) -> list[str]:
+    """Swap the decoder blocks' Linears (fp8_linears) for torchao's Float8Linear with `scaling`'s recipe; their
+    names."""
+    from core.blocks.layerwise import find_blocks
+    from core.models.families import family_of
+
     try:
         from torchao.float8 import Float8LinearConfig, convert_to_float8_training
     except ImportError:
         raise ConfigError("trainer.precision", "fp8 needs torchao on the workers: pip install '.[fp8]' (pyproject "
                                                "pins the version)") from None
-
-    chosen = set(fp8_linears(model, find_blocks(model, family_of(model))))
-    convert_to_float8_training(model, config=Float8LinearConfig.from_recipe_name(t.fp8_scaling),
-                               module_filter_fn=lambda _module, fqn: fqn in chosen)
-    return len(chosen)
+    chosen = fp8_linears(model, find_blocks(model, family_of(model)))
+    wanted = set(chosen)
+    convert_to_float8_training(model, config=Float8LinearConfig.from_recipe_name(scaling),
+                               module_filter_fn=lambda _module, fqn: fqn in wanted)
+    return chosen

@@ -68,6 +68,17 @@ def test_the_blocks_linears_are_chosen_not_the_head_or_a_vision_tower() -> None:
     assert any("vision_tower" in n for n, m in vlm.named_modules() if isinstance(m, torch.nn.Linear))
 
 
+@pytest.mark.parametrize("scaling", ["rowwise", "tensorwise"])
+def test_torchao_swaps_exactly_the_chosen_linears(scaling: str) -> None:
+    from jobs.sft.precision import to_float8
+
+    model = _qwen3()
+    chosen = to_float8(model, scaling)
+    swapped = [n for n, m in model.named_modules() if type(m).__name__ == "Float8Linear"]
+    assert swapped == chosen == fp8_linears(_qwen3(), "model.layers") and len(chosen) == 14
+    assert type(model.lm_head) is torch.nn.Linear  # the head (and the embeddings) stay bf16
+
+
 def test_fp8_on_a_cpu_cluster_fails_the_run_with_one_line(tmp_path, ray_head) -> None:
     storage = tmp_path / "runs"
     result = run_cli(["job=sft", "trainer.precision=fp8", "trainer.max_steps=1", "cluster.include_dashboard=false",
