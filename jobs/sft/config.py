@@ -47,6 +47,9 @@ class TrainerConfig:
     activation_checkpointing: bool = False
     # RMSNorm, SwiGLU and rotary embedding compiled into fused kernels (kernels/fused); auto: on CUDA workers
     fused_ops: str = "auto"  # auto | true | false
+    # default: matmuls in the training dtype | fp8: torchao float8 matmuls in the blocks (jobs/sft/precision.py)
+    precision: str = "default"
+    fp8_scaling: str = "rowwise"  # rowwise | tensorwise (torchao's recipes)
     # > 0: the loss a chunk of this many target tokens at a time, never the whole logits (jobs/sft/chunked_loss.py)
     loss_chunk_tokens: int = 0
     seed: int = 0

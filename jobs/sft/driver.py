@@ -17,6 +17,7 @@ from core.models.freeze import check_freeze
 from core.timing import lap
 from jobs.base import RunContext
 from jobs.sft import checkpoint
+from jobs.sft.precision import check_precision, check_precision_on
 from jobs.sft.schedule import lr_multiplier
 
 log = logging.getLogger("jobs.sft")
@@ -36,6 +37,7 @@ def _check_trainer(t: Any) -> None:
         if str(getattr(t, name)).lower() not in TRI_STATE:
             raise ConfigError(f"trainer.{name}", f"must be one of {', '.join(TRI_STATE)}")
     lr_multiplier(t.optim, t.max_steps)
+    check_precision(t)
 
 
 def _resume_point(t: Any, ctx: RunContext) -> str | None:
@@ -116,6 +118,7 @@ class SFTJob:
         # a poll is cheap, and the wait was the job's to pay (Ray passes this on to the controller)
         os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
         use_gpu = wants_gpu(t.use_gpu)
+        check_precision_on(t, use_gpu)
         resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if use_gpu else {})}
         check_fits("trainer", t.num_workers, t.cpus_per_worker, t.gpus_per_worker if use_gpu else 0,
                    gpu_field="gpus_per_worker")

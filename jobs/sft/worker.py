@@ -29,6 +29,7 @@ from jobs.sft.batches import BatchPlan, causal_lm_loss
 from jobs.sft.deepspeed_config import build_ds_config
 from jobs.sft.export import gather_state_dict, write_export
 from jobs.sft.metrics import Throughput, flops_per_token, memory_stats, peak_tflops
+from jobs.sft.precision import apply_precision
 from jobs.sft.profile import profiled
 from jobs.sft.schedule import lr_multiplier
 from kernels.fused import compiler_works, fuse_model
@@ -213,6 +214,8 @@ def train_loop(config: dict[str, Any]) -> None:
     ds_config = build_ds_config(t, bf16=config["bf16"])
     dtype = torch.bfloat16 if config["bf16"] else torch.float32
     model, hf_config, tokenizer = build_for_training(spec, ds_config, dtype)
+    if (fp8 := apply_precision(model, t, env.device)) and env.rank == 0:
+        print(f"fp8: {fp8} Linears of the blocks train in float8 ({t.fp8_scaling} scales)", flush=True)
     _fuse_ops(model, t.fused_ops, env)
     info = _log_model(run, model, env)
     engine, scheduler = build_engine(spec, model, ds_config, env.device)
