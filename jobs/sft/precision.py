@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from core.errors import ConfigError
@@ -47,12 +48,10 @@ def fp8_linears(model: nn.Module, blocks: str) -> list[str]:
             and module.in_features % FP8_ALIGN == 0 and module.out_features % FP8_ALIGN == 0]
 
 
-def apply_precision(model: nn.Module, t: Any, device: Any) -> int:
+def apply_precision(model: nn.Module, t: Any, device: torch.device) -> int:
     """Convert the model for `t.precision` (before the DeepSpeed engine wraps it); the number of float8 Linears."""
     if t.precision != "fp8":
         return 0
-    import torch
-
     if device.type != "cuda" or torch.cuda.get_device_capability(device) < FP8_MIN_CAPABILITY:
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else "a CPU"
         raise ConfigError("trainer.precision", f"fp8 needs a GPU of compute capability 8.9 or more, this worker "
