@@ -23,18 +23,28 @@ SEQ = 4096
 FAST = ["trainer.zero.param_persistence_threshold=10000000000", "trainer.loss_chunk_tokens=4096"]
 
 
-def ours(gpus: int, mbs: int, ckpt: bool, attn: str, steps: int, data: Path, work: Path, extra: list[str]) -> dict:
+def ours(gpus: int, mbs: int, ckpt: bool, attn: str, steps: int, data: Path, work: Path, extra: list[str],
+         seq: int = SEQ) -> dict:
     tag = f"-x{zlib.crc32(' '.join(extra).encode()):08x}" if extra else ""  # a Hydra-safe name per override set
-    name = f"ours-g{gpus}-mb{mbs}-ac{int(ckpt)}-{attn}{tag}"
+    name = f"ours-g{gpus}-mb{mbs}-ac{int(ckpt)}-{attn}{f'-s{seq}' if seq != SEQ else ''}{tag}"
     cmd = [sys.executable, "-m", "orchestrator", "job=sft", "model=qwen3_1p7b", f"model.attn_implementation={attn}",
-           f"data.datasets=[{{path: {data}}}]", f"data.max_length={SEQ}", f"data.pack_max_length={SEQ}",
+           f"data.datasets=[{{path: {data}}}]", f"data.max_length={seq}", f"data.pack_max_length={seq}",
            f"trainer.num_workers={gpus}", f"trainer.micro_batch_size={mbs}", f"trainer.max_steps={steps}",
            f"trainer.activation_checkpointing={str(ckpt).lower()}", "trainer.checkpoint.export=false",
            *FAST, "trainer.optim.lr=1e-4", "trainer.max_failures=0",
            f"job.storage={work}", f"job.name={name}", f"tracking.uri=file://{work}/mlruns",
            "cluster.include_dashboard=false", *extra]  # the GPU image's slim Ray has no dashboard deps
     steps_seen = parse_steps(run_logged(cmd, work / f"{name}.log"))
-    return _row(name, gpus, mbs, ckpt, attn, steps_seen, "max_alloc")
+    return {**_row(name, gpus, mbs, ckpt, attn, steps_seen, "max_alloc"), "seq": seq,
+            "extra": " ".join(e for e in extra if e not in FAST)}
+
+
+def ours_spec(spec: str) -> tuple[int, bool, str, int, list[str]]:
+    """`mbs:ckpt:attn[:override...]`: a row of ours; `seq=N` sets its packed row length, anything else is a Hydra
+    override of that row alone (e.g. `6:0:flex_attention:trainer.precision=fp8`)."""
+    mbs, ckpt, attn, *rest = spec.split(":")
+    seq = next((int(r.split("=", 1)[1]) for r in rest if r.startswith("seq=")), SEQ)
+    return int(mbs), ckpt == "1", attn, seq, [r for r in rest if not r.startswith("seq=")]
 
 
 def peer(gpus: int, mbs: int, ckpt: bool, steps: int, work: Path, liger: bool = False) -> dict:
@@ -42,7 +52,7 @@ def peer(gpus: int, mbs: int, ckpt: bool, steps: int, work: Path, liger: bool = 
     cmd = [sys.executable, "-m", "benchmarks.peer_sft", "--gpus", str(gpus), "--micro-batch", str(mbs),
            "--checkpointing", str(int(ckpt)), "--steps", str(steps), *(["--liger"] if liger else [])]
     steps_seen = parse_steps(run_logged(cmd, work / f"{name}.log"))
-    return _row(name, gpus, mbs, ckpt, "sdpa", steps_seen, "max_alloc")
+    return {**_row(name, gpus, mbs, ckpt, "sdpa", steps_seen, "max_alloc"), "extra": "Liger-Kernel" if liger else ""}
 
 
 def _row(name: str, gpus: int, mbs: int, ckpt: bool, attn: str, steps: list, mem_key: str) -> dict:
@@ -56,26 +66,29 @@ def _row(name: str, gpus: int, mbs: int, ckpt: bool, attn: str, steps: list, mem
 def table(rows: list[dict], peer_best: float) -> str:
     """One line per run; per-GPU efficiency against the same configuration's 1-GPU row, where there is one."""
     one_gpu = {_config(r): r["tgs"] for r in rows if r["gpus"] == 1}
-    lines = ["| run | GPUs | micro-batch | act. ckpt | attention | tokens/s/GPU | MFU | peak mem GiB | vs peer best "
-             "| per-GPU vs 1 GPU |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | GPUs | micro-batch | seq | act. ckpt | attention | settings | tokens/s/GPU | MFU | peak mem GiB "
+             "| vs peer best | per-GPU vs 1 GPU |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ratio = r["tgs"] / peer_best if peer_best == peer_best and peer_best > 0 else float("nan")
         base = one_gpu.get(_config(r))
         efficiency = f"{100 * r['tgs'] / base:.0f}%" if base and r["gpus"] > 1 else ""
-        lines.append(f"| {r['name']} | {r['gpus']} | {r['mbs']} | {'on' if r['ckpt'] else 'off'} | {r['attn']} | "
+        lines.append(f"| {r['name']} | {r['gpus']} | {r['mbs']} | {r.get('seq', SEQ)} | {'on' if r['ckpt'] else 'off'} "
+                     f"| {r['attn']} | {r.get('extra', '')} | "
                      f"{r['tgs']:.0f} | {100 * r['mfu']:.1f}% | {r['mem']:.1f} | {ratio:.2f}x | {efficiency} |")
     return "\n".join(lines)
 
 
 def _config(row: dict) -> tuple:
-    return row["side"], row["mbs"], row["ckpt"], row["attn"]  # everything but the GPU count
+    return row["side"], row["mbs"], row["ckpt"], row["attn"], row.get("seq"), row.get("extra")  # all but GPUs
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--gpus", default="1,2")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--ours", default="6:0:flex_attention,4:0:flex_attention", help="mbs:ckpt:attn,...")
+    parser.add_argument("--ours", default="6:0:flex_attention,6:0:flex_attention:trainer.precision=fp8,"
+                                          "1:1:flex_attention:seq=32768",
+                        help="mbs:ckpt:attn[:seq=N][:override...],... (see ours_spec)")
     parser.add_argument("--peer", default="4:1,2:0,4:1:liger,2:0:liger",
                         help="mbs:ckpt[:liger],... (liger: with Liger-Kernel, as LLaMA-Factory applies it)")
     parser.add_argument("--peer-gpus", default="1",
@@ -92,8 +105,8 @@ def main() -> None:
             mbs, ckpt, *kernels = spec.split(":")
             rows.append(peer(gpus, int(mbs), ckpt == "1", args.steps, work, liger=kernels == ["liger"]))
         for spec in filter(None, args.ours.split(",")):
-            mbs, ckpt, attn = spec.split(":")
-            rows.append(ours(gpus, int(mbs), ckpt == "1", attn, args.steps, data, work, args.extra.split()))
+            mbs, ckpt, attn, seq, overrides = ours_spec(spec)
+            rows.append(ours(gpus, mbs, ckpt, attn, args.steps, data, work, args.extra.split() + overrides, seq))
             print(table(rows[-1:], float("nan")), flush=True)
     peer_best = max((r["tgs"] for r in rows if r["side"].startswith("peer") and r["gpus"] == 1), default=float("nan"))
     settings = " ".join(FAST + args.extra.split())

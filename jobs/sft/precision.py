@@ -6,6 +6,8 @@ more (Ada, Hopper and later): anything else is refused with one error line befor
 
 from __future__ import annotations
 
+import types
+from functools import cache
 from typing import Any
 
 import torch
@@ -56,7 +58,12 @@ def apply_precision(model: nn.Module, t: Any, device: torch.device) -> int:
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else "a CPU"
         raise ConfigError("trainer.precision", f"fp8 needs a GPU of compute capability 8.9 or more, this worker "
                                                f"has {name}")
-    return len(to_float8(model, t.fp8_scaling))
+    chosen = to_float8(model, t.fp8_scaling)
+    from kernels.fused import compiler_works
+
+    if compiler_works(device):
+        compile_float8(model)
+    return len(chosen)
 
 
 def to_float8(model: nn.Module, scaling: str) -> list[str]:
@@ -75,3 +82,33 @@ def to_float8(model: nn.Module, scaling: str) -> list[str]:
     convert_to_float8_training(model, config=Float8LinearConfig.from_recipe_name(scaling),
                                module_filter_fn=lambda _module, fqn: fqn in wanted)
     return chosen
+
+
+@cache
+def _float8_matmul() -> Any:
+    """torchao's float8 matmul (scales, casts, the scaled GEMM, its backward), compiled once per process: eager,
+    each cast and amax is its own pass over the activations. No module and no hook inside: ZeRO-3's gathers stay
+    on the modules' __call__; one graph per weight shape (a block has four or five)."""
+    from torchao.float8.float8_linear import matmul_with_hp_or_float8_args
+
+    def matmul(x: torch.Tensor, weight: torch.Tensor, mm_config: Any, config: Any) -> torch.Tensor:
+        return matmul_with_hp_or_float8_args.apply(x, weight.t(), mm_config, config)
+
+    return torch.compile(matmul, dynamic=False)
+
+
+def _float8_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = _float8_matmul()(x, self.weight, self.linear_mm_config, self.config)
+    return out if self.bias is None else out + self.bias.to(out.dtype)
+
+
+def compile_float8(model: nn.Module) -> int:
+    """Give every torchao Float8Linear of `model` the compiled forward; they share one matmul config so the
+    compiled graphs are reused across modules. How many."""
+    from torchao.float8.float8_linear import Float8Linear
+
+    linears = [m for m in model.modules() if isinstance(m, Float8Linear)]
+    for module in linears:
+        module.linear_mm_config = linears[0].linear_mm_config
+        module.forward = types.MethodType(_float8_forward, module)
+    return len(linears)

@@ -114,3 +114,25 @@ def test_fp8_loss_and_gradients_follow_bf16(scaling: str) -> None:
     # float8 e4m3 keeps 3 mantissa bits: a loss within 2% of bf16's, gradients pointing the same way
     assert losses[1] == pytest.approx(losses[0], rel=2e-2)
     assert torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0) > 0.98
+
+
+@pytest.mark.skipif(not _fp8_gpu(), reason="float8 matmuls: a CUDA GPU of compute capability >= 8.9 and torchao")
+def test_compiled_float8_forward_matches_torchaos_eager_one() -> None:
+    from jobs.sft.precision import compile_float8, to_float8
+
+    torch.manual_seed(0)
+    eager = _qwen3(hidden=256, intermediate=512).to("cuda", torch.bfloat16)
+    to_float8(eager, "rowwise")
+    compiled = _qwen3(hidden=256, intermediate=512).to("cuda", torch.bfloat16)
+    to_float8(compiled, "rowwise")
+    compiled.load_state_dict(eager.state_dict())
+    assert compile_float8(compiled) == 14
+    ids = torch.randint(0, 256, (2, 128), device="cuda")
+    outs = []
+    for model in (eager, compiled):
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        outs.append((loss.item(), model.model.layers[0].mlp.down_proj.weight.grad.float()))
+    # the same float8 math; the compiled scales may round their reciprocal differently
+    assert outs[1][0] == pytest.approx(outs[0][0], rel=1e-3)
+    assert torch.nn.functional.cosine_similarity(outs[0][1].flatten(), outs[1][1].flatten(), dim=0) > 0.999
