@@ -2,7 +2,7 @@
 deepspeed.initialize on the HF model, same ZeRO-3 settings, fixed 4096-token rows (no packing).
 `--liger`: the same loop with Liger-Kernel applied to the model as LLaMA-Factory's `enable_liger_kernel` does
 (`apply_liger_kernel_to_qwen3`: rotary, RMSNorm, SwiGLU and the fused linear cross-entropy as Triton kernels), what
-a user who wants speed configures today. Its pin is pyproject's `peers-sft` extra; for the GPU machine:
+a user who wants speed configures today. Its pin is pyproject's `liger` extra; for the GPU machine:
 `pip download --no-deps -d .whl_liger liger-kernel==0.8.5` (0.9 MiB; carry it beside .whl).
 
     python -m benchmarks.peer_sft --gpus 1 --micro-batch 4 --checkpointing 1 --steps 30 [--liger]

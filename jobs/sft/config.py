@@ -45,8 +45,9 @@ class TrainerConfig:
     grad_accum: int = 1
     bf16: str = "auto"  # auto: on where the accelerator supports it | true | false
     activation_checkpointing: bool = False
-    # RMSNorm, SwiGLU and rotary embedding compiled into fused kernels (kernels/fused); auto: on CUDA workers
-    fused_ops: str = "auto"  # auto | true | false
+    # RMSNorm, SwiGLU and rotary embedding compiled into fused kernels (kernels/fused); auto: on CUDA workers;
+    # liger: the same ops from Liger-Kernel's Triton kernels (kernels/fused/liger.py)
+    fused_ops: str = "auto"  # auto | true | false | liger
     # default: matmuls in the training dtype | fp8: torchao float8 matmuls in the blocks (jobs/sft/precision.py)
     precision: str = "default"
     fp8_scaling: str = "rowwise"  # rowwise | tensorwise (torchao's recipes)

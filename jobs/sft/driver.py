@@ -22,6 +22,7 @@ from jobs.sft.schedule import lr_multiplier
 
 log = logging.getLogger("jobs.sft")
 TRI_STATE = ("auto", "true", "false")
+FUSED_OPS = (*TRI_STATE, "liger")  # liger: kernels/fused's ops from Liger-Kernel
 STEP_LINE = r"step (?P<done>\d+)/(?P<total>\d+) "  # worker.py's _step_line
 
 
@@ -33,9 +34,11 @@ def _check_trainer(t: Any) -> None:
             raise ConfigError(f"trainer.{name}", f"must be >= 1 (got {value})")
     if t.loss_chunk_tokens < 0:
         raise ConfigError("trainer.loss_chunk_tokens", f"must be >= 0 (0: the model's loss), got {t.loss_chunk_tokens}")
-    for name in ("use_gpu", "bf16", "fused_ops"):
-        if str(getattr(t, name)).lower() not in TRI_STATE:
-            raise ConfigError(f"trainer.{name}", f"must be one of {', '.join(TRI_STATE)}")
+    for name, allowed in (("use_gpu", TRI_STATE), ("bf16", TRI_STATE), ("fused_ops", FUSED_OPS)):
+        if str(getattr(t, name)).lower() not in allowed:
+            raise ConfigError(f"trainer.{name}", f"must be one of {', '.join(allowed)}")
+    if str(t.fused_ops).lower() == "liger" and str(t.use_gpu).lower() == "false":
+        raise ConfigError("trainer.fused_ops", "liger runs Triton kernels on CUDA workers only (trainer.use_gpu=false)")
     lr_multiplier(t.optim, t.max_steps)
     check_precision(t)
 

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from core import interrupt, storage
-from core.errors import NumericError
+from core.errors import ConfigError, NumericError
 from core.models import MODELS, build_model
 from core.models.families import family_of
 from core.models.freeze import apply_freeze
@@ -32,7 +32,7 @@ from jobs.sft.metrics import Throughput, flops_per_token, memory_stats, peak_tfl
 from jobs.sft.precision import apply_precision
 from jobs.sft.profile import profiled
 from jobs.sft.schedule import lr_multiplier
-from kernels.fused import compiler_works, fuse_model
+from kernels.fused import FusedOps, compiler_works, fuse_model
 
 log = logging.getLogger("jobs.sft")
 
@@ -103,14 +103,28 @@ def export_trained(spec: Any, engine: Any, tokenizer: Any, final: str, run: RunH
 
 def _fuse_ops(model: Any, setting: str, env: WorkerEnv) -> None:
     """true: compiled fused ops (a broken toolchain fails the step); auto: the same on CUDA workers where
-    torch.compile works, else off (on CPU inductor's C++ compile costs more than the fusion saves)."""
+    torch.compile works, else off (on CPU inductor's C++ compile costs more than the fusion saves); liger: the
+    same ops from Liger-Kernel."""
     wanted = str(setting).lower()
     if wanted == "false" or (wanted == "auto" and (env.device.type != "cuda" or not compiler_works(env.device))):
         return
     family = family_of(model)
-    counts = fuse_model(model, family.fused_ops if family else {})
+    counts = fuse_model(model, family.fused_ops if family else {}, _liger_ops(env) if wanted == "liger" else None)
     if env.rank == 0:
         print(f"fused ops: {', '.join(f'{n} x{c}' for n, c in sorted(counts.items())) or 'none'}", flush=True)
+
+
+def _liger_ops(env: WorkerEnv) -> FusedOps:
+    """liger: Liger-Kernel's Triton ops (CUDA workers with liger-kernel installed)."""
+    if env.device.type != "cuda":
+        raise ConfigError("trainer.fused_ops", "liger runs Triton kernels on CUDA workers only, this worker has a CPU")
+    try:
+        from kernels.fused.liger import liger_ops
+
+        return liger_ops()
+    except ImportError:
+        raise ConfigError("trainer.fused_ops", "liger needs liger-kernel on the workers: pip install '.[liger]' "
+                                               "(pyproject pins the version)") from None
 
 
 def _param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:

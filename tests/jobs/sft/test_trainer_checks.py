@@ -9,13 +9,27 @@ from jobs.sft.config import TrainerConfig
 from jobs.sft.driver import _check_trainer
 
 
-@pytest.mark.parametrize("name", ["use_gpu", "bf16", "fused_ops"])
-def test_tri_state_fields_accept_auto_true_false_only(name: str) -> None:
+@pytest.mark.parametrize(("name", "allowed"), [("use_gpu", "auto, true, false"), ("bf16", "auto, true, false"),
+                                               ("fused_ops", "auto, true, false, liger")])
+def test_tri_state_fields_accept_auto_true_false_only(name: str, allowed: str) -> None:
     for value in ("auto", "true", "false", True, False):
         _check_trainer(TrainerConfig(**{name: value}))
-    with pytest.raises(ConfigError, match=rf"trainer\.{name}.*must be one of auto, true, false") as err:
+    with pytest.raises(ConfigError, match=rf"trainer\.{name}.*must be one of {allowed}$") as err:
         _check_trainer(TrainerConfig(**{name: "sometimes"}))
     assert err.value.field == f"trainer.{name}"
+
+
+def test_liger_fused_ops_need_cuda_workers() -> None:
+    _check_trainer(TrainerConfig(fused_ops="liger"))  # use_gpu auto: decided by the workers
+    with pytest.raises(ConfigError, match=r"trainer\.fused_ops.*CUDA workers only \(trainer\.use_gpu=false\)"):
+        _check_trainer(TrainerConfig(fused_ops="liger", use_gpu="false"))
+    import torch
+
+    from jobs.sft.worker import WorkerEnv, _fuse_ops
+
+    with pytest.raises(ConfigError, match=r"trainer\.fused_ops.*this worker has a CPU") as err:
+        _fuse_ops(torch.nn.Linear(2, 2), "liger", WorkerEnv(rank=0, world=1, device=torch.device("cpu")))
+    assert err.value.field == "trainer.fused_ops"
 
 
 @pytest.mark.parametrize(("setting", "fused"), [("auto", False), ("false", False), ("true", True)])

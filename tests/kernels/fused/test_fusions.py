@@ -5,6 +5,7 @@ every registered class is fused in one of them; modules the ops do not reproduce
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -107,6 +108,20 @@ def test_fused_model_equals_eager_on_cuda(family: str, model_type: str, restore_
     classes = classes_of(model, family)
     assert fuse_model(model, classes) == expected_counts(model, classes)
     assert_close(expected, loss_and_grads(model), REL_TOL[True])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("liger_kernel") is None,
+                    reason="trainer.fused_ops=liger: Liger-Kernel's Triton kernels need CUDA and liger-kernel")
+@pytest.mark.parametrize("family,model_type", CASES, ids=IDS)
+def test_liger_ops_equal_eager_on_cuda(family: str, model_type: str, restore_rotary) -> None:
+    from kernels.fused.liger import liger_ops
+
+    model = tiny_model(model_type).to("cuda", torch.float32)  # Triton's kernels: float32 at most
+    restore_rotary(model)
+    expected = loss_and_grads(model)
+    classes = classes_of(model, family)
+    assert fuse_model(model, classes, liger_ops()) == expected_counts(model, classes)
+    assert_close(expected, loss_and_grads(model), 1e-4)  # float32 sums in another order
 
 
 def test_a_gelu_mlp_keeps_its_own_forward(restore_rotary) -> None:
