@@ -50,6 +50,12 @@ def fp8_linears(model: nn.Module, blocks: str) -> list[str]:
             and module.in_features % FP8_ALIGN == 0 and module.out_features % FP8_ALIGN == 0]
 
 
+def fp8_pad_to(t: Any, seq_len: int) -> int | None:
+    """fp8: every micro-batch padded to `seq_len` rounded up to FP8_ALIGN (the weight gradient's GEMM runs over
+    the batch's tokens); None (the longest row) otherwise."""
+    return -(-seq_len // FP8_ALIGN) * FP8_ALIGN if t.precision == "fp8" else None
+
+
 def apply_precision(model: nn.Module, t: Any, device: torch.device) -> int:
     """Convert the model for `t.precision` (before the DeepSpeed engine wraps it); the number of float8 Linears."""
     if t.precision != "fp8":

@@ -29,7 +29,7 @@ from jobs.sft.batches import BatchPlan, causal_lm_loss
 from jobs.sft.deepspeed_config import build_ds_config
 from jobs.sft.export import gather_state_dict, write_export
 from jobs.sft.metrics import Throughput, flops_per_token, memory_stats, peak_tflops
-from jobs.sft.precision import apply_precision
+from jobs.sft.precision import apply_precision, fp8_pad_to
 from jobs.sft.profile import profiled
 from jobs.sft.schedule import lr_multiplier
 from kernels.fused import FusedOps, compiler_works, fuse_model
@@ -244,9 +244,9 @@ def train_loop(config: dict[str, Any]) -> None:
         checkpoint.record_resume(config["job_uri"], resume_from, start)
 
     rows = ray.get(config["rows"])
-    plan = BatchPlan(rows, t.micro_batch_size, t.grad_accum, env.world, env.rank, spec.data.seed,
-                     pad_id=tokenizer.pad_token_id or 0)
     seq_len = spec.data.pack_max_length if spec.data.packing else spec.data.max_length
+    plan = BatchPlan(rows, t.micro_batch_size, t.grad_accum, env.world, env.rank, spec.data.seed,
+                     pad_id=tokenizer.pad_token_id or 0, pad_to=fp8_pad_to(t, seq_len))
     meter = Throughput(flops_per_token(hf_config, info["total_params"] - embedding_params(model), seq_len),
                        peak_tflops(t.peak_tflops, env.device), env.world)
     history = []
