@@ -8,6 +8,7 @@ Prints a table and writes its rows (device, date, commit) to --results (appended
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import zlib
 from pathlib import Path
@@ -34,7 +35,11 @@ def ours(gpus: int, mbs: int, ckpt: bool, attn: str, steps: int, data: Path, wor
            *FAST, "trainer.optim.lr=1e-4", "trainer.max_failures=0",
            f"job.storage={work}", f"job.name={name}", f"tracking.uri=file://{work}/mlruns",
            "cluster.include_dashboard=false", *extra]  # the GPU image's slim Ray has no dashboard deps
-    steps_seen = parse_steps(run_logged(cmd, work / f"{name}.log"))
+    output = run_logged(cmd, work / f"{name}.log")
+    job_dir = work / name
+    job_log = job_dir / "logs" / "job.log"  # the workers' per-step lines (the console has the progress bar)
+    steps_seen = parse_steps(output + (job_log.read_text(errors="replace") if job_log.exists() else ""))
+    shutil.rmtree(job_dir / "checkpoints", ignore_errors=True)  # ~20 GB each: the next row's disk
     return {**_row(name, gpus, mbs, ckpt, attn, steps_seen, "max_alloc"), "seq": seq,
             "extra": " ".join(e for e in extra if e not in FAST)}
 
