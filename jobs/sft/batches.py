@@ -20,12 +20,13 @@ class MicroBatch:
     tokens: int  # real (non-pad) tokens
     targets: int  # label tokens that count in the loss (after the causal shift)
     images: dict[str, torch.Tensor] = field(default_factory=dict)  # the model's image inputs (pixel_values, ...)
+    shifted: bool = False  # labels[t] is token t's target already (a sequence-parallel shard's): no causal shift
 
     def to(self, device: torch.device) -> MicroBatch:
         move = dict(non_blocking=True)
         return MicroBatch(self.input_ids.to(device, **move), self.labels.to(device, **move),
                           self.position_ids.to(device, **move), self.tokens, self.targets,
-                          {k: v.to(device, **move) for k, v in self.images.items()})
+                          {k: v.to(device, **move) for k, v in self.images.items()}, self.shifted)
 
 
 def image_filler(rows: list[PackedRow]) -> PackedRow | None:
@@ -100,6 +101,7 @@ def causal_lm_loss(model: torch.nn.Module, batch: MicroBatch, num_items: float, 
         from jobs.sft.chunked_loss import chunked_lm_loss
 
         return chunked_lm_loss(model, batch, num_items, chunk_tokens)
+    shift = {"shift_labels": batch.labels} if batch.shifted else {}
     out = model(input_ids=batch.input_ids, position_ids=batch.position_ids, labels=batch.labels,
-                num_items_in_batch=num_items, use_cache=False, **batch.images)
+                num_items_in_batch=num_items, use_cache=False, **shift, **batch.images)
     return out.loss

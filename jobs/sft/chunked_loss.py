@@ -33,7 +33,11 @@ def chunked_lm_loss(model: nn.Module, batch: Any, num_items: float | torch.Tenso
     finally:
         handle.remove()
     h = box["h"]
-    feats, targets = h[:, :-1].reshape(-1, h.shape[-1]), batch.labels[:, 1:].reshape(-1)
+    if not batch.shifted:
+        h, labels = h[:, :-1], batch.labels[:, 1:]
+    else:
+        labels = batch.labels
+    feats, targets = h.reshape(-1, h.shape[-1]), labels.reshape(-1)
     keep = targets != IGNORE
     feats, targets = feats[keep], targets[keep]
     total = h.new_zeros((), dtype=torch.float32)

@@ -51,6 +51,8 @@ class TrainerConfig:
     # default: matmuls in the training dtype | fp8: torchao float8 matmuls in the blocks (jobs/sft/precision.py)
     precision: str = "default"
     fp8_scaling: str = "rowwise"  # rowwise | tensorwise (torchao's recipes)
+    # N > 1: each row split over N ranks, Ulysses attention (jobs/sft/sequence_parallel.py); divides num_workers
+    sequence_parallel: int = 1
     # > 0: the loss a chunk of this many target tokens at a time, never the whole logits (jobs/sft/chunked_loss.py)
     loss_chunk_tokens: int = 0
     seed: int = 0

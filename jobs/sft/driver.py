@@ -19,6 +19,7 @@ from jobs.base import RunContext
 from jobs.sft import checkpoint
 from jobs.sft.precision import check_precision, check_precision_on
 from jobs.sft.schedule import lr_multiplier
+from jobs.sft.sequence_parallel import check_sequence_parallel
 
 log = logging.getLogger("jobs.sft")
 TRI_STATE = ("auto", "true", "false")
@@ -41,6 +42,7 @@ def _check_trainer(t: Any) -> None:
         raise ConfigError("trainer.fused_ops", "liger runs Triton kernels on CUDA workers only (trainer.use_gpu=false)")
     lr_multiplier(t.optim, t.max_steps)
     check_precision(t)
+    check_sequence_parallel(t)
 
 
 def _resume_point(t: Any, ctx: RunContext) -> str | None:

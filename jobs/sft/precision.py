@@ -50,10 +50,10 @@ def fp8_linears(model: nn.Module, blocks: str) -> list[str]:
             and module.in_features % FP8_ALIGN == 0 and module.out_features % FP8_ALIGN == 0]
 
 
-def fp8_pad_to(t: Any, seq_len: int) -> int | None:
-    """fp8: every micro-batch padded to `seq_len` rounded up to FP8_ALIGN (the weight gradient's GEMM runs over
-    the batch's tokens); None (the longest row) otherwise."""
-    return -(-seq_len // FP8_ALIGN) * FP8_ALIGN if t.precision == "fp8" else None
+def fp8_token_multiple(t: Any) -> int:
+    """fp8: a micro-batch's token count must be a multiple of FP8_ALIGN (the weight gradient's GEMM runs over the
+    tokens); 1 otherwise."""
+    return FP8_ALIGN if t.precision == "fp8" else 1
 
 
 def apply_precision(model: nn.Module, t: Any, device: torch.device) -> int:

@@ -24,12 +24,12 @@ from core.models.families import family_of
 from core.models.freeze import apply_freeze
 from core.models.inspect import describe, embedding_params
 from core.tracking import RunHandle
-from jobs.sft import checkpoint
+from jobs.sft import checkpoint, sequence_parallel
 from jobs.sft.batches import BatchPlan, causal_lm_loss
 from jobs.sft.deepspeed_config import build_ds_config
 from jobs.sft.export import gather_state_dict, write_export
 from jobs.sft.metrics import Throughput, flops_per_token, memory_stats, peak_tflops
-from jobs.sft.precision import apply_precision, fp8_pad_to
+from jobs.sft.precision import apply_precision, fp8_token_multiple
 from jobs.sft.profile import profiled
 from jobs.sft.schedule import lr_multiplier
 from kernels.fused import FusedOps, compiler_works, fuse_model
@@ -125,6 +125,13 @@ def _liger_ops(env: WorkerEnv) -> FusedOps:
     except ImportError:
         raise ConfigError("trainer.fused_ops", "liger needs liger-kernel on the workers: pip install '.[liger]' "
                                                "(pyproject pins the version)") from None
+
+
+def _pad_to(t: Any, seq_len: int) -> int | None:
+    """Rows padded to `seq_len` rounded up to what fp8's GEMMs and the sequence-parallel split need; None: to the
+    longest row of each micro-batch."""
+    multiple = math.lcm(fp8_token_multiple(t), t.sequence_parallel)
+    return -(-seq_len // multiple) * multiple if multiple > 1 else None
 
 
 def _param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
@@ -231,6 +238,8 @@ def train_loop(config: dict[str, Any]) -> None:
     if (fp8 := apply_precision(model, t, env.device)) and env.rank == 0:
         print(f"fp8: {fp8} Linears of the blocks train in float8 ({t.fp8_scaling} scales)", flush=True)
     _fuse_ops(model, t.fused_ops, env)
+    if t.sequence_parallel > 1:
+        sequence_parallel.enable(model, t.sequence_parallel, t.micro_batch_size)
     info = _log_model(run, model, env)
     engine, scheduler = build_engine(spec, model, ds_config, env.device)
 
@@ -245,8 +254,9 @@ def train_loop(config: dict[str, Any]) -> None:
 
     rows = ray.get(config["rows"])
     seq_len = spec.data.pack_max_length if spec.data.packing else spec.data.max_length
-    plan = BatchPlan(rows, t.micro_batch_size, t.grad_accum, env.world, env.rank, spec.data.seed,
-                     pad_id=tokenizer.pad_token_id or 0, pad_to=fp8_pad_to(t, seq_len))
+    where = sequence_parallel.layout(env.world, env.rank, t.sequence_parallel)
+    plan = BatchPlan(rows, t.micro_batch_size, t.grad_accum, where.data_world, where.data_rank, spec.data.seed,
+                     pad_id=tokenizer.pad_token_id or 0, pad_to=_pad_to(t, seq_len))
     meter = Throughput(flops_per_token(hf_config, info["total_params"] - embedding_params(model), seq_len),
                        peak_tflops(t.peak_tflops, env.device), env.world)
     history = []
@@ -254,6 +264,8 @@ def train_loop(config: dict[str, Any]) -> None:
     for step in range(start + 1, t.max_steps + 1):
         began = time.perf_counter()
         micro_batches = plan.step(step)
+        if where.size > 1:
+            micro_batches = [sequence_parallel.shard(b, where) for b in micro_batches]
         data_time = time.perf_counter() - began
         lr = scheduler.get_last_lr()[0]
         with profiled(step, t.profile_step, env.device, env.rank, run):
