@@ -40,3 +40,16 @@ class NumericError(UserError):
 
     def __reduce__(self) -> tuple:
         return type(self), (self.where, self.message)
+
+
+def portable(err: BaseException) -> BaseException:
+    """`err` if it pickles (how a Ray worker's error travels to the driver), else a RuntimeError with its type and
+    text. An error that holds something unpicklable (torch.compile attaches its graphs to errors raised inside
+    compiled code) otherwise reaches the driver as Ray's serialization failure, and its own message is lost."""
+    import pickle
+
+    try:
+        pickle.dumps(err)
+        return err
+    except Exception:  # noqa: BLE001 (whatever stops pickling: the replacement carries the text)
+        return RuntimeError(f"{type(err).__name__}: {err}")

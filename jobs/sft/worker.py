@@ -8,6 +8,7 @@ import math
 import os
 import random
 import time
+import traceback
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from core import interrupt, storage
-from core.errors import ConfigError, NumericError
+from core.errors import ConfigError, NumericError, portable
 from core.models import MODELS, build_model
 from core.models.families import family_of
 from core.models.freeze import apply_freeze
@@ -222,6 +223,18 @@ def _step_line(step: int, max_steps: int, m: dict[str, float]) -> str:
 
 
 def train_loop(config: dict[str, Any]) -> None:
+    """Ray Train's per-worker function: _train_loop, its error made portable to the driver (core.errors)."""
+    try:
+        _train_loop(config)
+    except Exception as err:
+        replacement = portable(err)
+        if replacement is err:
+            raise
+        traceback.print_exc()  # the whole story stays in the job log
+        raise replacement from None
+
+
+def _train_loop(config: dict[str, Any]) -> None:
     import ray
 
     stamps = {"entered_at": time.time()}  # core.timing's phases, for the driver
