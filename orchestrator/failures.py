@@ -30,6 +30,9 @@ ENVIRONMENT_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "di
                       errno.EISDIR: "is a directory", errno.ENOTDIR: "not a directory",
                       errno.ENOENT: "no such file or directory"}
 
+# torch.save's writer on a full disk (a DeepSpeed checkpoint's shards): no errno, only its own check's text
+SHORT_WRITE = re.compile(r"inline_container\.cc:\d+\] \. unexpected pos \d+ vs \d+")
+
 
 def _chain(err: BaseException) -> list[BaseException]:
     """The error, the exceptions Ray wrapped (`.cause`; Ray Train's worker failures) and the explicit/implicit
@@ -80,6 +83,9 @@ def _tracking_error(err: BaseException) -> UserError | None:
 
 
 def _os_error(err: BaseException) -> UserError | None:
+    if SHORT_WRITE.search(str(err)):
+        return UserError("i/o error: a file write stopped short: no space left on device (or a disk quota) "
+                         "(PyTorch's file writer)")
     if isinstance(err, OSError) and err.errno in ENVIRONMENT_ERRNOS:
         where = err.filename if err.filename is not None else "a file"
         return UserError(f"i/o error: {where}: {ENVIRONMENT_ERRNOS[err.errno]}")

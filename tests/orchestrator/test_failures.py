@@ -84,3 +84,25 @@ def test_native_writers_os_errors_are_recognised_by_their_text() -> None:
 
     err = SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
     assert str(as_user_error(err)) == "i/o error: no space left on device (SafetensorError: Error while serializing)"
+
+
+def test_torch_save_on_a_full_disk_is_an_io_error(tmp_path) -> None:
+    """A DeepSpeed checkpoint is torch.save: on a full disk its writer raises a RuntimeError with no errno, only
+    its check's text. Seen on a real full disk here (a 256 KiB tmpfs) where mounts are allowed."""
+    import subprocess
+
+    import torch
+
+    disk = tmp_path / "small"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here: needs root in a container that allows mounts")
+    try:
+        with pytest.raises(RuntimeError) as raised:
+            torch.save({"w": torch.zeros(200_000)}, disk / "shard.pt")
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+    user = as_user_error(raised.value)
+    assert user is not None and str(user).startswith("i/o error: a file write stopped short: no space left")
+    assert as_user_error(RuntimeError("unexpected pos 3 vs 4")) is None  # the text alone, elsewhere: not ours
