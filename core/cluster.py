@@ -35,12 +35,18 @@ def _loopback_env() -> dict[str, str]:
 # Knobs of the driver's environment that every worker gets too, on an attached cluster as well (whose workers
 # otherwise inherit the environment of `ray start`): QUANT_BACKEND=torch, the reference quant ops (kernels.quant).
 PASSED_TO_WORKERS = ("QUANT_BACKEND",)
+WORKER_SETUP_HOOK = "core.console.output.quiet_libraries"  # imported by name in each worker
 
 
 def _worker_env() -> dict[str, str]:
     path = os.environ.get("PYTHONPATH", "")
     passed = {key: os.environ[key] for key in PASSED_TO_WORKERS if key in os.environ}
     return {"PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{path}" if path else str(REPO_ROOT), **passed}
+
+
+def _runtime_env(env_vars: dict[str, str]) -> dict[str, Any]:
+    """Every worker process of the job: these variables, and the driver's quiet library loggers."""
+    return {"env_vars": env_vars, "worker_process_setup_hook": WORKER_SETUP_HOOK}
 
 
 def _embedded_env() -> dict[str, str]:
@@ -191,7 +197,7 @@ def connect(cfg: ClusterConfig) -> Iterator[str]:
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     if address:
         log.info("attaching to Ray cluster at %s", address)
-        ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": _worker_env()})
+        ray.init(address=address, log_to_driver=True, runtime_env=_runtime_env(_worker_env()))
         console.route_worker_output()
         interrupt.install()
         try:
@@ -210,7 +216,7 @@ def connect(cfg: ClusterConfig) -> Iterator[str]:
         dashboard_host="127.0.0.1",
         _node_ip_address="127.0.0.1",
         _temp_dir=cfg.tmp_dir,
-        runtime_env={"env_vars": {**_embedded_env(), **_worker_env()}},
+        runtime_env=_runtime_env({**_embedded_env(), **_worker_env()}),
         log_to_driver=True,
     )
     console.route_worker_output()

@@ -17,7 +17,11 @@ from core.redact import RedactingFilter, Redactor
 
 CONSOLE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 QUIET_LOGGERS = {"mlflow": logging.WARNING, "alembic": logging.WARNING,
-                 "urllib3.connectionpool": logging.ERROR}  # a retry per line; the error says it all
+                 "urllib3.connectionpool": logging.ERROR,  # a retry per line; the error says it all
+                 # transformers imports torchao wherever it is installed (the fp8 extra): its probes of native
+                 # extensions built for other Pythons, its note that CPUs lack Triton, and torch's warning about
+                 # its Enum registration, printed by every process that builds a model
+                 "torchao": logging.ERROR, "torch.utils._pytree": logging.ERROR}
 settings = LogConfig()
 
 
@@ -136,6 +140,12 @@ def setup(redactor: Redactor, cfg: LogConfig | None = None) -> None:
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True)
     # MLflow's store creation (its own stderr handler) and alembic's migrations: not the user's business
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is first imported
+    quiet_libraries()
+
+
+def quiet_libraries() -> None:
+    """QUIET_LOGGERS' levels: in the driver (setup) and, as Ray's worker_process_setup_hook (core.cluster), in
+    every worker process."""
     for name, level in QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(level)
 
