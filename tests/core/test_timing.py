@@ -17,10 +17,12 @@ def test_phases_add_up_to_the_wall_time() -> None:
     time.sleep(0.03)
     watch.lap("mlflow")
     time.sleep(0.01)
+    before = time.time()
     seconds = watch.so_far()
+    after = time.time()  # a stall of this process (a loaded CI machine) falls between the two, not in the check
     assert seconds["startup"] == pytest.approx(0.02, abs=0.015)
     assert seconds["compose"] == pytest.approx(0.03, abs=0.015)
-    assert sum(seconds.values()) == pytest.approx(time.time() - began, abs=0.005)
+    assert before - began - 1e-3 <= sum(seconds.values()) <= after - began + 1e-3
     assert list(seconds)[: len(PHASES)] == list(PHASES)
 
 

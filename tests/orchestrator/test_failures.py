@@ -88,21 +88,23 @@ def test_native_writers_os_errors_are_recognised_by_their_text() -> None:
 
 def test_torch_save_on_a_full_disk_is_an_io_error(tmp_path) -> None:
     """A DeepSpeed checkpoint is torch.save: on a full disk its writer raises a RuntimeError with no errno, only
-    its check's text. Seen on a real full disk here (a 256 KiB tmpfs) where mounts are allowed."""
+    its check's text. Seen on a real full disk here (a 256 KiB tmpfs) where mounts are allowed; the save runs in a
+    child process, which closes the half-written file when it exits (else the mount stays busy)."""
     import subprocess
-
-    import torch
+    import sys
 
     disk = tmp_path / "small"
     disk.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)],
                       capture_output=True).returncode != 0:
         pytest.skip("cannot mount a small tmpfs here: needs root in a container that allows mounts")
+    save = f"import torch; torch.save({{'w': torch.zeros(200_000)}}, {str(disk / 'shard.pt')!r})"
     try:
-        with pytest.raises(RuntimeError) as raised:
-            torch.save({"w": torch.zeros(200_000)}, disk / "shard.pt")
+        child = subprocess.run([sys.executable, "-c", save], capture_output=True, text=True, timeout=120)
     finally:
-        subprocess.run(["umount", str(disk)], check=False)
-    user = as_user_error(raised.value)
-    assert user is not None and str(user).startswith("i/o error: a file write stopped short: no space left")
+        subprocess.run(["umount", str(disk)], check=True)
+    assert child.returncode != 0, "the save fitted: the disk was not full"
+    message = child.stderr.strip().splitlines()[-1].removeprefix("RuntimeError: ")
+    user = as_user_error(RuntimeError(message))
+    assert user is not None and str(user).startswith("i/o error: a file write stopped short: no space left"), message
     assert as_user_error(RuntimeError("unexpected pos 3 vs 4")) is None  # the text alone, elsewhere: not ours
