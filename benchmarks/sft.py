@@ -52,6 +52,15 @@ def ours_spec(spec: str) -> tuple[int, bool, str, int, list[str]]:
     return int(mbs), ckpt == "1", attn, seq, [r for r in rest if not r.startswith("seq=")]
 
 
+def default_ours() -> str:
+    """bf16, fp8 and 32k rows; micro-batch 6 where it fits (an H200: 80.5 GiB at seq 4096), else 4 (an H100's 80)."""
+    import torch
+
+    big = torch.cuda.is_available() and torch.cuda.get_device_properties(0).total_memory > 100 * 1024**3
+    mbs = 6 if big else 4
+    return f"{mbs}:0:flex_attention,{mbs}:0:flex_attention:trainer.precision=fp8,1:1:flex_attention:seq=32768"
+
+
 def peer(gpus: int, mbs: int, ckpt: bool, steps: int, work: Path, liger: bool = False) -> dict:
     name = f"peer{'_liger' if liger else ''}-g{gpus}-mb{mbs}-ac{int(ckpt)}"
     cmd = [sys.executable, "-m", "benchmarks.peer_sft", "--gpus", str(gpus), "--micro-batch", str(mbs),
@@ -91,9 +100,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--gpus", default="1,2")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--ours", default="6:0:flex_attention,6:0:flex_attention:trainer.precision=fp8,"
-                                          "1:1:flex_attention:seq=32768",
-                        help="mbs:ckpt:attn[:seq=N][:override...],... (see ours_spec)")
+    parser.add_argument("--ours", default=None,
+                        help="mbs:ckpt:attn[:seq=N][:override...],... (see ours_spec); default: bf16, fp8 and 32k rows "
+                             "at the micro-batch that fits this GPU (default_ours)")
     parser.add_argument("--peer", default="4:1,2:0,4:1:liger,2:0:liger",
                         help="mbs:ckpt[:liger],... (liger: with Liger-Kernel, as LLaMA-Factory applies it)")
     parser.add_argument("--peer-gpus", default="1",
@@ -109,7 +118,7 @@ def main() -> None:
         for spec in filter(None, args.peer.split(",") if gpus in peer_gpus else []):
             mbs, ckpt, *kernels = spec.split(":")
             rows.append(peer(gpus, int(mbs), ckpt == "1", args.steps, work, liger=kernels == ["liger"]))
-        for spec in filter(None, args.ours.split(",")):
+        for spec in filter(None, (args.ours or default_ours()).split(",")):
             mbs, ckpt, attn, seq, overrides = ours_spec(spec)
             rows.append(ours(gpus, mbs, ckpt, attn, args.steps, data, work, args.extra.split() + overrides, seq))
             print(table(rows[-1:], float("nan")), flush=True)
