@@ -43,13 +43,14 @@ class NumericError(UserError):
 
 
 def portable(err: BaseException) -> BaseException:
-    """`err` if it pickles (how a Ray worker's error travels to the driver), else a RuntimeError with its type and
-    text. An error that holds something unpicklable (torch.compile attaches its graphs to errors raised inside
-    compiled code) otherwise reaches the driver as Ray's serialization failure, and its own message is lost."""
+    """`err` if it survives a pickle round trip (how a Ray worker's error travels to the driver), else a
+    RuntimeError with its type and text. An error that holds something unpicklable (torch.compile attaches its
+    graphs to errors raised inside compiled code) otherwise reaches the driver as Ray's serialization failure, and
+    its own message is lost."""
     import pickle
 
     try:
-        pickle.dumps(err)
+        pickle.loads(pickle.dumps(err))
         return err
     except Exception:  # noqa: BLE001 (whatever stops pickling: the replacement carries the text)
         return RuntimeError(f"{type(err).__name__}: {err}")

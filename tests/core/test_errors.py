@@ -22,3 +22,11 @@ def test_an_error_that_cannot_pickle_travels_as_its_text() -> None:
     replacement = portable(err)
     assert type(replacement) is RuntimeError and str(replacement) == f"RuntimeError: {err}"
     assert str(pickle.loads(pickle.dumps(replacement))) == str(replacement)
+    assert pickle.dumps(NeedsTwo("x", "y")) and str(portable(NeedsTwo("x", "y"))) == "NeedsTwo: x y"
+
+
+class NeedsTwo(Exception):
+    """Pickles, but cannot be rebuilt from its args (the formatted text): the driver could not load it."""
+
+    def __init__(self, a: str, b: str) -> None:
+        super().__init__(f"{a} {b}")
