@@ -41,12 +41,13 @@ def ours(gpus: int, mbs: int, ckpt: bool, attn: str, steps: int, data: Path, wor
     steps_seen = parse_steps(output + (job_log.read_text(errors="replace") if job_log.exists() else ""))
     shutil.rmtree(job_dir / "checkpoints", ignore_errors=True)  # ~20 GB each: the next row's disk
     return {**_row(name, gpus, mbs, ckpt, attn, steps_seen, "max_alloc"), "seq": seq,
-            "extra": " ".join(e for e in extra if e not in FAST)}
+            "extra": " ".join(extra)}
 
 
 def ours_spec(spec: str) -> tuple[int, bool, str, int, list[str]]:
     """`mbs:ckpt:attn[:override...]`: a row of ours; `seq=N` sets its packed row length, anything else is a Hydra
-    override of that row alone (e.g. `6:0:flex_attention:trainer.precision=fp8`)."""
+    override of that row alone (e.g. `6:0:flex_attention:trainer.precision=fp8`; a value with ':' or ',' does not
+    fit this form: pass it with --extra)."""
     mbs, ckpt, attn, *rest = spec.split(":")
     seq = next((int(r.split("=", 1)[1]) for r in rest if r.startswith("seq=")), SEQ)
     return int(mbs), ckpt == "1", attn, seq, [r for r in rest if not r.startswith("seq=")]

@@ -104,6 +104,7 @@ def _float8_matmul() -> Any:
 
 
 def _float8_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    # torchao's forward first casts to the autocast dtype; DeepSpeed's bf16 runs no autocast, so nothing to cast
     out = _float8_matmul()(x, self.weight, self.linear_mm_config, self.config)
     return out if self.bias is None else out + self.bias.to(out.dtype)
 

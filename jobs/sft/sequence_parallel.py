@@ -60,6 +60,10 @@ def check_model(model: Any, sp: int) -> None:
     if impl not in ATTENTIONS:
         raise ConfigError("trainer.sequence_parallel", f"needs model.attn_implementation {' or '.join(ATTENTIONS)}, "
                                                        f"got {impl}")
+    windowed = bool(getattr(config, "sliding_window", None)) and getattr(config, "use_sliding_window", True)
+    if windowed or "sliding_attention" in (getattr(config, "layer_types", None) or []):
+        raise ConfigError("trainer.sequence_parallel", "sliding-window attention is not split here (the rebuilt mask "
+                                                       "is causal within each packed sample only)")
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
     if heads % sp or (kv_heads % sp and sp % kv_heads):
         raise ConfigError("trainer.sequence_parallel", f"{sp} must divide the attention heads ({heads}) and divide "
@@ -109,13 +113,13 @@ def enable(model: Any, size: int, micro_batch: int) -> None:
     config, impl = model.config, model.config._attn_implementation
     core = ALL_ATTENTION_FUNCTIONS[impl]
 
-    last: dict[str, Any] = {}  # every layer of a forward sees the same rows: one mask per forward
+    # one mask per forward: every layer gets the model's same local position_ids tensor (a recomputed layer too)
+    state: dict[str, Any] = {"local": None, "mask": None}
 
     def masked_core(module: Any, q: Any, k: Any, v: Any, _mask: Any, *args: Any, **kwargs: Any) -> Any:
-        positions = kwargs["position_ids"]
-        if not (last and last["positions"].shape == positions.shape and torch.equal(last["positions"], positions)):
-            last.update(positions=positions, mask=packed_causal_mask(positions, impl))
-        return core(module, q, k, v, last["mask"], *args, **kwargs)
+        if state["mask"] is None:  # kwargs' position_ids: the whole rows, gathered by the Ulysses module
+            state["mask"] = packed_causal_mask(kwargs["position_ids"], impl)
+        return core(module, q, k, v, state["mask"], *args, **kwargs)
 
     import deepspeed
 
@@ -130,6 +134,8 @@ def enable(model: Any, size: int, micro_batch: int) -> None:
 
     def sequence_parallel_attention(module: Any, q: Any, k: Any, v: Any, _mask: Any, *args: Any,
                                     **kwargs: Any) -> Any:
+        if kwargs.get("position_ids") is not state["local"]:  # a new forward
+            state.update(local=kwargs.get("position_ids"), mask=None)
         return ulysses(module, q, k, v, None, *args, **kwargs)  # the local mask is for the local shard: dropped
 
     ALL_ATTENTION_FUNCTIONS[impl] = sequence_parallel_attention

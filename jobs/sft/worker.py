@@ -129,9 +129,9 @@ def _liger_ops(env: WorkerEnv) -> FusedOps:
 
 
 def _pad_to(t: Any, seq_len: int) -> int | None:
-    """Rows padded to `seq_len` rounded up to what fp8's GEMMs and the sequence-parallel split need; None: to the
-    longest row of each micro-batch."""
-    multiple = math.lcm(fp8_token_multiple(t), t.sequence_parallel)
+    """Rows padded to `seq_len` rounded up so that each rank's share of a row splits evenly (sequence parallel)
+    and holds a multiple of fp8's GEMM alignment; None: to the longest row of each micro-batch."""
+    multiple = fp8_token_multiple(t) * t.sequence_parallel
     return -(-seq_len // multiple) * multiple if multiple > 1 else None
 
 

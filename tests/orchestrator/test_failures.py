@@ -86,6 +86,13 @@ def test_native_writers_os_errors_are_recognised_by_their_text() -> None:
     assert str(as_user_error(err)) == "i/o error: no space left on device (SafetensorError: Error while serializing)"
 
 
+def test_torch_saves_short_write_text_is_an_io_error() -> None:
+    """The text torch.save's writer raised on a full 256 KiB tmpfs here (the next test makes it for real where
+    mounts are allowed)."""
+    user = as_user_error(RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534"))
+    assert str(user).startswith("i/o error: a file write stopped short: no space left on device")
+
+
 def test_torch_save_on_a_full_disk_is_an_io_error(tmp_path) -> None:
     """A DeepSpeed checkpoint is torch.save: on a full disk its writer raises a RuntimeError with no errno, only
     its check's text. Seen on a real full disk here (a 256 KiB tmpfs) where mounts are allowed; the save runs in a

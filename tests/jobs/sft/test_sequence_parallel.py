@@ -65,6 +65,23 @@ def test_models_that_cannot_split_are_refused() -> None:
         check_model(_model(), 8)
     with pytest.raises(ConfigError, match="attn_implementation sdpa or flex_attention, got eager"):
         check_model(_model(attn="eager"), 2)
+    mistral = AutoConfig.for_model("mistral", vocab_size=VOCAB, hidden_size=64, intermediate_size=96,
+                                   num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                                   sliding_window=4096)
+    mistral._attn_implementation = "sdpa"
+    with pytest.raises(ConfigError, match="sliding-window attention is not split here"):
+        check_model(AutoModelForCausalLM.from_config(mistral), 2)
+
+
+@pytest.mark.parametrize(("precision", "sp", "expected"), [("default", 1, None), ("default", 2, 2050),
+                                                           ("fp8", 1, 2064), ("fp8", 2, 2080)])
+def test_rows_are_padded_so_each_ranks_share_splits_and_aligns(precision: str, sp: int, expected: int | None) -> None:
+    from jobs.sft.worker import _pad_to
+
+    padded = _pad_to(TrainerConfig(precision=precision, sequence_parallel=sp), 2049)
+    assert padded == expected
+    if precision == "fp8":
+        assert padded % sp == 0 and (padded // sp) % 16 == 0  # each rank's float8 GEMM over its tokens
 
 
 def test_shards_hold_the_shifted_labels_and_count_each_token_once() -> None:

@@ -11,7 +11,7 @@ from jobs.sft.driver import _check_trainer
 
 @pytest.mark.parametrize(("name", "allowed"), [("use_gpu", "auto, true, false"), ("bf16", "auto, true, false"),
                                                ("fused_ops", "auto, true, false, liger")])
-def test_tri_state_fields_accept_auto_true_false_only(name: str, allowed: str) -> None:
+def test_choice_fields_accept_their_values_only(name: str, allowed: str) -> None:
     for value in ("auto", "true", "false", True, False):
         _check_trainer(TrainerConfig(**{name: value}))
     with pytest.raises(ConfigError, match=rf"trainer\.{name}.*must be one of {allowed}$") as err:
