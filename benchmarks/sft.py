@@ -8,7 +8,6 @@ Prints a table and writes its rows (device, date, commit) to --results (appended
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import zlib
 from pathlib import Path
@@ -32,14 +31,13 @@ def ours(gpus: int, mbs: int, ckpt: bool, attn: str, steps: int, data: Path, wor
            f"data.datasets=[{{path: {data}}}]", f"data.max_length={seq}", f"data.pack_max_length={seq}",
            f"trainer.num_workers={gpus}", f"trainer.micro_batch_size={mbs}", f"trainer.max_steps={steps}",
            f"trainer.activation_checkpointing={str(ckpt).lower()}", "trainer.checkpoint.export=false",
-           *FAST, "trainer.optim.lr=1e-4", "trainer.max_failures=0",
+           "trainer.checkpoint.save=false", *FAST, "trainer.optim.lr=1e-4", "trainer.max_failures=0",
            f"job.storage={work}", f"job.name={name}", f"tracking.uri=file://{work}/mlruns",
            "cluster.include_dashboard=false", *extra]  # the GPU image's slim Ray has no dashboard deps
     output = run_logged(cmd, work / f"{name}.log")
     job_dir = work / name
     job_log = job_dir / "logs" / "job.log"  # the workers' per-step lines (the console has the progress bar)
     steps_seen = parse_steps(output + (job_log.read_text(errors="replace") if job_log.exists() else ""))
-    shutil.rmtree(job_dir / "checkpoints", ignore_errors=True)  # ~20 GB each: the next row's disk
     return {**_row(name, gpus, mbs, ckpt, attn, steps_seen, "max_alloc"), "seq": seq,
             "extra": " ".join(extra)}
 

@@ -29,6 +29,7 @@ class OptimConfig:
 @dataclass
 class CheckpointConfig:
     every_n_steps: int = 0  # 0: only at the end
+    save: bool = True  # false: no checkpoint at all (throwaway runs, benchmarks): a stopped or failed run starts over
     resume: str = "auto"  # auto: continue from this job's latest checkpoint | never | <checkpoint dir>
     keep_last: int = 2
     export: bool = True  # consolidated HF export (safetensors + config + tokenizer) at the end

@@ -295,9 +295,9 @@ def _train_loop(config: dict[str, Any]) -> None:
         if env.rank == 0 and (step % t.log_every == 0 or step == t.max_steps):
             print(_step_line(step, t.max_steps, metrics), flush=True)
             run.log_metrics(metrics, step)
-        every = t.checkpoint.every_n_steps
+        every = t.checkpoint.every_n_steps if t.checkpoint.save else 0
         stop = _stop_asked(config["stop_key"], env)
-        if (every and (step % every == 0 or stop)) or step == t.max_steps:
+        if (every and (step % every == 0 or stop)) or (step == t.max_steps and t.checkpoint.save):
             checkpoint.save(engine, ckpt_root, step, env.rank, t.checkpoint.keep_last)
         if stop:
             if env.rank == 0:

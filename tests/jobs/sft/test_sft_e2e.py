@@ -250,9 +250,10 @@ def test_chunked_loss_trains_like_the_models_loss(reference: dict, storage: Path
     """trainer.loss_chunk_tokens under ZeRO-3 (2 workers over gloo: lm_head gathered by its own hooks for each
     chunk and its recompute): the reference run's losses, step by step, up to float32 summation order.
     The same run profiles step 3 (trainer.profile_step) and runs the fused ops compiled (trainer.fused_ops, inductor
-    on this CPU), which must not change its loss either."""
+    on this CPU), which must not change its loss either. It saves no checkpoint (trainer.checkpoint.save=false)
+    and still exports."""
     proc, log = _start(storage, "chunked", "trainer.loss_chunk_tokens=64", "trainer.profile_step=3",
-                       "trainer.fused_ops=true")
+                       "trainer.fused_ops=true", "trainer.checkpoint.save=false")
     proc.wait(timeout=900)
     output = log.read_text()
     assert proc.returncode == 0, output[-4000:]
@@ -260,6 +261,7 @@ def test_chunked_loss_trains_like_the_models_loss(reference: dict, storage: Path
     assert sorted(losses) == sorted(reference["losses"])
     for step, loss in losses.items():
         assert abs(loss - reference["losses"][step]) < 1e-4 * reference["losses"][step], (step, loss)
+    assert not (storage / "chunked" / "checkpoints").exists() and (storage / "chunked" / "export").is_dir()
     assert "profile of step 3 (rank 0):" in output
     assert re.search(r"fused ops: Qwen3Attention x1, Qwen3MLP x\d+, Qwen3RMSNorm x\d+", output), output[-4000:]
     from mlflow.tracking import MlflowClient
