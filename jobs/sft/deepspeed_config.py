@@ -9,6 +9,8 @@ from core import storage
 from core.errors import ConfigError
 from jobs.sft.config import TrainerConfig
 
+GRANULARITIES = ("module", "block")
+
 
 def deep_merge(base: dict, extra: dict) -> dict:
     out = dict(base)
@@ -25,6 +27,8 @@ def _zero_section(t: TrainerConfig) -> dict[str, Any]:
             stage3_param_persistence_threshold=z.param_persistence_threshold,
             stage3_gather_16bit_weights_on_model_save=True,
         )
+        if z.granularity == "block":  # its Linear wrapper would bring a Python autograd call per Linear back
+            section["memory_efficient_linear"] = False
     if z.offload_params:
         section["offload_param"] = {"device": "cpu", "pin_memory": True}
     if z.offload_optimizer:
@@ -32,9 +36,15 @@ def _zero_section(t: TrainerConfig) -> dict[str, Any]:
     return section
 
 
-def build_ds_config(t: TrainerConfig, bf16: bool) -> dict[str, Any]:
+def check_zero(t: TrainerConfig) -> None:
     if t.zero.stage not in (0, 1, 2, 3):
         raise ConfigError("trainer.zero.stage", f"{t.zero.stage} is not a ZeRO stage (0-3)")
+    if t.zero.granularity not in GRANULARITIES:
+        raise ConfigError("trainer.zero.granularity", f"{t.zero.granularity}: not one of {', '.join(GRANULARITIES)}")
+
+
+def build_ds_config(t: TrainerConfig, bf16: bool) -> dict[str, Any]:
+    check_zero(t)
     config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": t.micro_batch_size,
         "gradient_accumulation_steps": t.grad_accum,

@@ -17,6 +17,7 @@ from core.models.freeze import check_freeze
 from core.timing import lap
 from jobs.base import RunContext
 from jobs.sft import checkpoint
+from jobs.sft.deepspeed_config import check_zero
 from jobs.sft.precision import check_precision, check_precision_on
 from jobs.sft.schedule import lr_multiplier
 from jobs.sft.sequence_parallel import check_sequence_parallel
@@ -41,6 +42,7 @@ def _check_trainer(t: Any) -> None:
     if str(t.fused_ops).lower() == "liger" and str(t.use_gpu).lower() == "false":
         raise ConfigError("trainer.fused_ops", "liger runs Triton kernels on CUDA workers only (trainer.use_gpu=false)")
     lr_multiplier(t.optim, t.max_steps)
+    check_zero(t)
     check_precision(t)
     check_sequence_parallel(t)
 

@@ -33,6 +33,7 @@ from jobs.sft.metrics import Throughput, flops_per_token, memory_stats, peak_tfl
 from jobs.sft.precision import apply_precision, fp8_token_multiple
 from jobs.sft.profile import profiled
 from jobs.sft.schedule import lr_multiplier
+from jobs.sft.zero_hooks import hook_blocks
 from kernels.fused import FusedOps, compiler_works, fuse_model
 
 log = logging.getLogger("jobs.sft")
@@ -149,6 +150,10 @@ def build_engine(spec: Any, model: Any, ds_config: dict, device: torch.device) -
     import deepspeed
 
     o = spec.trainer.optim
+    if spec.trainer.zero.stage == 3 and spec.trainer.zero.granularity == "block":
+        blocks = hook_blocks(model)  # before initialize, which registers the hooks
+        if dist.get_rank() == 0:
+            print(f"ZeRO-3 hooks per block: {', '.join(c.__name__ for c in blocks) or 'none named'}", flush=True)
     optimizer = torch.optim.AdamW(_param_groups(model, o.weight_decay), lr=o.lr, betas=(o.beta1, o.beta2),
                                   eps=o.eps, fused=device.type == "cuda")
     multiplier = lr_multiplier(o, spec.trainer.max_steps)

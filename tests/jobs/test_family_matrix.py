@@ -85,7 +85,7 @@ def inspect_and_freeze(name: str, path: Path, storage: Path, cli: Any) -> None:
         assert re.search(rf"\b{group}\b", result.stdout), result.stdout  # the group is listed
 
 
-def sft_two_steps(name: str, path: Path, storage: Path) -> list[float]:
+def sft_two_steps(name: str, path: Path, storage: Path, *overrides: str) -> list[float]:
     from core.data.sft import build_sft_data
     from jobs.sft.batches import BatchPlan
     from jobs.sft.deepspeed_config import build_ds_config
@@ -94,7 +94,7 @@ def sft_two_steps(name: str, path: Path, storage: Path) -> list[float]:
     data = ["data=mm_demo"] if name in VLM_FAMILIES else []
     spec = spec_of(["job=sft", "model=hf", f"model.path={path}", *data, "data.max_length=256",
                   "data.pack_max_length=256", "trainer.micro_batch_size=1", "trainer.num_workers=1",
-                  "trainer.zero.param_persistence_threshold=0", "trainer.max_steps=2"], storage)
+                  "trainer.zero.param_persistence_threshold=0", "trainer.max_steps=2", *overrides], storage)
     source = MODELS.get("hf")
     processor = None if name in NO_CPU_PROCESSOR else source.processor(spec.model)
     rows = build_sft_data(spec.data, source.tokenizer(spec.model), processor).rows
@@ -146,14 +146,18 @@ def test_family(name: str, family_dirs: dict[str, Path], tmp_path: Path, cli_in_
                 plain: PlainTransformers) -> None:
     from core.models import ModelConfig
     from jobs.evaluate.perplexity import load_model, perplexity
+    from jobs.sft.zero_hooks import block_classes
 
     path, storage = family_dirs[name], tmp_path / "runs"
     inspect_and_freeze(name, path, storage, cli_in_process)
 
     losses = sft_two_steps(name, path, storage)  # NO_CPU_PROCESSOR: text chats through the language model
     assert all(math.isfinite(loss) for loss in losses), losses
+    # ZeRO-3's hooks per block (every parameter partitioned: each block gathered whole) train the same
+    assert sft_two_steps(name, path, storage, "trainer.zero.granularity=block") == pytest.approx(losses, rel=1e-6)
 
     fp = build_model(ModelConfig(name="hf", path=str(path)), torch.float32).eval()
+    assert block_classes(fp), name  # the block check above hooked the decoder layers, not nothing
     ids = torch.randint(3, 250, (2, 24), generator=torch.Generator().manual_seed(0))
     reference = _logits(fp, ids)
     fp_ppl = perplexity(load_model("hf", str(path), {}), ids.numpy(), 2)["perplexity"]

@@ -48,3 +48,16 @@ def test_fused_ops_setting_on_a_cpu_worker(setting: str, fused: bool, monkeypatc
     model = AutoModelForCausalLM.from_config(config)
     _fuse_ops(model, setting, WorkerEnv(rank=1, world=1, device=torch.device("cpu")))
     assert ("forward" in vars(model.model.norm)) is fused
+
+
+def test_zero_granularity_and_stage_are_checked_and_block_drops_deepspeeds_linear_wrapper() -> None:
+    from jobs.sft.config import ZeroConfig
+    from jobs.sft.deepspeed_config import build_ds_config
+
+    for field, zero in (("granularity", ZeroConfig(granularity="layer")), ("stage", ZeroConfig(stage=4))):
+        with pytest.raises(ConfigError, match=rf"trainer\.zero\.{field}") as err:
+            _check_trainer(TrainerConfig(zero=zero))
+        assert err.value.field == f"trainer.zero.{field}"
+    section = build_ds_config(TrainerConfig(zero=ZeroConfig(granularity="block")), bf16=False)["zero_optimization"]
+    assert section["memory_efficient_linear"] is False
+    assert "memory_efficient_linear" not in build_ds_config(TrainerConfig(), bf16=False)["zero_optimization"]
