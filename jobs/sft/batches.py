@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -93,14 +94,16 @@ class BatchPlan:
         return batches
 
 
-def causal_lm_loss(model: torch.nn.Module, batch: MicroBatch, num_items: float, chunk_tokens: int = 0) -> torch.Tensor:
+def causal_lm_loss(model: torch.nn.Module, batch: MicroBatch, num_items: float, chunk_tokens: int = 0,
+                   cross_entropy: Callable | None = None) -> torch.Tensor:
     """Sum of token losses / num_items. No attention_mask and no KV cache: transformers then builds
     a block-diagonal causal mask from the restarting position ids (packed samples stay apart).
-    `chunk_tokens` > 0: the same loss without the whole logits (jobs/sft/chunked_loss.py)."""
+    `chunk_tokens` > 0: the same loss without the whole logits (jobs/sft/chunked_loss.py), each chunk's by
+    `cross_entropy` (None: eager)."""
     if chunk_tokens > 0:
         from jobs.sft.chunked_loss import chunked_lm_loss
 
-        return chunked_lm_loss(model, batch, num_items, chunk_tokens)
+        return chunked_lm_loss(model, batch, num_items, chunk_tokens, *([cross_entropy] if cross_entropy else []))
     shift = {"shift_labels": batch.labels} if batch.shifted else {}
     out = model(input_ids=batch.input_ids, position_ids=batch.position_ids, labels=batch.labels,
                 num_items_in_batch=num_items, use_cache=False, **shift, **batch.images)

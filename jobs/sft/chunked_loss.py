@@ -10,6 +10,7 @@ the backward (torch.utils.checkpoint), so at most one chunk's logits exist. Same
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -18,11 +19,14 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from core.data.tokenize import IGNORE
+from kernels.fused.ops import cross_entropy_sum
 
 
-def chunked_lm_loss(model: nn.Module, batch: Any, num_items: float | torch.Tensor, chunk_tokens: int) -> torch.Tensor:
+def chunked_lm_loss(model: nn.Module, batch: Any, num_items: float | torch.Tensor, chunk_tokens: int,
+                    cross_entropy: Callable = cross_entropy_sum) -> torch.Tensor:
     """Sum of next-token cross entropies over `batch`'s labelled tokens / num_items; `model` an HF causal LM
-    or VLM, or a DeepSpeed engine around one (its forward runs through the engine, so ZeRO-3 hooks fire)."""
+    or VLM, or a DeepSpeed engine around one (its forward runs through the engine, so ZeRO-3 hooks fire).
+    `cross_entropy(logits, targets)`: the summed loss of a chunk (kernels/fused: compiled where fused ops are on)."""
     hf = getattr(model, "module", model)
     norm, head = hf.get_decoder().norm, hf.get_output_embeddings()
     box: dict[str, torch.Tensor] = {}
@@ -43,12 +47,12 @@ def chunked_lm_loss(model: nn.Module, batch: Any, num_items: float | torch.Tenso
     total = h.new_zeros((), dtype=torch.float32)
     for k in range(_chunk_count(len(targets), chunk_tokens, h.device)):
         part = slice(k * chunk_tokens, (k + 1) * chunk_tokens)
-        total = total + checkpoint(_summed_ce, head, feats[part], targets[part], use_reentrant=False)
+        total = total + checkpoint(_summed_ce, head, feats[part], targets[part], cross_entropy, use_reentrant=False)
     return total / num_items
 
 
-def _summed_ce(head: nn.Module, feats: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return nn.functional.cross_entropy(head(feats).float(), targets, reduction="sum")
+def _summed_ce(head: nn.Module, feats: torch.Tensor, targets: torch.Tensor, cross_entropy: Callable) -> torch.Tensor:
+    return cross_entropy(head(feats), targets)
 
 
 def _chunk_count(tokens: int, chunk_tokens: int, device: torch.device) -> int:

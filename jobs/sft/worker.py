@@ -10,6 +10,7 @@ import random
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from jobs.sft.precision import apply_precision, fp8_token_multiple
 from jobs.sft.profile import profiled
 from jobs.sft.schedule import lr_multiplier
 from jobs.sft.zero_hooks import hook_blocks
-from kernels.fused import FusedOps, compiler_works, fuse_model
+from kernels.fused import FusedOps, compiler_works, fuse_model, fused_ops
 
 log = logging.getLogger("jobs.sft")
 
@@ -103,17 +104,19 @@ def export_trained(spec: Any, engine: Any, tokenizer: Any, final: str, run: RunH
                         log_exports=spec.tracking.log_exports, **options)
 
 
-def _fuse_ops(model: Any, setting: str, env: WorkerEnv) -> None:
+def _fuse_ops(model: Any, setting: str, env: WorkerEnv) -> FusedOps | None:
     """true: compiled fused ops (a broken toolchain fails the step); auto: the same on CUDA workers where
     torch.compile works, else off (on CPU inductor's C++ compile costs more than the fusion saves); liger: the
-    same ops from Liger-Kernel."""
+    same ops from Liger-Kernel. The ops installed, None when off."""
     wanted = str(setting).lower()
     if wanted == "false" or (wanted == "auto" and (env.device.type != "cuda" or not compiler_works(env.device))):
-        return
+        return None
     family = family_of(model)
-    counts = fuse_model(model, family.fused_ops if family else {}, _liger_ops(env) if wanted == "liger" else None)
+    ops = _liger_ops(env) if wanted == "liger" else fused_ops(compiled=True)
+    counts = fuse_model(model, family.fused_ops if family else {}, ops)
     if env.rank == 0:
         print(f"fused ops: {', '.join(f'{n} x{c}' for n, c in sorted(counts.items())) or 'none'}", flush=True)
+    return ops
 
 
 def _liger_ops(env: WorkerEnv) -> FusedOps:
@@ -172,8 +175,10 @@ def _global_sum(values: list[float], device: torch.device) -> list[float]:
     return tensor.tolist()
 
 
-def train_step(engine: Any, micro_batches: list, env: WorkerEnv, chunk_tokens: int = 0) -> tuple[float, int, int]:
-    """One optimizer step; returns (global mean loss per target token, global targets, global tokens)."""
+def train_step(engine: Any, micro_batches: list, env: WorkerEnv, chunk_tokens: int = 0,
+               cross_entropy: Callable | None = None) -> tuple[float, int, int]:
+    """One optimizer step; returns (global mean loss per target token, global targets, global tokens).
+    `cross_entropy`: the chunked loss's per-chunk loss (the fused ops'), None: eager."""
     local_targets = sum(b.targets for b in micro_batches)
     local_tokens = sum(b.tokens for b in micro_batches)
     global_targets, global_tokens = _global_sum([local_targets, local_tokens], env.device)
@@ -183,7 +188,7 @@ def train_step(engine: Any, micro_batches: list, env: WorkerEnv, chunk_tokens: i
     loss_sum = 0.0
     for batch in micro_batches:
         batch = batch.to(env.device)
-        loss = causal_lm_loss(engine, batch, divisor, chunk_tokens)
+        loss = causal_lm_loss(engine, batch, divisor, chunk_tokens, cross_entropy)
         engine.backward(loss)
         engine.step()
         loss_sum += loss.item() * divisor
@@ -255,7 +260,7 @@ def _train_loop(config: dict[str, Any]) -> None:
     model, hf_config, tokenizer = build_for_training(spec, ds_config, dtype)
     if (fp8 := apply_precision(model, t, env.device)) and env.rank == 0:
         print(f"fp8: {fp8} Linears of the blocks train in float8 ({t.fp8_scaling} scales)", flush=True)
-    _fuse_ops(model, t.fused_ops, env)
+    ops = _fuse_ops(model, t.fused_ops, env)
     if t.sequence_parallel > 1:
         sequence_parallel.enable(model, t.sequence_parallel, t.micro_batch_size)
     info = _log_model(run, model, env)
@@ -287,7 +292,8 @@ def _train_loop(config: dict[str, Any]) -> None:
         data_time = time.perf_counter() - began
         lr = scheduler.get_last_lr()[0]
         with profiled(step, t.profile_step, env.device, env.rank, run):
-            loss, targets, tokens = train_step(engine, micro_batches, env, t.loss_chunk_tokens)
+            loss, targets, tokens = train_step(engine, micro_batches, env, t.loss_chunk_tokens,
+                                               ops.cross_entropy_sum if ops else None)
         if env.device.type == "cuda":
             torch.cuda.synchronize()
         step_time = time.perf_counter() - began

@@ -34,6 +34,7 @@ class FusedOps:
     rms_norm: Callable
     silu_mul: Callable
     rotary: Callable
+    cross_entropy_sum: Callable  # the SFT loss's (jobs/sft/chunked_loss.py), not installed on any module
 
 
 Installer = Callable[[nn.Module, FusedOps], bool]  # True when it installed something on this module
@@ -45,7 +46,7 @@ def fused_ops(compiled: bool) -> FusedOps:
     """The ops, compiled once per process. Not fullgraph: past torch.compile's recompile limit (hidden and
     per-head norms, changing batch shapes) a function falls back to eager instead of failing the step."""
     wrap = torch.compile if compiled else (lambda fn: fn)
-    return FusedOps(wrap(ops.rms_norm), wrap(ops.silu_mul), wrap(ops.rotary))
+    return FusedOps(wrap(ops.rms_norm), wrap(ops.silu_mul), wrap(ops.rotary), wrap(ops.cross_entropy_sum))
 
 
 def compiler_works(device: torch.device) -> bool:

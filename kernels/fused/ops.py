@@ -24,6 +24,13 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
+def cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Summed next-token cross entropy, in float32 whatever the logits' dtype (as transformers' loss upcasts).
+    Compiled, the upcast, log-sum-exp and its gradient run as fused passes over the bf16 logits instead of eager's
+    float32 copies of a [tokens, vocab] tensor (benchmarks/loss_chunk.py)."""
+    return F.cross_entropy(logits.float(), targets, reduction="sum")
+
+
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)

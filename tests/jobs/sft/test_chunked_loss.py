@@ -12,15 +12,20 @@ from jobs.sft.batches import causal_lm_loss, collate
 from tests.core.data.test_packing import _model, _samples
 
 
-@pytest.mark.parametrize("chunk", [1, 7, 10**6])
-def test_chunked_loss_and_gradients_equal_the_models(chunk: int) -> None:
+@pytest.mark.parametrize(("chunk", "compiled"), [(1, False), (7, False), (10**6, False), (7, True)])
+def test_chunked_loss_and_gradients_equal_the_models(chunk: int, compiled: bool) -> None:
+    """compiled: each chunk's cross entropy as the fused ops run it (inductor on this CPU; chunks of 7 and a
+    shorter last one: a recompile for the changing shape)."""
+    from kernels.fused import fused_ops
+
     model, tokenizer = _model()
     batch = collate(pack(_samples(tokenizer), max_len=512), tokenizer.pad_token_id, pad_to=512)
     assert 7 < batch.targets < 10**6
 
     def loss_and_grads(chunk_tokens: int) -> tuple[float, dict[str, torch.Tensor]]:
         model.zero_grad()
-        loss = causal_lm_loss(model, batch, batch.targets, chunk_tokens)
+        ce = fused_ops(compiled=True).cross_entropy_sum if compiled and chunk_tokens else None
+        loss = causal_lm_loss(model, batch, batch.targets, chunk_tokens, ce)
         loss.backward()
         return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 

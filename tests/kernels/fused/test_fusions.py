@@ -156,7 +156,8 @@ def test_the_fused_ops_are_what_the_model_runs(restore_rotary) -> None:
 
     model = tiny_model("qwen3")
     restore_rotary(model)
-    counting = FusedOps(*(counted(n, getattr(ops, n)) for n in ("rms_norm", "silu_mul", "rotary")))
+    counting = FusedOps(*(counted(n, getattr(ops, n)) for n in ("rms_norm", "silu_mul", "rotary",
+                                                                       "cross_entropy_sum")))
     fuse_model(model, classes_of(model), counting)
     loss_and_grads(model)
     assert calls == {"rms_norm": 9, "silu_mul": 2, "rotary": 2}
