@@ -9,32 +9,34 @@ no recompute). Checks each against the eager loss and gradients.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from benchmarks.gemm_ceiling import timed
+from jobs.sft.chunked_loss import _summed_ce
+from kernels.fused import fused_ops
+from kernels.fused.ops import cross_entropy_sum
 
 VOCAB, HIDDEN = 151936, 2048
+Loss = Callable[[nn.Linear, torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
-def eager_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
-
-
-def chunked(ce):
+def chunked(ce: Callable) -> Loss:
+    """jobs/sft/chunked_loss.py's loop over chunks (the last one shorter), with `ce` per chunk."""
     def loss(head: nn.Linear, feats: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
         total = feats.new_zeros((), dtype=torch.float32)
         for k in range(0, len(targets), chunk):
-            total = total + checkpoint(lambda h, f, t: ce(h(f), t), head, feats[k:k + chunk], targets[k:k + chunk],
+            total = total + checkpoint(_summed_ce, head, feats[k:k + chunk], targets[k:k + chunk], ce,
                                        use_reentrant=False)
         return total
     return loss
 
 
-def implementations() -> dict:
-    out = {"eager CE": chunked(eager_ce), "compiled CE": chunked(torch.compile(eager_ce))}
+def implementations() -> dict[str, Loss]:
+    out = {"eager CE": chunked(cross_entropy_sum), "compiled CE": chunked(fused_ops(compiled=True).cross_entropy_sum)}
     try:
         from liger_kernel.transformers.functional import liger_cross_entropy, liger_fused_linear_cross_entropy
     except ImportError:
@@ -65,7 +67,7 @@ def main() -> None:
         loss = fn(head, feats, targets, args.chunk)
         feats.grad = None
         loss.backward()
-        got = (loss.detach().double(), feats.grad.double().flatten())
+        got = (loss.detach().double().cpu(), feats.grad.double().flatten().cpu())  # off the GPU: no later peak
         reference = reference or got
         err = (got[0] - reference[0]).abs().item() / reference[0].abs().item()
         cos = nn.functional.cosine_similarity(got[1], reference[1], dim=0).item()

@@ -16,7 +16,7 @@ from pathlib import Path
 # kernel-name fragments -> kind, first match wins
 KINDS = [("flash|flex|attention|fmha", "attention"), ("gemm|cutlass|sm90_xmma|nvjet|cublas", "matmul"),
          ("nccl|all_gather|reduce_scatter", "collective"), ("adam|multi_tensor", "optimizer"),
-         ("triton", "triton (compiled)"), ("copy|cat|fill", "copy/fill"),
+         ("triton", "triton (compiled)"), ("copy|fill|catarray", "copy/fill"),
          ("reduce|norm|sum", "reduction"), ("elementwise|vectorized|unrolled", "elementwise")]
 
 
@@ -34,7 +34,7 @@ def summary(events: list[dict]) -> str:
     for start, stop in spans:  # union of the kernels' intervals (streams overlap)
         busy += max(0.0, stop - max(start, end))
         end = max(end, stop)
-    wall = spans[-1][1] - spans[0][0]
+    wall = end - spans[0][0]  # to the last kernel's end (not the last-started kernel's)
     by_kind = Counter()
     for e in kernels:
         by_kind[kind_of(e["name"])] += e["dur"]

@@ -103,7 +103,7 @@ def causal_lm_loss(model: torch.nn.Module, batch: MicroBatch, num_items: float, 
     if chunk_tokens > 0:
         from jobs.sft.chunked_loss import chunked_lm_loss
 
-        return chunked_lm_loss(model, batch, num_items, chunk_tokens, *([cross_entropy] if cross_entropy else []))
+        return chunked_lm_loss(model, batch, num_items, chunk_tokens, cross_entropy)
     shift = {"shift_labels": batch.labels} if batch.shifted else {}
     out = model(input_ids=batch.input_ids, position_ids=batch.position_ids, labels=batch.labels,
                 num_items_in_batch=num_items, use_cache=False, **shift, **batch.images)

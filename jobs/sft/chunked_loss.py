@@ -23,10 +23,12 @@ from kernels.fused.ops import cross_entropy_sum
 
 
 def chunked_lm_loss(model: nn.Module, batch: Any, num_items: float | torch.Tensor, chunk_tokens: int,
-                    cross_entropy: Callable = cross_entropy_sum) -> torch.Tensor:
+                    cross_entropy: Callable | None = None) -> torch.Tensor:
     """Sum of next-token cross entropies over `batch`'s labelled tokens / num_items; `model` an HF causal LM
     or VLM, or a DeepSpeed engine around one (its forward runs through the engine, so ZeRO-3 hooks fire).
-    `cross_entropy(logits, targets)`: the summed loss of a chunk (kernels/fused: compiled where fused ops are on)."""
+    `cross_entropy(logits, targets)`: the summed loss of a chunk (kernels/fused: compiled where fused ops are on;
+    None: eager)."""
+    cross_entropy = cross_entropy or cross_entropy_sum
     hf = getattr(model, "module", model)
     norm, head = hf.get_decoder().norm, hf.get_output_embeddings()
     box: dict[str, torch.Tensor] = {}

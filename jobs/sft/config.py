@@ -10,7 +10,7 @@ class ZeroConfig:
     param_persistence_threshold: int = 100_000  # params smaller than this stay replicated
     overlap_comm: bool = True
     # stage 3: module: DeepSpeed's fetch/release hooks on every submodule and its Linear wrapper | block: hooks on
-    # each block of the model (its _no_split_modules: decoder and vision layers) and plain Linears, far fewer
+    # each decoder layer of the language model (named in its _no_split_modules) and plain Linears, far fewer
     # host-side calls per step (jobs/sft/zero_hooks.py)
     granularity: str = "module"
     config_file: str | None = None  # raw DeepSpeed JSON, deep-merged over the generated config

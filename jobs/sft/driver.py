@@ -41,6 +41,9 @@ def _check_trainer(t: Any) -> None:
             raise ConfigError(f"trainer.{name}", f"must be one of {', '.join(allowed)}")
     if str(t.fused_ops).lower() == "liger" and str(t.use_gpu).lower() == "false":
         raise ConfigError("trainer.fused_ops", "liger runs Triton kernels on CUDA workers only (trainer.use_gpu=false)")
+    if t.checkpoint.every_n_steps and not t.checkpoint.save:
+        raise ConfigError("trainer.checkpoint.every_n_steps", f"{t.checkpoint.every_n_steps} with "
+                                                               "trainer.checkpoint.save=false (which saves none)")
     lr_multiplier(t.optim, t.max_steps)
     check_zero(t)
     check_precision(t)

@@ -153,7 +153,7 @@ def build_engine(spec: Any, model: Any, ds_config: dict, device: torch.device) -
     import deepspeed
 
     o = spec.trainer.optim
-    if spec.trainer.zero.stage == 3 and spec.trainer.zero.granularity == "block":
+    if spec.trainer.zero.granularity == "block":  # stage 3 (check_zero)
         blocks = hook_blocks(model)  # before initialize, which registers the hooks
         if dist.get_rank() == 0:
             print(f"ZeRO-3 hooks per block: {', '.join(c.__name__ for c in blocks) or 'none named'}", flush=True)
@@ -306,13 +306,13 @@ def _train_loop(config: dict[str, Any]) -> None:
         if env.rank == 0 and (step % t.log_every == 0 or step == t.max_steps):
             print(_step_line(step, t.max_steps, metrics), flush=True)
             run.log_metrics(metrics, step)
-        every = t.checkpoint.every_n_steps if t.checkpoint.save else 0
-        stop = _stop_asked(config["stop_key"], env)
-        if (every and (step % every == 0 or stop)) or (step == t.max_steps and t.checkpoint.save):
+        stop, every = _stop_asked(config["stop_key"], env), t.checkpoint.every_n_steps
+        saved = t.checkpoint.save and (step == t.max_steps or bool(every) and (step % every == 0 or stop))
+        if saved:
             checkpoint.save(engine, ckpt_root, step, env.rank, t.checkpoint.keep_last)
         if stop:
             if env.rank == 0:
-                print(f"stopped after step {step} (signal)" + (", checkpoint saved" if every else ""), flush=True)
+                print(f"stopped after step {step} (signal)" + (", checkpoint saved" if saved else ""), flush=True)
             return  # the driver raises Interrupted: the run ends KILLED
 
     export, stamps["trained_at"] = None, time.time()

@@ -12,3 +12,10 @@ def test_overlapping_kernels_count_once_and_the_gap_is_idle() -> None:
     assert text.startswith("GPU span 4.0 ms, some kernel running 2.5 ms (62%), idle 1.5 ms; 3 kernels"), text
     assert "| matmul | 1.0 | 33% |" in text and "| collective | 1.0 | 33% |" in text
     assert kind_of("flex_attention_backward_1") == "attention" and kind_of("void at::foo") == "other"
+
+
+def test_the_span_ends_with_the_kernel_that_ends_last() -> None:
+    """A long kernel started first and a short one inside it: the span is the long one's, nothing idle."""
+    text = summary([{"cat": "kernel", "name": "ncclKernel_AllGather", "ts": 0, "dur": 5000},
+                    {"cat": "kernel", "name": "sm90_gemm", "ts": 100, "dur": 100}])
+    assert text.startswith("GPU span 5.0 ms, some kernel running 5.0 ms (100%), idle 0.0 ms; 2 kernels"), text

@@ -246,14 +246,17 @@ def test_export_reloads_with_the_trained_weights(reference: dict, storage: Path)
     assert tokenizer.eos_token == "<|im_end|>" and exported.generation_config.eos_token_id == tokenizer.eos_token_id
 
 
-def test_chunked_loss_trains_like_the_models_loss(reference: dict, storage: Path) -> None:
+def test_chunked_loss_fused_ops_block_hooks_and_recompute_train_like_the_reference(reference: dict, storage: Path) -> None:
     """trainer.loss_chunk_tokens under ZeRO-3 (2 workers over gloo: lm_head gathered by its own hooks for each
     chunk and its recompute): the reference run's losses, step by step, up to float32 summation order.
     The same run profiles step 3 (trainer.profile_step) and runs the fused ops compiled (trainer.fused_ops, inductor
-    on this CPU), which must not change its loss either. It saves no checkpoint (trainer.checkpoint.save=false)
-    and still exports."""
+    on this CPU, each chunk's cross entropy too), ZeRO-3's hooks per decoder layer (trainer.zero.granularity=block,
+    every parameter partitioned over the 2 workers) and activation checkpointing (the layers' recompute inside those
+    hooks), none of which may change its loss either. It saves no checkpoint (trainer.checkpoint.save=false) and
+    still exports."""
     proc, log = _start(storage, "chunked", "trainer.loss_chunk_tokens=64", "trainer.profile_step=3",
-                       "trainer.fused_ops=true", "trainer.checkpoint.save=false")
+                       "trainer.fused_ops=true", "trainer.checkpoint.save=false", "trainer.zero.granularity=block",
+                       "trainer.activation_checkpointing=true")
     proc.wait(timeout=900)
     output = log.read_text()
     assert proc.returncode == 0, output[-4000:]
@@ -262,7 +265,7 @@ def test_chunked_loss_trains_like_the_models_loss(reference: dict, storage: Path
     for step, loss in losses.items():
         assert abs(loss - reference["losses"][step]) < 1e-4 * reference["losses"][step], (step, loss)
     assert not (storage / "chunked" / "checkpoints").exists() and (storage / "chunked" / "export").is_dir()
-    assert "profile of step 3 (rank 0):" in output
+    assert "profile of step 3 (rank 0):" in output and "ZeRO-3 hooks per block: Qwen3DecoderLayer" in output
     assert re.search(r"fused ops: Qwen3Attention x1, Qwen3MLP x\d+, Qwen3RMSNorm x\d+", output), output[-4000:]
     from mlflow.tracking import MlflowClient
 

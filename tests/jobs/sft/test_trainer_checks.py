@@ -54,10 +54,20 @@ def test_zero_granularity_and_stage_are_checked_and_block_drops_deepspeeds_linea
     from jobs.sft.config import ZeroConfig
     from jobs.sft.deepspeed_config import build_ds_config
 
-    for field, zero in (("granularity", ZeroConfig(granularity="layer")), ("stage", ZeroConfig(stage=4))):
+    for field, zero in (("granularity", ZeroConfig(granularity="layer")), ("stage", ZeroConfig(stage=4)),
+                        ("granularity", ZeroConfig(granularity="block", stage=2))):
         with pytest.raises(ConfigError, match=rf"trainer\.zero\.{field}") as err:
             _check_trainer(TrainerConfig(zero=zero))
         assert err.value.field == f"trainer.zero.{field}"
     section = build_ds_config(TrainerConfig(zero=ZeroConfig(granularity="block")), bf16=False)["zero_optimization"]
     assert section["memory_efficient_linear"] is False
     assert "memory_efficient_linear" not in build_ds_config(TrainerConfig(), bf16=False)["zero_optimization"]
+
+
+def test_checkpoints_every_n_steps_contradict_save_false() -> None:
+    from jobs.sft.config import CheckpointConfig
+
+    _check_trainer(TrainerConfig(checkpoint=CheckpointConfig(save=False)))
+    with pytest.raises(ConfigError, match=r"trainer\.checkpoint\.every_n_steps.*save=false") as err:
+        _check_trainer(TrainerConfig(checkpoint=CheckpointConfig(save=False, every_n_steps=5)))
+    assert err.value.field == "trainer.checkpoint.every_n_steps"
