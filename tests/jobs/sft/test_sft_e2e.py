@@ -246,7 +246,8 @@ def test_export_reloads_with_the_trained_weights(reference: dict, storage: Path)
     assert tokenizer.eos_token == "<|im_end|>" and exported.generation_config.eos_token_id == tokenizer.eos_token_id
 
 
-def test_chunked_loss_fused_ops_block_hooks_and_recompute_train_like_the_reference(reference: dict, storage: Path) -> None:
+def test_chunked_loss_fused_ops_block_hooks_and_recompute_train_like_the_reference(reference: dict,
+                                                                                    storage: Path) -> None:
     """trainer.loss_chunk_tokens under ZeRO-3 (2 workers over gloo: lm_head gathered by its own hooks for each
     chunk and its recompute): the reference run's losses, step by step, up to float32 summation order.
     The same run profiles step 3 (trainer.profile_step) and runs the fused ops compiled (trainer.fused_ops, inductor
@@ -255,7 +256,8 @@ def test_chunked_loss_fused_ops_block_hooks_and_recompute_train_like_the_referen
     hooks), none of which may change its loss either. It saves no checkpoint (trainer.checkpoint.save=false) and
     still exports."""
     proc, log = _start(storage, "chunked", "trainer.loss_chunk_tokens=64", "trainer.profile_step=3",
-                       "trainer.fused_ops=true", "trainer.checkpoint.save=false", "trainer.zero.granularity=block",
+                       "trainer.fused_ops=true", "trainer.checkpoint.save=false", "trainer.checkpoint.every_n_steps=0",
+                       "trainer.zero.granularity=block",
                        "trainer.activation_checkpointing=true")
     proc.wait(timeout=900)
     output = log.read_text()
