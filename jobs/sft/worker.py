@@ -282,7 +282,7 @@ def _train_loop(config: dict[str, Any]) -> None:
                      pad_id=tokenizer.pad_token_id or 0, pad_to=_pad_to(t, seq_len))
     meter = Throughput(flops_per_token(hf_config, info["total_params"] - embedding_params(model), seq_len),
                        peak_tflops(t.peak_tflops, env.device), env.world)
-    history = []
+    history, chunk_loss = [], ops.cross_entropy_sum if ops else None  # each chunk's loss, None: eager
     stamps["loaded_at"] = time.time()
     for step in range(start + 1, t.max_steps + 1):
         began = time.perf_counter()
@@ -292,8 +292,7 @@ def _train_loop(config: dict[str, Any]) -> None:
         data_time = time.perf_counter() - began
         lr = scheduler.get_last_lr()[0]
         with profiled(step, t.profile_step, env.device, env.rank, run):
-            loss, targets, tokens = train_step(engine, micro_batches, env, t.loss_chunk_tokens,
-                                               ops.cross_entropy_sum if ops else None)
+            loss, targets, tokens = train_step(engine, micro_batches, env, t.loss_chunk_tokens, chunk_loss)
         if env.device.type == "cuda":
             torch.cuda.synchronize()
         step_time = time.perf_counter() - began
