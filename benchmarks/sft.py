@@ -12,7 +12,7 @@ import sys
 import zlib
 from pathlib import Path
 
-from benchmarks.common import add_common_args, parse_args, record, run_logged
+from benchmarks.common import add_common_args, bytecode_cache, parse_args, record, run_logged
 from benchmarks.steplines import parse_steps, steady
 from benchmarks.synthetic import write_chat_jsonl
 
@@ -106,8 +106,11 @@ def main() -> None:
                         help="mbs:ckpt[:liger],... (liger: with Liger-Kernel, as LLaMA-Factory applies it)")
     parser.add_argument("--peer-gpus", default="1",
                         help="GPU counts the peer runs on (its best 1-GPU row is the ratios' base)")
+    parser.add_argument("--pycache", default="/tmp/bench-pycache",
+                        help="one bytecode cache for every process, as a pip-installed image has ('' leaves it)")
     add_common_args(parser, "/tmp/bench-sft")
     args = parse_args(parser)
+    bytecode_cache(args.pycache)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     data = write_chat_jsonl(work / "chat.jsonl", samples=3000)
