@@ -53,6 +53,9 @@ class TrainerConfig:
     # RMSNorm, SwiGLU and rotary embedding compiled into fused kernels (kernels/fused); auto: on CUDA workers;
     # liger: the same ops from Liger-Kernel's Triton kernels (kernels/fused/liger.py)
     fused_ops: str = "auto"  # auto | true | false | liger
+    # blocks: each decoder layer's forward compiled by torch.compile (jobs/sft/block_compile.py); ZeRO-3 needs
+    # trainer.zero.granularity=block with it
+    compile: str = "off"  # off | blocks
     # default: matmuls in the training dtype | fp8: torchao float8 matmuls in the blocks (jobs/sft/precision.py)
     precision: str = "default"
     fp8_scaling: str = "rowwise"  # rowwise | tensorwise (torchao's recipes)

@@ -17,6 +17,7 @@ from core.models.freeze import check_freeze
 from core.timing import lap
 from jobs.base import RunContext
 from jobs.sft import checkpoint
+from jobs.sft.block_compile import COMPILE_MODES
 from jobs.sft.deepspeed_config import check_zero
 from jobs.sft.precision import check_precision, check_precision_on
 from jobs.sft.schedule import lr_multiplier
@@ -46,8 +47,17 @@ def _check_trainer(t: Any) -> None:
                                                                "trainer.checkpoint.save=false (which saves none)")
     lr_multiplier(t.optim, t.max_steps)
     check_zero(t)
+    _check_compile(t)
     check_precision(t)
     check_sequence_parallel(t)
+
+
+def _check_compile(t: Any) -> None:
+    if t.compile not in COMPILE_MODES:
+        raise ConfigError("trainer.compile", f"{t.compile}: not one of {', '.join(COMPILE_MODES)}")
+    if t.compile == "blocks" and t.zero.stage == 3 and t.zero.granularity != "block":
+        raise ConfigError("trainer.compile", "blocks under ZeRO-3 needs trainer.zero.granularity=block (DeepSpeed's "
+                                             "per-module hooks would break each compiled layer into pieces)")
 
 
 def _resume_point(t: Any, ctx: RunContext) -> str | None:

@@ -28,6 +28,7 @@ from core.models.inspect import describe, embedding_params
 from core.tracking import RunHandle
 from jobs.sft import checkpoint, sequence_parallel
 from jobs.sft.batches import BatchPlan, causal_lm_loss
+from jobs.sft.block_compile import compile_blocks
 from jobs.sft.deepspeed_config import build_ds_config
 from jobs.sft.export import gather_state_dict, write_export
 from jobs.sft.metrics import Throughput, flops_per_token, memory_stats, peak_tflops
@@ -261,6 +262,8 @@ def _train_loop(config: dict[str, Any]) -> None:
     if (fp8 := apply_precision(model, t, env.device)) and env.rank == 0:
         print(f"fp8: {fp8} Linears of the blocks train in float8 ({t.fp8_scaling} scales)", flush=True)
     ops = _fuse_ops(model, t.fused_ops, env)
+    if t.compile == "blocks" and (compiled := compile_blocks(model)) and env.rank == 0:
+        print(f"compiled: {compiled} blocks", flush=True)
     if t.sequence_parallel > 1:
         sequence_parallel.enable(model, t.sequence_parallel, t.micro_batch_size)
     info = _log_model(run, model, env)

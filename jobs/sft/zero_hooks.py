@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 
-def _decoder(model: Any) -> Any:
+def decoder(model: Any) -> Any:
     return model.get_decoder() if hasattr(model, "get_decoder") else model
 
 
@@ -23,7 +23,7 @@ def block_classes(model: Any) -> list[type]:
     layers and embeddings) their parameters were not gathered again for the backward (tests/jobs/test_family_matrix.py
     caught it)."""
     names = set(getattr(model, "_no_split_modules", None) or ())
-    return sorted({type(m) for m in _decoder(model).modules() if type(m).__name__ in names}, key=lambda c: c.__name__)
+    return sorted({type(m) for m in decoder(model).modules() if type(m).__name__ in names}, key=lambda c: c.__name__)
 
 
 def hook_blocks(model: Any) -> list[type]:
@@ -34,5 +34,5 @@ def hook_blocks(model: Any) -> list[type]:
 
     classes = block_classes(model)
     if classes:
-        set_z3_leaf_modules(_decoder(model), classes)
+        set_z3_leaf_modules(decoder(model), classes)
     return classes

@@ -71,3 +71,15 @@ def test_checkpoints_every_n_steps_contradict_save_false() -> None:
     with pytest.raises(ConfigError, match=r"trainer\.checkpoint\.every_n_steps.*save=false") as err:
         _check_trainer(TrainerConfig(checkpoint=CheckpointConfig(save=False, every_n_steps=5)))
     assert err.value.field == "trainer.checkpoint.every_n_steps"
+
+
+def test_compile_modes_are_checked_and_blocks_under_zero3_needs_hooks_per_block() -> None:
+    from jobs.sft.config import ZeroConfig
+
+    _check_trainer(TrainerConfig(compile="blocks", zero=ZeroConfig(granularity="block")))
+    _check_trainer(TrainerConfig(compile="blocks", zero=ZeroConfig(stage=2)))
+    for config, message in ((TrainerConfig(compile="model"), "model: not one of off, blocks"),
+                            (TrainerConfig(compile="blocks"), "needs trainer.zero.granularity=block")):
+        with pytest.raises(ConfigError, match=message) as err:
+            _check_trainer(config)
+        assert err.value.field == "trainer.compile"
