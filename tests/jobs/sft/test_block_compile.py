@@ -21,7 +21,7 @@ def _one_process_group(one_gloo_rank):
     yield
 
 
-def _losses(storage: Path, compiled: bool, steps: int = 3) -> tuple[list[float], int]:
+def _losses(storage: Path, compiled: bool, *extra: str, steps: int = 3) -> tuple[list[float], int]:
     from core.data.sft import build_sft_data
     from core.models import MODELS
     from jobs.sft.batches import BatchPlan
@@ -32,7 +32,7 @@ def _losses(storage: Path, compiled: bool, steps: int = 3) -> tuple[list[float],
     spec = spec_of(["job=sft", "model=qwen3_tiny", "data.max_length=128", "data.pack_max_length=128",
                     "trainer.micro_batch_size=2", "trainer.num_workers=1", "trainer.zero.granularity=block",
                     "trainer.zero.param_persistence_threshold=0", "model.zero_init=on",
-                    f"trainer.max_steps={steps}"], storage)
+                    f"trainer.max_steps={steps}", *extra], storage)
     source = MODELS.get(spec.model.name)
     rows = build_sft_data(spec.data, source.tokenizer(spec.model), None).rows
     ds_config = build_ds_config(spec.trainer, bf16=False)
@@ -47,13 +47,16 @@ def _losses(storage: Path, compiled: bool, steps: int = 3) -> tuple[list[float],
     return losses, blocks
 
 
-def test_compiled_blocks_train_like_eager_ones(tmp_path: Path) -> None:
-    torch._dynamo.reset()
-    eager, layers = _losses(tmp_path / "eager", compiled=False)
-    compiled, blocks = _losses(tmp_path / "compiled", compiled=True)
-    assert blocks == layers  # every decoder layer
+@pytest.mark.parametrize("recompute", ["false", "true"])  # true: torch's checkpoint inside the compiled layer
+def test_compiled_blocks_train_like_eager_ones(tmp_path: Path, recompute: str) -> None:
     from torch._dynamo.utils import counters
 
+    torch._dynamo.reset()
+    counters.clear()
+    extra = f"trainer.activation_checkpointing={recompute}"
+    eager, layers = _losses(tmp_path / "eager", False, extra, steps=2)
+    compiled, blocks = _losses(tmp_path / "compiled", True, extra, steps=2)
+    assert blocks == layers  # every decoder layer
     # whole layers captured, shared by all of them (not one graph per layer): shapes and masks recompile a few
     assert 1 <= counters["stats"]["unique_graphs"] < layers + 3 and not counters["graph_break"], dict(counters)
     assert compiled == pytest.approx(eager, rel=1e-5)
