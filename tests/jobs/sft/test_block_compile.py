@@ -15,6 +15,8 @@ import torch
 
 from tests.jobs.quantize_in_process import spec_of
 
+pytestmark = pytest.mark.e2e  # DeepSpeed engines and graph capture (tests/conftest.py: the end-to-end lane)
+
 
 @pytest.fixture(autouse=True)
 def _one_process_group(one_gloo_rank):
