@@ -17,10 +17,11 @@ from benchmarks.steplines import parse_steps, steady
 from benchmarks.synthetic import write_chat_jsonl
 
 SEQ = 4096
-# in every run of ours (named in the results' title): the setting measured fastest on one H200 (benchmarks/RESULTS.md,
-# 2026-11-30): every bf16 parameter resident (3.4 GB for 1.7B) instead of gathered per layer, and the loss without
-# whole logits (micro-batch 6 peaked at 80.5 GiB with it)
-FAST = ["trainer.zero.param_persistence_threshold=10000000000", "trainer.loss_chunk_tokens=4096"]
+# in every run of ours (named in the results' title): the settings measured fastest (benchmarks/RESULTS.md): every
+# bf16 parameter resident (3.4 GB for 1.7B) instead of gathered per layer, the loss without whole logits (micro-batch
+# 6 peaked at 80.5 GiB with it), each decoder layer compiled (with ZeRO-3's hooks per block, the default)
+FAST = ["trainer.zero.param_persistence_threshold=10000000000", "trainer.loss_chunk_tokens=4096",
+        "trainer.compile=blocks"]
 
 
 def ours(gpus: int, mbs: int, ckpt: bool, attn: str, steps: int, data: Path, work: Path, extra: list[str],

@@ -9,10 +9,10 @@ class ZeroConfig:
     offload_optimizer: bool = False
     param_persistence_threshold: int = 100_000  # params smaller than this stay replicated
     overlap_comm: bool = True
-    # stage 3: module: DeepSpeed's fetch/release hooks on every submodule and its Linear wrapper | block: hooks on
-    # each decoder layer of the language model (named in its _no_split_modules) and plain Linears, far fewer
-    # host-side calls per step (jobs/sft/zero_hooks.py)
-    granularity: str = "module"
+    # stage 3 (other stages fetch nothing): block: hooks on each decoder layer of the language model (named in its
+    # _no_split_modules) and plain Linears, far fewer host-side calls per step (jobs/sft/zero_hooks.py) | module:
+    # DeepSpeed's fetch/release hooks on every submodule and its Linear wrapper
+    granularity: str = "block"
     config_file: str | None = None  # raw DeepSpeed JSON, deep-merged over the generated config
     overrides: dict[str, Any] = field(default_factory=dict)  # same, inline
 

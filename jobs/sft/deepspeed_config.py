@@ -41,8 +41,6 @@ def check_zero(t: TrainerConfig) -> None:
         raise ConfigError("trainer.zero.stage", f"{t.zero.stage} is not a ZeRO stage (0-3)")
     if t.zero.granularity not in GRANULARITIES:
         raise ConfigError("trainer.zero.granularity", f"{t.zero.granularity}: not one of {', '.join(GRANULARITIES)}")
-    if t.zero.granularity == "block" and t.zero.stage != 3:
-        raise ConfigError("trainer.zero.granularity", f"block is for ZeRO stage 3 (trainer.zero.stage={t.zero.stage})")
 
 
 def build_ds_config(t: TrainerConfig, bf16: bool) -> dict[str, Any]:

@@ -154,7 +154,7 @@ def build_engine(spec: Any, model: Any, ds_config: dict, device: torch.device) -
     import deepspeed
 
     o = spec.trainer.optim
-    if spec.trainer.zero.granularity == "block":  # stage 3 (check_zero)
+    if spec.trainer.zero.granularity == "block" and spec.trainer.zero.stage == 3:  # other stages have no such hooks
         blocks = hook_blocks(model)  # before initialize, which registers the hooks
         if dist.get_rank() == 0:
             print(f"ZeRO-3 hooks per block: {', '.join(c.__name__ for c in blocks) or 'none named'}", flush=True)

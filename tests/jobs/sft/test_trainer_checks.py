@@ -54,14 +54,15 @@ def test_zero_granularity_and_stage_are_checked_and_block_drops_deepspeeds_linea
     from jobs.sft.config import ZeroConfig
     from jobs.sft.deepspeed_config import build_ds_config
 
-    for field, zero in (("granularity", ZeroConfig(granularity="layer")), ("stage", ZeroConfig(stage=4)),
-                        ("granularity", ZeroConfig(granularity="block", stage=2))):
+    for field, zero in (("granularity", ZeroConfig(granularity="layer")), ("stage", ZeroConfig(stage=4))):
         with pytest.raises(ConfigError, match=rf"trainer\.zero\.{field}") as err:
             _check_trainer(TrainerConfig(zero=zero))
         assert err.value.field == f"trainer.zero.{field}"
-    section = build_ds_config(TrainerConfig(zero=ZeroConfig(granularity="block")), bf16=False)["zero_optimization"]
+    _check_trainer(TrainerConfig(zero=ZeroConfig(stage=2)))  # the default granularity with a stage that has no hooks
+    section = build_ds_config(TrainerConfig(), bf16=False)["zero_optimization"]  # block: the default
     assert section["memory_efficient_linear"] is False
-    assert "memory_efficient_linear" not in build_ds_config(TrainerConfig(), bf16=False)["zero_optimization"]
+    module = build_ds_config(TrainerConfig(zero=ZeroConfig(granularity="module")), bf16=False)["zero_optimization"]
+    assert "memory_efficient_linear" not in module
 
 
 def test_checkpoints_every_n_steps_contradict_save_false() -> None:
@@ -79,7 +80,8 @@ def test_compile_modes_are_checked_and_blocks_under_zero3_needs_hooks_per_block(
     _check_trainer(TrainerConfig(compile="blocks", zero=ZeroConfig(granularity="block")))
     _check_trainer(TrainerConfig(compile="blocks", zero=ZeroConfig(stage=2)))
     for config, message in ((TrainerConfig(compile="model"), "model: not one of off, blocks"),
-                            (TrainerConfig(compile="blocks"), "needs trainer.zero.granularity=block")):
+                            (TrainerConfig(compile="blocks", zero=ZeroConfig(granularity="module")),
+                             "needs trainer.zero.granularity=block")):
         with pytest.raises(ConfigError, match=message) as err:
             _check_trainer(config)
         assert err.value.field == "trainer.compile"
