@@ -19,6 +19,11 @@ def deep_merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def hooks_per_block(z: Any) -> bool:
+    """ZeRO-3 with hooks per decoder layer (jobs/sft/zero_hooks.py); other stages fetch nothing per module."""
+    return z.stage == 3 and z.granularity == "block"
+
+
 def _zero_section(t: TrainerConfig) -> dict[str, Any]:
     z = t.zero
     section: dict[str, Any] = {"stage": z.stage, "overlap_comm": z.overlap_comm, "contiguous_gradients": True}
@@ -27,7 +32,7 @@ def _zero_section(t: TrainerConfig) -> dict[str, Any]:
             stage3_param_persistence_threshold=z.param_persistence_threshold,
             stage3_gather_16bit_weights_on_model_save=True,
         )
-        if z.granularity == "block":  # its Linear wrapper would bring a Python autograd call per Linear back
+        if hooks_per_block(z):  # its Linear wrapper would bring a Python autograd call per Linear back
             section["memory_efficient_linear"] = False
     if z.offload_params:
         section["offload_param"] = {"device": "cpu", "pin_memory": True}

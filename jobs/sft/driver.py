@@ -18,7 +18,7 @@ from core.timing import lap
 from jobs.base import RunContext
 from jobs.sft import checkpoint
 from jobs.sft.block_compile import COMPILE_MODES
-from jobs.sft.deepspeed_config import check_zero
+from jobs.sft.deepspeed_config import check_zero, hooks_per_block
 from jobs.sft.precision import check_precision, check_precision_on
 from jobs.sft.schedule import lr_multiplier
 from jobs.sft.sequence_parallel import check_sequence_parallel
@@ -55,7 +55,7 @@ def _check_trainer(t: Any) -> None:
 def _check_compile(t: Any) -> None:
     if t.compile not in COMPILE_MODES:
         raise ConfigError("trainer.compile", f"{t.compile}: not one of {', '.join(COMPILE_MODES)}")
-    if t.compile == "blocks" and t.zero.stage == 3 and t.zero.granularity != "block":
+    if t.compile == "blocks" and t.zero.stage == 3 and not hooks_per_block(t.zero):
         raise ConfigError("trainer.compile", "blocks under ZeRO-3 needs trainer.zero.granularity=block (DeepSpeed's "
                                              "per-module hooks would break each compiled layer into pieces)")
 

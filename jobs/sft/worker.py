@@ -29,7 +29,7 @@ from core.tracking import RunHandle
 from jobs.sft import checkpoint, sequence_parallel
 from jobs.sft.batches import BatchPlan, causal_lm_loss
 from jobs.sft.block_compile import compile_blocks
-from jobs.sft.deepspeed_config import build_ds_config
+from jobs.sft.deepspeed_config import build_ds_config, hooks_per_block
 from jobs.sft.export import gather_state_dict, write_export
 from jobs.sft.metrics import Throughput, flops_per_token, memory_stats, peak_tflops
 from jobs.sft.precision import apply_precision, fp8_token_multiple
@@ -154,7 +154,7 @@ def build_engine(spec: Any, model: Any, ds_config: dict, device: torch.device) -
     import deepspeed
 
     o = spec.trainer.optim
-    if spec.trainer.zero.granularity == "block" and spec.trainer.zero.stage == 3:  # other stages have no such hooks
+    if hooks_per_block(spec.trainer.zero):
         blocks = hook_blocks(model)  # before initialize, which registers the hooks
         if dist.get_rank() == 0:
             print(f"ZeRO-3 hooks per block: {', '.join(c.__name__ for c in blocks) or 'none named'}", flush=True)
